@@ -1,0 +1,52 @@
+//! The error type of the base-LLM layer. Every variant names the file or tensor it is about, so a user
+//! handed a bad model or adapter can tell what to fix.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a readable GGUF file: {reason}")]
+    Gguf { path: PathBuf, reason: String },
+    #[error("{path}: not a readable safetensors file: {reason}")]
+    Safetensors { path: PathBuf, reason: String },
+    #[error("{path}: invalid JSON: {reason}")]
+    Json { path: PathBuf, reason: String },
+    #[error("{path}: missing or invalid config key `{key}`: {reason}")]
+    Config {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+    #[error("{path}: unsupported model: {reason}")]
+    Unsupported { path: PathBuf, reason: String },
+    #[error("{path}: tensor `{name}`: {reason}")]
+    Tensor {
+        path: PathBuf,
+        name: String,
+        reason: String,
+    },
+    #[error("{path}: adapter does not fit the base model: {reason}")]
+    AdapterMismatch { path: PathBuf, reason: String },
+    #[error("invalid input: {0}")]
+    Input(String),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, LlmError>;
+
+/// Shorthand for an I/O error on a path.
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> LlmError + '_ {
+    move |source| LlmError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

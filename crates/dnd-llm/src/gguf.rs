@@ -1,0 +1,237 @@
+//! GGUF v2/v3 loading: header and metadata via candle's reader (which bounds-checks every length against
+//! the file size), every tensor dequantised to f32 and renamed to the Hugging Face layout.
+//!
+//! llama.cpp's converter permutes the rows of Llama Q/K projections so that its rotary kernel can rotate
+//! adjacent pairs. We undo that permutation on load, so that all models share the Hugging Face (half-split)
+//! rotary convention and PEFT adapters, which are trained in Hugging Face coordinates, apply unchanged.
+
+use crate::config::{Arch, ModelConfig};
+use crate::error::{io_err, LlmError, Result};
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// An opened GGUF file: parsed header, ready to read tensors.
+pub struct GgufFile {
+    pub content: Content,
+    file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+        let content = Content::read(&mut file).map_err(|e| LlmError::Gguf {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            content,
+            file,
+            path: path.into(),
+        })
+    }
+
+    fn meta(&self, key: &str) -> Result<&Value> {
+        self.content.metadata.get(key).ok_or_else(|| LlmError::Config {
+            path: self.path.clone(),
+            key: key.into(),
+            reason: "missing from GGUF metadata".into(),
+        })
+    }
+
+    fn meta_usize(&self, key: &str) -> Result<usize> {
+        let v = self.meta(key)?;
+        v.to_u64()
+            .or_else(|_| v.to_u32().map(u64::from))
+            .map(|x| x as usize)
+            .map_err(|e| self.bad_key(key, e))
+    }
+
+    fn meta_f64(&self, key: &str, default: f64) -> Result<f64> {
+        match self.content.metadata.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .to_f32()
+                .map(f64::from)
+                .or_else(|_| v.to_f64())
+                .map_err(|e| self.bad_key(key, e)),
+        }
+    }
+
+    fn bad_key(&self, key: &str, e: candle_core::Error) -> LlmError {
+        LlmError::Config {
+            path: self.path.clone(),
+            key: key.into(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// The model hyper-parameters from `general.architecture` and the `{arch}.*` keys.
+    pub fn config(&self) -> Result<ModelConfig> {
+        let arch_name = self
+            .meta("general.architecture")?
+            .to_string()
+            .map_err(|e| self.bad_key("general.architecture", e))?
+            .clone();
+        let arch = match arch_name.as_str() {
+            "llama" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            other => {
+                return Err(LlmError::Unsupported {
+                    path: self.path.clone(),
+                    reason: format!("architecture `{other}` (supported: llama, qwen2)"),
+                })
+            }
+        };
+        let a = |k: &str| format!("{arch_name}.{k}");
+        let hidden_size = self.meta_usize(&a("embedding_length"))?;
+        let num_heads = self.meta_usize(&a("attention.head_count"))?;
+        let num_kv_heads = self
+            .meta_usize(&a("attention.head_count_kv"))
+            .unwrap_or(num_heads);
+        let head_dim = self
+            .meta_usize(&a("rope.dimension_count"))
+            .unwrap_or(hidden_size / num_heads.max(1));
+        let embd = self.info("token_embd.weight")?;
+        let cfg = ModelConfig {
+            arch,
+            vocab_size: embd.shape.dims()[0],
+            hidden_size,
+            intermediate_size: self.meta_usize(&a("feed_forward_length"))?,
+            num_layers: self.meta_usize(&a("block_count"))?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rope_theta: self.meta_f64(&a("rope.freq_base"), 10000.0)?,
+            rms_norm_eps: self.meta_f64(&a("attention.layer_norm_rms_epsilon"), 1e-6)?,
+            tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
+            qkv_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+            max_position_embeddings: self.meta_usize(&a("context_length")).unwrap_or(4096),
+        };
+        cfg.validate(&self.path)?;
+        Ok(cfg)
+    }
+
+    fn info(&self, name: &str) -> Result<&candle_core::quantized::gguf_file::TensorInfo> {
+        self.content.tensor_infos.get(name).ok_or_else(|| LlmError::Tensor {
+            path: self.path.clone(),
+            name: name.into(),
+            reason: "missing from the GGUF file".into(),
+        })
+    }
+
+    /// Read and dequantise one tensor to f32.
+    fn tensor(&mut self, name: &str) -> Result<Tensor> {
+        let bad = |e: candle_core::Error| LlmError::Tensor {
+            path: self.path.clone(),
+            name: name.into(),
+            reason: e.to_string(),
+        };
+        let q = self
+            .content
+            .tensor(&mut self.file, name, &Device::Cpu)
+            .map_err(bad)?;
+        q.dequantize(&Device::Cpu).map_err(bad)
+    }
+
+    /// All weights, dequantised, under their Hugging Face names.
+    pub fn weights(&mut self, cfg: &ModelConfig) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        let names: Vec<String> = self.content.tensor_infos.keys().cloned().collect();
+        for name in names {
+            let Some(hf) = hf_name(&name) else {
+                tracing::debug!("{}: ignoring tensor {name}", self.path.display());
+                continue;
+            };
+            let mut t = self.tensor(&name)?;
+            if cfg.arch == Arch::Llama {
+                if hf.ends_with("q_proj.weight") || hf.ends_with("q_proj.bias") {
+                    t = unpermute(&t, cfg.num_heads)?;
+                } else if hf.ends_with("k_proj.weight") || hf.ends_with("k_proj.bias") {
+                    t = unpermute(&t, cfg.num_kv_heads)?;
+                }
+            }
+            out.insert(hf, t);
+        }
+        Ok(out)
+    }
+}
+
+/// Map a llama.cpp tensor name to its Hugging Face name.
+fn hf_name(gguf: &str) -> Option<String> {
+    match gguf {
+        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        "output.weight" => return Some("lm_head.weight".into()),
+        _ => {}
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, kind) = rest.rsplit_once('.')?;
+    let hf = match module {
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+/// Undo llama.cpp's Q/K row permutation: per head, rows stored as (hd/2, 2) go back to (2, hd/2).
+fn unpermute(t: &Tensor, heads: usize) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    let head_dim = rows / heads;
+    let rest: Vec<usize> = dims[1..].to_vec();
+    let mut shape = vec![heads, head_dim / 2, 2];
+    shape.extend(&rest);
+    let back = t
+        .reshape(shape)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?;
+    Ok(back)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permutation() {
+        // llama.cpp: w.reshape(heads, 2, hd/2, in).swapaxes(1, 2); check that we invert it.
+        let (heads, hd, inp) = (2, 4, 3);
+        let w = Tensor::arange(0f32, (heads * hd * inp) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((heads * hd, inp))
+            .unwrap();
+        let permuted = w
+            .reshape((heads, 2, hd / 2, inp))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((heads * hd, inp))
+            .unwrap();
+        let back = unpermute(&permuted, heads).unwrap();
+        assert_eq!(back.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
+    }
+
+    #[test]
+    fn names_map_to_hf() {
+        assert_eq!(
+            hf_name("blk.3.attn_k.bias").as_deref(),
+            Some("model.layers.3.self_attn.k_proj.bias")
+        );
+        assert_eq!(hf_name("rope_freqs.weight"), None);
+    }
+}

@@ -1,0 +1,58 @@
+//! The base LLM that every dnd stage builds on: Llama and Qwen2 decoders loaded from GGUF or Hugging Face
+//! directories into f32, LoRA on every projection, PEFT adapter I/O, log-likelihood scoring and greedy
+//! generation.
+
+pub mod config;
+pub mod error;
+pub mod gguf;
+pub mod hf;
+mod linear;
+pub mod lora;
+pub mod model;
+pub mod peft;
+pub mod score;
+pub mod tokenizer;
+
+pub use config::{Arch, ModelConfig, Target};
+pub use error::{LlmError, Result};
+pub use lora::{Lora, LoraConfig};
+pub use model::{KvCache, Transformer};
+pub use tokenizer::{ChatMessage, Tokenizer};
+
+use candle_core::DType;
+use std::path::{Path, PathBuf};
+
+/// A loaded base model with its tokenizer.
+pub struct Llm {
+    pub model: Transformer,
+    pub tokenizer: Tokenizer,
+    /// Where it was loaded from (recorded in adapters as `base_model_name_or_path`).
+    pub source: PathBuf,
+}
+
+impl Llm {
+    /// Load a GGUF file or a Hugging Face directory (config.json, *.safetensors, tokenizer.json).
+    pub fn load(path: &Path, dtype: DType) -> Result<Self> {
+        if path.is_dir() {
+            let cfg = ModelConfig::from_hf_file(&path.join("config.json"))?;
+            let weights = hf::read_weights(path, dtype)?;
+            let model = Transformer::new(cfg, weights, dtype, path)?;
+            let tokenizer = Tokenizer::from_file(&path.join("tokenizer.json"))?;
+            return Ok(Self {
+                model,
+                tokenizer,
+                source: path.into(),
+            });
+        }
+        let mut file = gguf::GgufFile::open(path)?;
+        let cfg = file.config()?;
+        let tokenizer = Tokenizer::from_gguf(&file.content, path)?;
+        let weights = file.weights(&cfg)?;
+        let model = Transformer::new(cfg, weights, dtype, path)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            source: path.into(),
+        })
+    }
+}

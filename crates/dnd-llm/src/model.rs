@@ -1,0 +1,348 @@
+//! The decoder forward pass, written with differentiable candle primitives only.
+//!
+//! candle-transformers' fused rms-norm, softmax and rope kernels have no backward pass, so training through
+//! them silently drops gradients (STACK.md). Here every op is one autograd knows, which is what lets LoRA
+//! training work; finite-difference tests guard it.
+
+use crate::config::{ModelConfig, Target};
+use crate::error::{LlmError, Result};
+use crate::linear::Frozen;
+use crate::lora::Lora;
+use candle_core::{DType, Device, Tensor, D};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// A projection: frozen weight `[out, in]` and optional bias.
+#[derive(Clone)]
+struct Linear {
+    weight: Frozen,
+    bias: Option<Tensor>,
+}
+
+#[derive(Clone)]
+struct Block {
+    input_norm: Tensor,
+    post_norm: Tensor,
+    /// Indexed by [`Target::index`].
+    proj: Vec<Linear>,
+}
+
+/// A Llama/Qwen2 decoder with frozen weights.
+#[derive(Clone)]
+pub struct Transformer {
+    cfg: ModelConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    /// `None` when tied to the embeddings.
+    lm_head: Option<Frozen>,
+    cos: Tensor,
+    sin: Tensor,
+    dtype: DType,
+}
+
+/// Keys and values of the positions seen so far, per layer.
+#[derive(Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Transformer {
+    /// Build from weights under Hugging Face names; `source` only labels errors. Every expected tensor must
+    /// be present with the shape the config implies.
+    pub fn new(
+        cfg: ModelConfig,
+        mut weights: HashMap<String, Tensor>,
+        dtype: DType,
+        source: &Path,
+    ) -> Result<Self> {
+        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let t = weights.remove(name).ok_or_else(|| LlmError::Tensor {
+                path: source.into(),
+                name: name.into(),
+                reason: "missing".into(),
+            })?;
+            if t.dims() != shape {
+                return Err(LlmError::Tensor {
+                    path: source.into(),
+                    name: name.into(),
+                    reason: format!("shape {:?}, expected {shape:?} from the config", t.dims()),
+                });
+            }
+            Ok(t.to_dtype(dtype)?)
+        };
+        let h = cfg.hidden_size;
+        let embed = take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut blocks = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let p = format!("model.layers.{l}");
+            let mut proj = Vec::with_capacity(7);
+            for t in Target::ALL {
+                let (i, o) = cfg.module_shape(t);
+                let name = format!("{p}.{}", t.path());
+                let weight = Frozen::new(take(&format!("{name}.weight"), &[o, i])?)?;
+                let has_bias = cfg.qkv_bias && matches!(t, Target::Q | Target::K | Target::V);
+                let bias = if has_bias {
+                    Some(take(&format!("{name}.bias"), &[o])?)
+                } else {
+                    None
+                };
+                proj.push(Linear { weight, bias });
+            }
+            blocks.push(Block {
+                input_norm: take(&format!("{p}.input_layernorm.weight"), &[h])?,
+                post_norm: take(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                proj,
+            });
+        }
+        let norm = take("model.norm.weight", &[h])?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(Frozen::new(take("lm_head.weight", &[cfg.vocab_size, h])?)?)
+        };
+        let (cos, sin) = rope_tables(&cfg, dtype)?;
+        Ok(Self {
+            cfg,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            dtype,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    /// An empty KV cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache {
+            layers: vec![None; self.cfg.num_layers],
+            len: 0,
+        }
+    }
+
+    /// Final-norm hidden states `[B*T, H]` (rows in batch-major order) for token ids `[B, T]`.
+    ///
+    /// With a cache, the ids continue the cached positions and the cache is extended. A cache built with
+    /// batch 1 may be continued by a larger batch: the shared prefix is broadcast, which is how scoring
+    /// reuses one context for all of its answer options. Sequences are right-padded, so padding never
+    /// influences real positions under the causal mask.
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        lora: Option<&Lora>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if t == 0 {
+            return Err(LlmError::Input("empty token sequence".into()));
+        }
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        if offset + t > self.cos.dim(0)? {
+            return Err(LlmError::Input(format!(
+                "sequence of {} tokens exceeds the model's {} positions",
+                offset + t,
+                self.cos.dim(0)?
+            )));
+        }
+        if let Some(max) = ids.flatten_all()?.max(0)?.to_scalar::<u32>().ok() {
+            if max as usize >= self.cfg.vocab_size {
+                return Err(LlmError::Input(format!(
+                    "token id {max} outside the vocabulary of {}",
+                    self.cfg.vocab_size
+                )));
+            }
+        }
+        let cfg = &self.cfg;
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let rep = nh / nkv;
+        let cos = self.cos.narrow(0, offset, t)?;
+        let sin = self.sin.narrow(0, offset, t)?;
+        let mask = causal_mask(t, offset, rep, self.dtype, self.device())?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        for (l, block) in self.blocks.iter().enumerate() {
+            let proj = |target: Target, input: &Tensor| -> Result<Tensor> {
+                let p = &block.proj[target.index()];
+                let mut y = p.weight.forward(input)?;
+                if let Some(bias) = &p.bias {
+                    y = y.broadcast_add(bias)?;
+                }
+                if let Some((a, bm, s)) = lora.and_then(|lo| lo.get(l, target)) {
+                    y = (y + (input.matmul(&a.t()?)?.matmul(&bm.t()?)? * s)?)?;
+                }
+                Ok(y)
+            };
+            let h1 = rms_norm(&x, &block.input_norm, cfg.rms_norm_eps)?;
+            let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
+            let q = rope(&heads(proj(Target::Q, &h1)?, nh)?, &cos, &sin)?;
+            let mut k = rope(&heads(proj(Target::K, &h1)?, nkv)?, &cos, &sin)?;
+            let mut v = heads(proj(Target::V, &h1)?, nkv)?;
+            if let Some(c) = cache.as_deref_mut() {
+                if let Some((ck, cv)) = &c.layers[l] {
+                    k = Tensor::cat(&[&broadcast_batch(ck, b)?, &k], 2)?;
+                    v = Tensor::cat(&[&broadcast_batch(cv, b)?, &v], 2)?;
+                }
+                c.layers[l] = Some((k.clone(), v.clone()));
+            }
+            // Grouped-query attention without copying K/V: the `rep` query heads that share a KV head
+            // are stacked along the sequence axis, so one batched matmul serves them all.
+            let q = q.contiguous()?.reshape((b, nkv, rep * t, hd))?;
+            let scores = (q.matmul(&k.t()?)? * scale)?;
+            let scores = match &mask {
+                Some(m) => scores.broadcast_add(m)?,
+                None => scores,
+            };
+            let attn = softmax_last(&scores)?.matmul(&v.contiguous()?)?;
+            let attn = attn
+                .reshape((b, nh, t, hd))?
+                .transpose(1, 2)?
+                .reshape((b * t, nh * hd))?;
+            x = (x + proj(Target::O, &attn)?)?;
+            let h2 = rms_norm(&x, &block.post_norm, cfg.rms_norm_eps)?;
+            let gated = (proj(Target::Gate, &h2)?.silu()? * proj(Target::Up, &h2)?)?;
+            x = (x + proj(Target::Down, &gated)?)?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        Ok(rms_norm(&x, &self.norm, cfg.rms_norm_eps)?)
+    }
+
+    /// Vocabulary logits `[N, V]` for hidden-state rows `[N, H]`. Kept separate from [`Self::hidden`] so
+    /// callers project only the rows they need: the vocabulary matmul is the largest in the model.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(match &self.lm_head {
+            Some(head) => head.forward(hidden)?,
+            None => hidden.matmul(&self.embed.t()?)?,
+        })
+    }
+
+    /// Logits `[B, T, V]` at every position.
+    pub fn forward(&self, ids: &Tensor, lora: Option<&Lora>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let h = self.hidden(ids, lora, None)?;
+        Ok(self.logits(&h)?.reshape((b, t, self.cfg.vocab_size))?)
+    }
+
+    /// A copy of the model with `lora` merged into its weights (`W + s * B A`), for fast inference.
+    /// The original is untouched, so "unmerging" is dropping the copy: exact, with no rounding drift.
+    pub fn merged(&self, lora: &Lora) -> Result<Self> {
+        let mut out = self.clone();
+        for (l, block) in out.blocks.iter_mut().enumerate() {
+            for t in Target::ALL {
+                if let Some((a, b, s)) = lora.get(l, t) {
+                    let p = &mut block.proj[t.index()];
+                    let delta = (b.matmul(a)? * s)?.to_dtype(self.dtype)?;
+                    p.weight = Frozen::new((p.weight.weight() + delta)?)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The frozen weight `[out, in]` of one projection (used by tests and adapter tooling).
+    pub fn projection(&self, layer: usize, target: Target) -> &Tensor {
+        self.blocks[layer].proj[target.index()].weight.weight()
+    }
+}
+
+fn broadcast_batch(t: &Tensor, b: usize) -> candle_core::Result<Tensor> {
+    if t.dim(0)? == b {
+        return Ok(t.clone());
+    }
+    let mut dims = t.dims().to_vec();
+    dims[0] = b;
+    t.broadcast_as(dims)
+}
+
+/// RMSNorm over the last axis, in the input dtype (as Hugging Face Llama/Qwen2 after the f32 upcast).
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
+}
+
+/// Softmax over the last axis. The max is detached: subtracting any constant leaves softmax unchanged,
+/// so no gradient needs to flow through it.
+fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// Half-split (NEOX / Hugging Face) rotary embedding of `[B, heads, T, hd]` with tables `[T, hd/2]`.
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+    let r2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+    Tensor::cat(&[r1, r2], D::Minus1)
+}
+
+/// Rotary tables `[max_pos, hd/2]`, computed in f64 and rounded once.
+fn rope_tables(cfg: &ModelConfig, dtype: DType) -> Result<(Tensor, Tensor)> {
+    let half = cfg.head_dim / 2;
+    let n = cfg.max_position_embeddings;
+    let mut cos = Vec::with_capacity(n * half);
+    let mut sin = Vec::with_capacity(n * half);
+    for p in 0..n {
+        for i in 0..half {
+            let inv = cfg.rope_theta.powf(-((2 * i) as f64) / cfg.head_dim as f64);
+            let a = p as f64 * inv;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    let dev = Device::Cpu;
+    let cos = Tensor::from_vec(cos, (n, half), &dev)?.to_dtype(dtype)?;
+    let sin = Tensor::from_vec(sin, (n, half), &dev)?.to_dtype(dtype)?;
+    Ok((cos, sin))
+}
+
+/// Additive causal mask `[rep*T, offset+T]` for `rep` query heads stacked along the sequence axis;
+/// `None` for a single new position (it may attend to everything).
+fn causal_mask(
+    t: usize,
+    offset: usize,
+    rep: usize,
+    dtype: DType,
+    dev: &Device,
+) -> Result<Option<Tensor>> {
+    if t == 1 {
+        return Ok(None);
+    }
+    let s = offset + t;
+    let mut m = Vec::with_capacity(rep * t * s);
+    for _ in 0..rep {
+        for i in 0..t {
+            m.extend((0..s).map(|j| if j <= offset + i { 0f32 } else { f32::NEG_INFINITY }));
+        }
+    }
+    Ok(Some(Tensor::from_vec(m, (rep * t, s), dev)?.to_dtype(dtype)?))
+}

@@ -1,0 +1,115 @@
+//! Scoring text with a model: log-likelihood of continuations (multiple-choice evaluation) and greedy
+//! generation (generative evaluation, sanity checks).
+
+use crate::error::{LlmError, Result};
+use crate::lora::Lora;
+use crate::model::Transformer;
+use candle_core::{DType, Tensor, D};
+
+/// Log-likelihood of one continuation, as lm-evaluation-harness reports it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct LogLikelihood {
+    /// Sum of the log-probabilities of the continuation tokens.
+    pub logprob: f64,
+    /// Whether every continuation token is the argmax at its position.
+    pub is_greedy: bool,
+}
+
+/// Score each continuation (token ids) after a shared, non-empty `context`.
+///
+/// The context minus its last token is run once into a KV cache; then all continuations are run together
+/// as one right-padded batch continuing that cache, and the vocabulary projection is computed only at the
+/// positions that predict continuation tokens.
+pub fn loglikelihood(
+    model: &Transformer,
+    lora: Option<&Lora>,
+    context: &[u32],
+    continuations: &[Vec<u32>],
+) -> Result<Vec<LogLikelihood>> {
+    let Some((&last, prefix)) = context.split_last() else {
+        return Err(LlmError::Input(
+            "empty context: prepend a BOS/EOS token, as lm-eval does".into(),
+        ));
+    };
+    if continuations.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(i) = continuations.iter().position(Vec::is_empty) {
+        return Err(LlmError::Input(format!("continuation {i} is empty")));
+    }
+    let dev = model.device().clone();
+    let mut cache = model.new_cache();
+    if !prefix.is_empty() {
+        let ids = Tensor::new(prefix, &dev)?.unsqueeze(0)?;
+        model.hidden(&ids, lora, Some(&mut cache))?;
+    }
+    let width = continuations.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(continuations.len() * width);
+    let mut rows = Vec::new();
+    for (i, cont) in continuations.iter().enumerate() {
+        ids.push(last);
+        ids.extend(&cont[..cont.len() - 1]);
+        ids.extend(std::iter::repeat_n(0u32, width - cont.len()));
+        rows.extend((0..cont.len()).map(|j| (i * width + j) as u32));
+    }
+    let ids = Tensor::from_vec(ids, (continuations.len(), width), &dev)?;
+    let hidden = model.hidden(&ids, lora, Some(&mut cache))?;
+    let rows_t = Tensor::new(rows.as_slice(), &dev)?;
+    let logits = model.logits(&hidden.index_select(&rows_t, 0)?)?.to_dtype(DType::F64)?;
+    let logp = log_softmax(&logits)?;
+    let argmax: Vec<u32> = logp.argmax(D::Minus1)?.to_vec1()?;
+    let logp: Vec<Vec<f64>> = logp.to_vec2()?;
+    let mut out = Vec::with_capacity(continuations.len());
+    let mut r = 0;
+    for cont in continuations {
+        let mut ll = LogLikelihood {
+            logprob: 0.0,
+            is_greedy: true,
+        };
+        for &tok in cont {
+            ll.logprob += logp[r][tok as usize];
+            ll.is_greedy &= argmax[r] == tok;
+            r += 1;
+        }
+        out.push(ll);
+    }
+    Ok(out)
+}
+
+fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?;
+    let shifted = x.broadcast_sub(&m)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// Greedy decoding with a KV cache: up to `max_new` tokens after `prompt`, stopping after any token in
+/// `stop_ids` (which is kept in the output) or when `stop` says the generated ids so far are complete
+/// (for stop strings, which need the tokenizer).
+pub fn generate_greedy(
+    model: &Transformer,
+    lora: Option<&Lora>,
+    prompt: &[u32],
+    max_new: usize,
+    stop_ids: &[u32],
+    stop: &dyn Fn(&[u32]) -> bool,
+) -> Result<Vec<u32>> {
+    if prompt.is_empty() {
+        return Err(LlmError::Input("empty prompt".into()));
+    }
+    let dev = model.device().clone();
+    let mut cache = model.new_cache();
+    let mut input = Tensor::new(prompt, &dev)?.unsqueeze(0)?;
+    let mut out = Vec::new();
+    while out.len() < max_new {
+        let hidden = model.hidden(&input, lora, Some(&mut cache))?;
+        let last = hidden.narrow(0, hidden.dim(0)? - 1, 1)?;
+        let next = model.logits(&last)?.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
+        out.push(next);
+        if stop_ids.contains(&next) || stop(&out) {
+            break;
+        }
+        input = Tensor::new(&[next], &dev)?.unsqueeze(0)?;
+    }
+    Ok(out)
+}
