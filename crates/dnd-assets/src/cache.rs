@@ -73,7 +73,10 @@ impl Cache {
         }
         let dest = self.path(asset);
         if dest.exists() {
-            tracing::warn!("{}: cached copy fails its sha256 pin; fetching again", dest.display());
+            tracing::warn!(
+                "{}: cached copy fails its sha256 pin; fetching again",
+                dest.display()
+            );
         }
         let downloads = self.root.join("downloads");
         std::fs::create_dir_all(&downloads).map_err(io_err(&downloads))?;

@@ -19,10 +19,20 @@ impl Fetcher for Pip {
         let spec = format!("{}=={}", pkg.name, pkg.version);
         let python = std::env::var("DND_PYTHON").unwrap_or_else(|_| "python3".into());
         let mut cmd = Command::new(&python);
-        cmd.args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d"])
-            .arg(dir)
-            .arg(&spec);
-        let command = format!("{python} -m pip download --no-deps -d {} {spec}", dir.display());
+        cmd.args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+        ])
+        .arg(dir)
+        .arg(&spec);
+        let command = format!(
+            "{python} -m pip download --no-deps -d {} {spec}",
+            dir.display()
+        );
         tracing::info!("{command}");
         let out = cmd.output().map_err(|e| AssetError::Download {
             command: command.clone(),
@@ -95,12 +105,17 @@ pub fn unpack_flat(archive: &Path, dir: &Path) -> Result<()> {
         if entry.is_dir() {
             continue;
         }
-        let Some(name) = entry.enclosed_name().and_then(|p| p.file_name().map(PathBuf::from)) else {
+        let Some(name) = entry
+            .enclosed_name()
+            .and_then(|p| p.file_name().map(PathBuf::from))
+        else {
             return Err(bad(format!("unsafe entry name {}", entry.name())));
         };
         let target = dir.join(name);
         let mut buf = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut buf).map_err(|e| bad(e.to_string()))?;
+        entry
+            .read_to_end(&mut buf)
+            .map_err(|e| bad(e.to_string()))?;
         std::fs::write(&target, buf).map_err(|source| AssetError::Io {
             path: target,
             source,

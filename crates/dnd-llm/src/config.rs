@@ -122,17 +122,31 @@ impl ModelConfig {
         let arch = match v.get("model_type").and_then(Value::as_str) {
             Some("llama") => Arch::Llama,
             Some("qwen2") => Arch::Qwen2,
-            Some(other) => return Err(key("model_type", &format!("`{other}` is not llama or qwen2"))),
+            Some(other) => {
+                return Err(key(
+                    "model_type",
+                    &format!("`{other}` is not llama or qwen2"),
+                ))
+            }
             None => return Err(key("model_type", "missing")),
         };
         if let Some(scaling) = v.get("rope_scaling").filter(|s| !s.is_null()) {
-            return Err(key("rope_scaling", &format!("rope scaling {scaling} is not supported")));
+            return Err(key(
+                "rope_scaling",
+                &format!("rope scaling {scaling} is not supported"),
+            ));
         }
         // transformers >= 5 writes `rope_parameters: {rope_theta, rope_type}` instead of `rope_theta`.
         let rope = v.get("rope_parameters").filter(|r| !r.is_null());
-        if let Some(kind) = rope.and_then(|r| r.get("rope_type")).and_then(Value::as_str) {
+        if let Some(kind) = rope
+            .and_then(|r| r.get("rope_type"))
+            .and_then(Value::as_str)
+        {
             if kind != "default" {
-                return Err(key("rope_parameters", &format!("rope type `{kind}` is not supported")));
+                return Err(key(
+                    "rope_parameters",
+                    &format!("rope type `{kind}` is not supported"),
+                ));
             }
         }
         let rope_theta = v
@@ -140,8 +154,12 @@ impl ModelConfig {
             .or_else(|| rope.and_then(|r| r.get("rope_theta")))
             .and_then(Value::as_f64)
             .unwrap_or(10000.0);
-        if arch == Arch::Qwen2 && v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
-            return Err(key("use_sliding_window", "sliding-window attention is not supported"));
+        if arch == Arch::Qwen2 && v.get("use_sliding_window").and_then(Value::as_bool) == Some(true)
+        {
+            return Err(key(
+                "use_sliding_window",
+                "sliding-window attention is not supported",
+            ));
         }
         if let Some(act) = v.get("hidden_act").and_then(Value::as_str) {
             if act != "silu" {
@@ -204,14 +222,20 @@ impl ModelConfig {
                 return Err(bad(k, "must be positive".into()));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(bad(
                 "num_key_value_heads",
-                format!("{} heads are not a multiple of {} kv heads", self.num_heads, self.num_kv_heads),
+                format!(
+                    "{} heads are not a multiple of {} kv heads",
+                    self.num_heads, self.num_kv_heads
+                ),
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
-            return Err(bad("head_dim", format!("{} must be even and positive", self.head_dim)));
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            return Err(bad(
+                "head_dim",
+                format!("{} must be even and positive", self.head_dim),
+            ));
         }
         Ok(())
     }

@@ -34,11 +34,14 @@ impl GgufFile {
     }
 
     fn meta(&self, key: &str) -> Result<&Value> {
-        self.content.metadata.get(key).ok_or_else(|| LlmError::Config {
-            path: self.path.clone(),
-            key: key.into(),
-            reason: "missing from GGUF metadata".into(),
-        })
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| LlmError::Config {
+                path: self.path.clone(),
+                key: key.into(),
+                reason: "missing from GGUF metadata".into(),
+            })
     }
 
     fn meta_usize(&self, key: &str) -> Result<usize> {
@@ -115,11 +118,14 @@ impl GgufFile {
     }
 
     fn info(&self, name: &str) -> Result<&candle_core::quantized::gguf_file::TensorInfo> {
-        self.content.tensor_infos.get(name).ok_or_else(|| LlmError::Tensor {
-            path: self.path.clone(),
-            name: name.into(),
-            reason: "missing from the GGUF file".into(),
-        })
+        self.content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| LlmError::Tensor {
+                path: self.path.clone(),
+                name: name.into(),
+                reason: "missing from the GGUF file".into(),
+            })
     }
 
     /// Read and dequantise one tensor to f32.

@@ -43,11 +43,14 @@ pub fn read_safetensors(path: &Path, dtype: DType) -> Result<HashMap<String, Ten
         reason,
     };
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| bad(e.to_string()))?;
     tensors
         .into_iter()
         .map(|(name, t)| {
-            let t = t.to_dtype(dtype).map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
+            let t = t
+                .to_dtype(dtype)
+                .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
             Ok((name, t))
         })
         .collect()

@@ -79,7 +79,10 @@ impl Lora {
                 )));
             }
             if !config.targets.contains(&target) {
-                return Err(bad(format!("{} is not among the configured targets", target.module())));
+                return Err(bad(format!(
+                    "{} is not among the configured targets",
+                    target.module()
+                )));
             }
             let (i, o) = model.module_shape(target);
             let r = config.rank;
@@ -93,7 +96,10 @@ impl Lora {
             }
             let slot = &mut modules[layer][target.index()];
             if slot.is_some() {
-                return Err(bad(format!("layer {layer} {} appears twice", target.module())));
+                return Err(bad(format!(
+                    "layer {layer} {} appears twice",
+                    target.module()
+                )));
             }
             *slot = Some((a, b));
         }

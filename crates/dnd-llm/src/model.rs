@@ -170,7 +170,7 @@ impl Transformer {
                 self.cos.dim(0)?
             )));
         }
-        if let Some(max) = ids.flatten_all()?.max(0)?.to_scalar::<u32>().ok() {
+        if let Ok(max) = ids.flatten_all()?.max(0)?.to_scalar::<u32>() {
             if max as usize >= self.cfg.vocab_size {
                 return Err(LlmError::Input(format!(
                     "token id {max} outside the vocabulary of {}",
@@ -213,7 +213,7 @@ impl Transformer {
             // Grouped-query attention without copying K/V: the `rep` query heads that share a KV head
             // are stacked along the sequence axis, so one batched matmul serves them all.
             let q = q.contiguous()?.reshape((b, nkv, rep * t, hd))?;
-            let scores = (q.matmul(&k.t()?)? * scale)?;
+            let scores = (q.matmul(&k.contiguous()?.t()?)? * scale)?;
             let scores = match &mask {
                 Some(m) => scores.broadcast_add(m)?,
                 None => scores,
@@ -341,8 +341,16 @@ fn causal_mask(
     let mut m = Vec::with_capacity(rep * t * s);
     for _ in 0..rep {
         for i in 0..t {
-            m.extend((0..s).map(|j| if j <= offset + i { 0f32 } else { f32::NEG_INFINITY }));
+            m.extend((0..s).map(|j| {
+                if j <= offset + i {
+                    0f32
+                } else {
+                    f32::NEG_INFINITY
+                }
+            }));
         }
     }
-    Ok(Some(Tensor::from_vec(m, (rep * t, s), dev)?.to_dtype(dtype)?))
+    Ok(Some(
+        Tensor::from_vec(m, (rep * t, s), dev)?.to_dtype(dtype)?,
+    ))
 }

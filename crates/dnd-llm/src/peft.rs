@@ -101,7 +101,12 @@ pub fn read_config(path: &Path) -> Result<LoraConfig> {
     };
     match v.get("peft_type").and_then(Value::as_str) {
         Some("LORA") => {}
-        other => return Err(bad("peft_type", format!("{other:?}, only LORA is supported"))),
+        other => {
+            return Err(bad(
+                "peft_type",
+                format!("{other:?}, only LORA is supported"),
+            ))
+        }
     }
     let rank = v
         .get("r")
@@ -132,19 +137,31 @@ pub fn read_config(path: &Path) -> Result<LoraConfig> {
         return Err(bad("use_dora", "DoRA adapters are not supported".into()));
     }
     if flag("fan_in_fan_out") {
-        return Err(bad("fan_in_fan_out", "transposed (Conv1D) layouts are not supported".into()));
+        return Err(bad(
+            "fan_in_fan_out",
+            "transposed (Conv1D) layouts are not supported".into(),
+        ));
     }
     for k in ["rank_pattern", "alpha_pattern"] {
-        if v.get(k).and_then(Value::as_object).is_some_and(|m| !m.is_empty()) {
+        if v.get(k)
+            .and_then(Value::as_object)
+            .is_some_and(|m| !m.is_empty())
+        {
             return Err(bad(k, "per-module ranks/alphas are not supported".into()));
         }
     }
     if v.get("layers_to_transform").is_some_and(|x| !x.is_null()) {
-        return Err(bad("layers_to_transform", "adapters on a subset of layers are not supported".into()));
+        return Err(bad(
+            "layers_to_transform",
+            "adapters on a subset of layers are not supported".into(),
+        ));
     }
     if let Some(bias) = v.get("bias").and_then(Value::as_str) {
         if bias != "none" {
-            return Err(bad("bias", format!("`{bias}`: trained biases are not supported")));
+            return Err(bad(
+                "bias",
+                format!("`{bias}`: trained biases are not supported"),
+            ));
         }
     }
     let mut config = LoraConfig::new(rank, alpha, &targets);
@@ -184,7 +201,10 @@ pub fn load(dir: &Path, model: &ModelConfig, dtype: DType) -> Result<Lora> {
             _ => {
                 return Err(LlmError::AdapterMismatch {
                     path: weights.clone(),
-                    reason: format!("layer {layer} {} has only one of lora_A/lora_B", target.module()),
+                    reason: format!(
+                        "layer {layer} {} has only one of lora_A/lora_B",
+                        target.module()
+                    ),
                 })
             }
         }

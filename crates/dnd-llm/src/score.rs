@@ -55,7 +55,9 @@ pub fn loglikelihood(
     let ids = Tensor::from_vec(ids, (continuations.len(), width), &dev)?;
     let hidden = model.hidden(&ids, lora, Some(&mut cache))?;
     let rows_t = Tensor::new(rows.as_slice(), &dev)?;
-    let logits = model.logits(&hidden.index_select(&rows_t, 0)?)?.to_dtype(DType::F64)?;
+    let logits = model
+        .logits(&hidden.index_select(&rows_t, 0)?)?
+        .to_dtype(DType::F64)?;
     let logp = log_softmax(&logits)?;
     let argmax: Vec<u32> = logp.argmax(D::Minus1)?.to_vec1()?;
     let logp: Vec<Vec<f64>> = logp.to_vec2()?;

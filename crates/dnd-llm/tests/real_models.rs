@@ -12,9 +12,11 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 fn asset(file: &str) -> Option<PathBuf> {
-    let root = std::env::var_os("DND_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dnd")
-    });
+    let root = std::env::var_os("DND_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dnd")
+        });
     let path = root.join("models").join(file);
     if path.is_file() {
         return Some(path);
@@ -29,11 +31,19 @@ fn asset(file: &str) -> Option<PathBuf> {
 }
 
 fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 fn check(file: &str, fixture_name: &str) {
@@ -43,8 +53,18 @@ fn check(file: &str, fixture_name: &str) {
     let subset = u32s(&fx["logits"]["subset_ids"]);
     for p in fx["logits"]["prompts"].as_array().unwrap() {
         let ids = u32s(&p["ids"]);
-        let t = Tensor::new(ids.as_slice(), llm.model.device()).unwrap().unsqueeze(0).unwrap();
-        let logits: Vec<Vec<f32>> = llm.model.forward(&t, None).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+        let t = Tensor::new(ids.as_slice(), llm.model.device())
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits: Vec<Vec<f32>> = llm
+            .model
+            .forward(&t, None)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         let max_abs = f64s(&p["max_abs"]);
         for (pos, row) in logits.iter().enumerate() {
             let mut worst = 0f64;
@@ -52,13 +72,29 @@ fn check(file: &str, fixture_name: &str) {
             for (&id, expected) in pairs {
                 worst = worst.max((row[id as usize] as f64 - expected).abs());
             }
-            for (id, expected) in u32s(&p["top_ids"][pos]).into_iter().zip(f64s(&p["top_logits"][pos])) {
+            for (id, expected) in u32s(&p["top_ids"][pos])
+                .into_iter()
+                .zip(f64s(&p["top_logits"][pos]))
+            {
                 worst = worst.max((row[id as usize] as f64 - expected).abs());
             }
             let rel = worst / max_abs[pos];
-            assert!(rel <= 1e-3, "{fixture_name} {:?} pos {pos}: max |diff| {worst} = {rel:.2e} of max |logit|", p["text"]);
-            let argmax = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
-            assert_eq!(argmax as u64, p["argmax"][pos].as_u64().unwrap(), "{fixture_name} pos {pos} argmax");
+            assert!(
+                rel <= 1e-3,
+                "{fixture_name} {:?} pos {pos}: max |diff| {worst} = {rel:.2e} of max |logit|",
+                p["text"]
+            );
+            let argmax = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0;
+            assert_eq!(
+                argmax as u64,
+                p["argmax"][pos].as_u64().unwrap(),
+                "{fixture_name} pos {pos} argmax"
+            );
         }
     }
     for key in ["greedy", "greedy_question"] {
@@ -68,9 +104,16 @@ fn check(file: &str, fixture_name: &str) {
         let eos = llm.tokenizer.eos_ids().to_vec();
         let out = generate_greedy(&llm.model, None, &prompt, max_new, &eos, &|_| false).unwrap();
         let want = u32s(&g["new_ids"]);
-        assert_eq!(out, want, "{fixture_name} {key}: greedy ids differ from transformers");
+        assert_eq!(
+            out, want,
+            "{fixture_name} {key}: greedy ids differ from transformers"
+        );
         let text = llm.tokenizer.decode(&out, true).unwrap();
-        assert_eq!(text, g["text"].as_str().unwrap(), "{fixture_name} {key}: decoded text");
+        assert_eq!(
+            text,
+            g["text"].as_str().unwrap(),
+            "{fixture_name} {key}: decoded text"
+        );
     }
     // The question form answers Paris on both models. (SmolLM2-135M at Q4_1 completes the bare
     // statement "The capital of France is" with nonsense, in transformers too: see the fixture.)

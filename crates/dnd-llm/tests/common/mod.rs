@@ -25,7 +25,9 @@ pub fn formula_tensor(name: &str, shape: &[usize]) -> Tensor {
 }
 
 pub fn fixture(name: &str) -> serde_json::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
@@ -66,7 +68,10 @@ pub fn write_hf_dir(config_json: &serde_json::Value, dir: &Path) -> PathBuf {
 }
 
 /// Load the formula model of a fixture (`tiny_llama.json` / `tiny_qwen2.json`) through the HF-dir path.
-pub fn tiny_model(fixture_name: &str, dtype: DType) -> (Transformer, serde_json::Value, tempfile::TempDir) {
+pub fn tiny_model(
+    fixture_name: &str,
+    dtype: DType,
+) -> (Transformer, serde_json::Value, tempfile::TempDir) {
     let fx = fixture(fixture_name);
     let dir = tempfile::tempdir().unwrap();
     write_hf_dir(&fx["config"], dir.path());
@@ -82,9 +87,18 @@ pub fn formula_lora(cfg: &ModelConfig, config: LoraConfig, dtype: DType) -> Lora
     for l in 0..cfg.num_layers {
         for &t in &config.targets {
             let (i, o) = cfg.module_shape(t);
-            let key = |w: char| format!("base_model.model.model.layers.{l}.{}.lora_{w}.weight", t.path());
-            let a = formula_tensor(&key('A'), &[config.rank, i]).to_dtype(dtype).unwrap();
-            let b = formula_tensor(&key('B'), &[o, config.rank]).to_dtype(dtype).unwrap();
+            let key = |w: char| {
+                format!(
+                    "base_model.model.model.layers.{l}.{}.lora_{w}.weight",
+                    t.path()
+                )
+            };
+            let a = formula_tensor(&key('A'), &[config.rank, i])
+                .to_dtype(dtype)
+                .unwrap();
+            let b = formula_tensor(&key('B'), &[o, config.rank])
+                .to_dtype(dtype)
+                .unwrap();
             parts.push((l, t, a, b));
         }
     }
@@ -92,7 +106,10 @@ pub fn formula_lora(cfg: &ModelConfig, config: LoraConfig, dtype: DType) -> Lora
 }
 
 pub fn ids(seq: &[u32]) -> Tensor {
-    Tensor::new(seq, &Device::Cpu).unwrap().unsqueeze(0).unwrap()
+    Tensor::new(seq, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
 }
 
 /// Largest absolute difference between a `[T, V]` tensor and nested JSON numbers.
@@ -112,6 +129,12 @@ pub fn input_seqs(fx: &serde_json::Value) -> Vec<Vec<u32>> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| s.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
+        .map(|s| {
+            s.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        })
         .collect()
 }

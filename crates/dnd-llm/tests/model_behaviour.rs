@@ -1,0 +1,180 @@
+//! Properties of the forward pass that need no external reference: the KV cache, batched scoring and
+//! merging agree with the plain forward; LoRA gradients agree with finite differences (f64).
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, D};
+use common::*;
+use dnd_llm::score::{generate_greedy, loglikelihood};
+use dnd_llm::{LoraConfig, Target};
+
+#[test]
+fn kv_cache_continuation_equals_full_forward() {
+    let (model, _fx, _dir) = tiny_model("tiny_qwen2.json", DType::F32);
+    let seq: Vec<u32> = vec![3, 9, 27, 81 % 64, 11, 5, 60];
+    let full = model.hidden(&ids(&seq), None, None).unwrap();
+    let mut cache = model.new_cache();
+    let a = model
+        .hidden(&ids(&seq[..4]), None, Some(&mut cache))
+        .unwrap();
+    let b = model
+        .hidden(&ids(&seq[4..6]), None, Some(&mut cache))
+        .unwrap();
+    let c = model
+        .hidden(&ids(&seq[6..]), None, Some(&mut cache))
+        .unwrap();
+    assert_eq!(cache.len(), 7);
+    let inc = Tensor::cat(&[a, b, c], 0).unwrap();
+    let d = (full - inc)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-5, "cached vs full: {d}");
+}
+
+/// Sum of log-softmax over the continuation, computed from one plain forward of context + continuation.
+fn reference_loglik(model: &dnd_llm::Transformer, ctx: &[u32], cont: &[u32]) -> (f64, bool) {
+    let all: Vec<u32> = ctx.iter().chain(cont).copied().collect();
+    let logits = model
+        .forward(&ids(&all), None)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let lse = logits
+        .exp()
+        .unwrap()
+        .sum_keepdim(D::Minus1)
+        .unwrap()
+        .log()
+        .unwrap();
+    let logp: Vec<Vec<f64>> = logits.broadcast_sub(&lse).unwrap().to_vec2().unwrap();
+    let mut total = 0.0;
+    let mut greedy = true;
+    for (j, &tok) in cont.iter().enumerate() {
+        let row = &logp[ctx.len() - 1 + j];
+        total += row[tok as usize];
+        let best = row
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0;
+        greedy &= best == tok as usize;
+    }
+    (total, greedy)
+}
+
+#[test]
+fn batched_loglikelihood_equals_separate_forwards() {
+    for name in ["tiny_llama.json", "tiny_qwen2.json"] {
+        let (model, _fx, _dir) = tiny_model(name, DType::F32);
+        let ctx = [1u32, 17, 4, 44, 8];
+        let conts = vec![vec![5u32], vec![9, 2, 33], vec![60, 61]];
+        let got = loglikelihood(&model, None, &ctx, &conts).unwrap();
+        for (c, g) in conts.iter().zip(&got) {
+            let (want, greedy) = reference_loglik(&model, &ctx, c);
+            assert!(
+                (g.logprob - want).abs() < 1e-4,
+                "{name}: {} vs {want}",
+                g.logprob
+            );
+            assert_eq!(g.is_greedy, greedy);
+        }
+        // A one-token context has no prefix to cache.
+        let single = loglikelihood(&model, None, &ctx[..1], &conts[1..2]).unwrap()[0];
+        assert!((single.logprob - reference_loglik(&model, &ctx[..1], &conts[1]).0).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn greedy_continuation_is_reported_greedy() {
+    let (model, _fx, _dir) = tiny_model("tiny_llama.json", DType::F32);
+    let ctx = [2u32, 7, 19];
+    let gen = generate_greedy(&model, None, &ctx, 4, &[], &|_| false).unwrap();
+    assert_eq!(gen.len(), 4);
+    let ll = loglikelihood(&model, None, &ctx, std::slice::from_ref(&gen)).unwrap()[0];
+    assert!(ll.is_greedy, "the greedy decode must score as greedy");
+    let stop_at = gen[1];
+    let stopped = generate_greedy(&model, None, &ctx, 4, &[stop_at], &|_| false).unwrap();
+    assert_eq!(stopped.last(), Some(&stop_at));
+    assert!(stopped.len() <= 2);
+}
+
+#[test]
+fn bad_scoring_inputs_are_errors() {
+    let (model, _fx, _dir) = tiny_model("tiny_llama.json", DType::F32);
+    assert!(loglikelihood(&model, None, &[], &[vec![1]]).is_err());
+    assert!(loglikelihood(&model, None, &[1], &[vec![]]).is_err());
+    let err = model
+        .forward(&ids(&[1, 64]), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("64"), "{err}");
+    let long: Vec<u32> = (0..129).map(|i| i % 64).collect();
+    assert!(
+        model.forward(&ids(&long), None).is_err(),
+        "past max_position_embeddings"
+    );
+}
+
+/// Scalar loss with a fixed, non-trivial weighting of every logit.
+fn loss(model: &dnd_llm::Transformer, lora: &dnd_llm::Lora, seq: &[u32]) -> Tensor {
+    let logits = model.forward(&ids(seq), Some(lora)).unwrap();
+    let w = formula_tensor("loss-weights", logits.dims())
+        .to_dtype(DType::F64)
+        .unwrap();
+    (logits * w).unwrap().sum_all().unwrap()
+}
+
+#[test]
+fn lora_gradients_match_finite_differences() {
+    for name in ["tiny_llama.json", "tiny_qwen2.json"] {
+        let (model, _fx, _dir) = tiny_model(name, DType::F64);
+        let cfg = model.config().clone();
+        let lora = formula_lora(&cfg, LoraConfig::new(2, 4.0, &Target::ALL), DType::F64);
+        let (trainable, vars) = lora.to_vars().unwrap();
+        let seq = [3u32, 14, 15, 9, 26, 53];
+        let grads = loss(&model, &trainable, &seq).backward().unwrap();
+        let eps = 1e-6;
+        let mut checked = 0;
+        for (k, var) in vars.iter().enumerate() {
+            let g = grads
+                .get(var.as_tensor())
+                .expect("every LoRA matrix gets a gradient");
+            let g: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
+            let base: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            // Probe a few entries of every matrix: first, middle, last.
+            for &i in &[0, base.len() / 2, base.len() - 1] {
+                let mut fd = 0.0;
+                for sign in [1.0, -1.0] {
+                    let mut v = base.clone();
+                    v[i] += sign * eps;
+                    var.set(&Tensor::from_vec(v, var.as_tensor().dims(), &Device::Cpu).unwrap())
+                        .unwrap();
+                    fd += sign * loss(&model, &trainable, &seq).to_scalar::<f64>().unwrap();
+                }
+                var.set(
+                    &Tensor::from_vec(base.clone(), var.as_tensor().dims(), &Device::Cpu).unwrap(),
+                )
+                .unwrap();
+                fd /= 2.0 * eps;
+                let tol = 1e-6 * (1.0 + fd.abs());
+                assert!(
+                    (g[i] - fd).abs() < tol.max(1e-5 * fd.abs()),
+                    "{name} var {k} [{i}]: autograd {} vs fd {fd}",
+                    g[i]
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, vars.len() * 3);
+        assert_eq!(vars.len(), cfg.num_layers * 7 * 2);
+    }
+}
