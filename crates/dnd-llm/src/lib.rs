@@ -12,6 +12,7 @@ pub mod model;
 pub mod peft;
 pub mod score;
 pub mod tokenizer;
+pub mod train;
 
 pub use config::{Arch, ModelConfig, Target};
 pub use error::{LlmError, Result};

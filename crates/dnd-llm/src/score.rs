@@ -4,6 +4,7 @@
 use crate::error::{LlmError, Result};
 use crate::lora::Lora;
 use crate::model::Transformer;
+use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Tensor, D};
 
 /// Log-likelihood of one continuation, as lm-evaluation-harness reports it.
@@ -76,6 +77,36 @@ pub fn loglikelihood(
         out.push(ll);
     }
     Ok(out)
+}
+
+/// Tokenise a (context, continuation) pair exactly as lm-evaluation-harness does: trailing spaces of the
+/// context move to the continuation, the pair is encoded whole, and the continuation is what follows
+/// the separately encoded context. An empty context becomes the BOS (else EOS) token.
+pub fn encode_pair(
+    tok: &Tokenizer,
+    context: &str,
+    continuation: &str,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    if context.is_empty() {
+        let prefix = tok.bos_id().or(tok.eos_id()).ok_or_else(|| {
+            LlmError::Input("empty context and the tokenizer has no BOS/EOS token".into())
+        })?;
+        return Ok((vec![prefix], tok.encode(continuation, false)?));
+    }
+    let trimmed = context.trim_end();
+    let (context, continuation) = (
+        trimmed,
+        format!("{}{continuation}", &context[trimmed.len()..]),
+    );
+    let whole = tok.encode(&format!("{context}{continuation}"), false)?;
+    let ctx = tok.encode(context, false)?;
+    let cont = whole.get(ctx.len()..).unwrap_or_default().to_vec();
+    if cont.is_empty() {
+        return Err(LlmError::Input(format!(
+            "continuation {continuation:?} encodes to no tokens"
+        )));
+    }
+    Ok((ctx, cont))
 }
 
 fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {

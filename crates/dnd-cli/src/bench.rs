@@ -1,0 +1,213 @@
+//! `dnd bench ...`: throughput measured side by side with the reference implementation in the same run,
+//! reported as ratios (absolute times on these shared machines are noisy and not comparable across runs).
+
+use crate::common::{write_atomic, ModelArg};
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use dnd_llm::train::{lm_loss, LmBatch};
+use dnd_llm::{Lora, LoraConfig};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Subcommand)]
+pub enum Bench {
+    /// Base-LLM forward and LoRA-training tokens/s against PyTorch (+PEFT) on the same model.
+    Llm(LlmArgs),
+}
+
+#[derive(clap::Args)]
+pub struct LlmArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// Timed steps per measurement (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Python with torch/transformers/peft for the reference (see scripts/reference/README.md).
+    /// Without it only dnd is measured.
+    #[arg(long, env = "DND_REF_PYTHON")]
+    python: Option<PathBuf>,
+    /// Result file (JSON); a Markdown table goes to stdout.
+    #[arg(long, default_value = "results/bench/llm.json")]
+    out: PathBuf,
+}
+
+pub fn run(b: Bench) -> Result<()> {
+    match b {
+        Bench::Llm(a) => llm(a),
+    }
+}
+
+/// Peak resident memory of this process so far, in MiB (Linux `VmHWM`).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Mean seconds of `steps` calls after one warm-up call.
+fn timed(steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let t = Instant::now();
+    for _ in 0..steps {
+        f()?;
+    }
+    Ok(t.elapsed().as_secs_f64() / steps as f64)
+}
+
+fn llm(a: LlmArgs) -> Result<()> {
+    let path = a.model.path()?;
+    let llm = a.model.load()?;
+    let model = &llm.model;
+    let cfg = model.config().clone();
+    let ntok = (a.batch * a.seq) as f64;
+    // Fixed pseudo-random ids: the content does not matter for speed.
+    let ids: Vec<u32> = (0..a.batch * a.seq)
+        .map(|i| ((i as u64 * 2654435761) % cfg.vocab_size as u64) as u32)
+        .collect();
+    let ids_t = Tensor::from_vec(ids.clone(), (a.batch, a.seq), &Device::Cpu)?;
+    let hidden_s = timed(a.steps, || Ok(drop(model.hidden(&ids_t, None, None)?)))?;
+    let full_s = timed(a.steps, || Ok(drop(model.forward(&ids_t, None)?)))?;
+    let rss_forward = peak_rss_mb();
+
+    let lora = Lora::init(LoraConfig::paper_default(), &cfg, 0, model.dtype())?;
+    let (lora, vars) = lora.to_vars()?;
+    let mut opt = AdamW::new(
+        vars,
+        ParamsAdamW {
+            lr: 1e-4,
+            ..Default::default()
+        },
+    )?;
+    let seqs: Vec<(Vec<u32>, Vec<bool>)> = ids
+        .chunks(a.seq)
+        .map(|s| (s.to_vec(), vec![true; s.len()]))
+        .collect();
+    let batch = LmBatch::new(&seqs, 0, &Device::Cpu)?;
+    let mut losses = Vec::new();
+    let train_s = timed(a.steps, || {
+        let loss = lm_loss(model, Some(&lora), &batch)?;
+        opt.backward_step(&loss)?;
+        losses.push(loss.to_scalar::<f32>()?);
+        Ok(())
+    })?;
+    let dnd = json!({
+        "forward_hidden_tok_s": ntok / hidden_s,
+        "forward_full_logits_tok_s": ntok / full_s,
+        "lora_train_tok_s": ntok / train_s,
+        "peak_rss_mb_after_forward": rss_forward,
+        "peak_rss_mb_after_train": peak_rss_mb(),
+        "loss_first": losses.first(),
+        "loss_last": losses.last(),
+    });
+    let reference = match &a.python {
+        Some(py) => Some(torch_reference(py, &path, &a)?),
+        None => None,
+    };
+    let ratio = |dnd_key: &str, ref_path: &[&str]| -> Value {
+        let r = reference
+            .as_ref()
+            .and_then(|r| ref_path.iter().try_fold(r, |v, k| v.get(k)))
+            .and_then(Value::as_f64);
+        match (dnd[dnd_key].as_f64(), r) {
+            (Some(d), Some(r)) if r > 0.0 => json!(d / r),
+            _ => Value::Null,
+        }
+    };
+    let result = json!({
+        "bench": "llm",
+        "model": path.display().to_string(),
+        "batch": a.batch, "seq": a.seq, "steps": a.steps,
+        "lora": {"rank": 8, "alpha": 16, "targets": "q,k,v,o,gate,up,down"},
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "dnd": dnd,
+        "torch": reference,
+        "ratio_dnd_over_torch": {
+            "forward_hidden": ratio("forward_hidden_tok_s", &["forward_hidden", "tok_s"]),
+            "forward_full_logits": ratio("forward_full_logits_tok_s", &["forward_full_logits", "tok_s"]),
+            "lora_train": ratio("lora_train_tok_s", &["lora_train", "tok_s"]),
+        },
+    });
+    write_atomic(&a.out, &serde_json::to_string_pretty(&result)?)?;
+    let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
+    let r = reference.clone().unwrap_or(Value::Null);
+    let ra = &result["ratio_dnd_over_torch"];
+    println!(
+        "| measure (batch {} x {}) | dnd tok/s | torch tok/s | ratio |",
+        a.batch, a.seq
+    );
+    println!("|---|---|---|---|");
+    for (name, dk, rk, rr) in [
+        (
+            "forward, hidden states",
+            "forward_hidden_tok_s",
+            "forward_hidden",
+            "forward_hidden",
+        ),
+        (
+            "forward, all logits",
+            "forward_full_logits_tok_s",
+            "forward_full_logits",
+            "forward_full_logits",
+        ),
+        (
+            "LoRA training step",
+            "lora_train_tok_s",
+            "lora_train",
+            "lora_train",
+        ),
+    ] {
+        let ratio = ra[rr].as_f64().map_or("-".into(), |x| format!("{x:.2}x"));
+        println!(
+            "| {name} | {} | {} | {ratio} |",
+            f(&result["dnd"][dk]),
+            f(&r[rk]["tok_s"])
+        );
+    }
+    println!("results written to {}", a.out.display());
+    Ok(())
+}
+
+/// Run `scripts/reference/bench_torch.py` and parse its JSON line.
+fn torch_reference(python: &PathBuf, model: &std::path::Path, a: &LlmArgs) -> Result<Value> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts/reference/bench_torch.py");
+    tracing::info!("running the PyTorch reference ({})", script.display());
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .args(["--model", &model.display().to_string()])
+        .args([
+            "--batch",
+            &a.batch.to_string(),
+            "--seq",
+            &a.seq.to_string(),
+            "--steps",
+            &a.steps.to_string(),
+        ])
+        .env("TQDM_DISABLE", "1")
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "reference benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("no JSON line from the reference")?;
+    Ok(serde_json::from_str(line)?)
+}
