@@ -1,0 +1,337 @@
+//! Bad files give clear errors that name the file and the problem, never a panic; and a tiny model
+//! written as a llama.cpp-style GGUF (permuted Q/K) loads to the same logits as its HF directory.
+
+mod common;
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Tensor};
+use common::*;
+use dnd_llm::gguf::GgufFile;
+use dnd_llm::{peft, LlmError, Lora, LoraConfig, ModelConfig, Target, Transformer};
+use std::path::{Path, PathBuf};
+
+/// llama.cpp's converter permutation of Q/K rows (the inverse of what the loader undoes).
+fn permute(t: &Tensor, heads: usize) -> Tensor {
+    let (rows, cols) = t.dims2().unwrap();
+    t.reshape((heads, 2, rows / heads / 2, cols))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .reshape((rows, cols))
+        .unwrap()
+}
+
+/// Write the tiny llama formula model as a GGUF file the way llama.cpp lays it out.
+fn write_tiny_gguf(cfg: &ModelConfig, path: &Path) {
+    let mut tensors = Vec::new();
+    let mut w = formula_weights(cfg);
+    let mut add = |gguf: String, t: Tensor| {
+        tensors.push((gguf, QTensor::quantize(&t, GgmlDType::F32).unwrap()))
+    };
+    add(
+        "token_embd.weight".into(),
+        w.remove("model.embed_tokens.weight").unwrap(),
+    );
+    add(
+        "output_norm.weight".into(),
+        w.remove("model.norm.weight").unwrap(),
+    );
+    for l in 0..cfg.num_layers {
+        let p = format!("model.layers.{l}");
+        let mut take = |n: &str| w.remove(&format!("{p}.{n}")).unwrap();
+        let q = permute(&take("self_attn.q_proj.weight"), cfg.num_heads);
+        let k = permute(&take("self_attn.k_proj.weight"), cfg.num_kv_heads);
+        for (name, t) in [
+            ("attn_norm", take("input_layernorm.weight")),
+            ("ffn_norm", take("post_attention_layernorm.weight")),
+            ("attn_q", q),
+            ("attn_k", k),
+            ("attn_v", take("self_attn.v_proj.weight")),
+            ("attn_output", take("self_attn.o_proj.weight")),
+            ("ffn_gate", take("mlp.gate_proj.weight")),
+            ("ffn_up", take("mlp.up_proj.weight")),
+            ("ffn_down", take("mlp.down_proj.weight")),
+        ] {
+            add(format!("blk.{l}.{name}.weight"), t);
+        }
+    }
+    let meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        (
+            "llama.block_count".into(),
+            Value::U32(cfg.num_layers as u32),
+        ),
+        (
+            "llama.embedding_length".into(),
+            Value::U32(cfg.hidden_size as u32),
+        ),
+        (
+            "llama.feed_forward_length".into(),
+            Value::U32(cfg.intermediate_size as u32),
+        ),
+        (
+            "llama.attention.head_count".into(),
+            Value::U32(cfg.num_heads as u32),
+        ),
+        (
+            "llama.attention.head_count_kv".into(),
+            Value::U32(cfg.num_kv_heads as u32),
+        ),
+        (
+            "llama.rope.freq_base".into(),
+            Value::F32(cfg.rope_theta as f32),
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
+        (
+            "llama.context_length".into(),
+            Value::U32(cfg.max_position_embeddings as u32),
+        ),
+    ];
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
+}
+
+fn tiny_gguf() -> (ModelConfig, tempfile::TempDir, PathBuf) {
+    let (model, _fx, dir) = tiny_model("tiny_llama.json", DType::F32);
+    let path = dir.path().join("tiny.gguf");
+    write_tiny_gguf(model.config(), &path);
+    (model.config().clone(), dir, path)
+}
+
+fn load_gguf(path: &Path) -> Result<Transformer, LlmError> {
+    let mut f = GgufFile::open(path)?;
+    let cfg = f.config()?;
+    let w = f.weights(&cfg)?;
+    Transformer::new(cfg, w, DType::F32, path)
+}
+
+#[test]
+fn permuted_gguf_equals_hf_directory() {
+    let (model, fx, dir) = tiny_model("tiny_llama.json", DType::F32);
+    let path = dir.path().join("tiny.gguf");
+    write_tiny_gguf(model.config(), &path);
+    let from_gguf = load_gguf(&path).unwrap();
+    let mut cfg = from_gguf.config().clone();
+    assert!(
+        (cfg.rms_norm_eps - 1e-5).abs() < 1e-12,
+        "GGUF stores eps as f32"
+    );
+    cfg.rms_norm_eps = model.config().rms_norm_eps;
+    assert_eq!(&cfg, model.config());
+    for (seq, expected) in input_seqs(&fx).iter().zip(fx["logits"].as_array().unwrap()) {
+        let d = max_diff(
+            &from_gguf
+                .forward(&ids(seq), None)
+                .unwrap()
+                .squeeze(0)
+                .unwrap(),
+            expected,
+        );
+        assert!(d < 1e-4, "GGUF-loaded tiny llama: {d}");
+    }
+}
+
+fn err_text(r: Result<Transformer, LlmError>) -> String {
+    r.err().expect("must fail").to_string()
+}
+
+#[test]
+fn wrong_magic_is_named() {
+    let (_cfg, dir, path) = tiny_gguf();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[..4].copy_from_slice(b"GGUX");
+    let bad = dir.path().join("magic.gguf");
+    std::fs::write(&bad, bytes).unwrap();
+    let e = err_text(load_gguf(&bad));
+    assert!(
+        e.contains("magic.gguf") && e.contains("not a readable GGUF"),
+        "{e}"
+    );
+}
+
+#[test]
+fn truncated_gguf_names_file_and_tensor() {
+    let (_cfg, dir, path) = tiny_gguf();
+    let bytes = std::fs::read(&path).unwrap();
+    for (i, keep) in [bytes.len() - 100, bytes.len() / 2, 40]
+        .into_iter()
+        .enumerate()
+    {
+        let bad = dir.path().join(format!("cut{i}.gguf"));
+        std::fs::write(&bad, &bytes[..keep]).unwrap();
+        let e = err_text(load_gguf(&bad));
+        assert!(e.contains(&format!("cut{i}.gguf")), "{e}");
+    }
+}
+
+#[test]
+fn unknown_tensor_type_is_an_error() {
+    // A minimal GGUF v3: one 1-D tensor whose ggml type id (99) does not exist.
+    let mut b = Vec::new();
+    b.extend(b"GGUF");
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes()); // tensors
+    b.extend(0u64.to_le_bytes()); // metadata entries
+    b.extend(4u64.to_le_bytes());
+    b.extend(b"w.wt");
+    b.extend(1u32.to_le_bytes());
+    b.extend(4u64.to_le_bytes());
+    b.extend(99u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.resize(b.len() + 64, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd.gguf");
+    std::fs::write(&path, b).unwrap();
+    let e = GgufFile::open(&path).err().unwrap().to_string();
+    assert!(e.contains("odd.gguf") && e.contains("99"), "{e}");
+}
+
+#[test]
+fn missing_metadata_key_is_named() {
+    let (_cfg, dir, path) = tiny_gguf();
+    let text = std::fs::read(&path).unwrap();
+    // Rename one key in place (same length), so the file stays well-formed.
+    let needle = b"llama.feed_forward_length";
+    let pos = text
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap();
+    let mut bytes = text.clone();
+    bytes[pos..pos + 5].copy_from_slice(b"xxxxx");
+    let bad = dir.path().join("nokey.gguf");
+    std::fs::write(&bad, bytes).unwrap();
+    let e = err_text(load_gguf(&bad));
+    assert!(
+        e.contains("llama.feed_forward_length") && e.contains("nokey.gguf"),
+        "{e}"
+    );
+}
+
+#[test]
+fn lying_safetensors_header_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = br#"{"w":{"dtype":"F32","shape":[4,4],"data_offsets":[0,64]}}"#;
+    let mut b = (header.len() as u64).to_le_bytes().to_vec();
+    b.extend(header);
+    b.extend([0u8; 16]); // 64 bytes promised, 16 present
+    let path = dir.path().join("model.safetensors");
+    std::fs::write(&path, b).unwrap();
+    let e = dnd_llm::hf::read_safetensors(&path, DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a readable safetensors"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_config_key_is_named() {
+    let fx = fixture("tiny_llama.json");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fx["config"].clone();
+    cfg.as_object_mut().unwrap().remove("hidden_size");
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let e = ModelConfig::from_hf_file(&dir.path().join("config.json"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("config.json") && e.contains("`hidden_size`"),
+        "{e}"
+    );
+    std::fs::write(dir.path().join("config.json"), "{not json").unwrap();
+    let e = ModelConfig::from_hf_file(&dir.path().join("config.json"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("invalid JSON"), "{e}");
+}
+
+#[test]
+fn wrong_weight_shape_is_named() {
+    let fx = fixture("tiny_llama.json");
+    let dir = tempfile::tempdir().unwrap();
+    write_hf_dir(&fx["config"], dir.path());
+    let mut cfg = fx["config"].clone();
+    cfg["intermediate_size"] = 64.into();
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let c = ModelConfig::from_hf_file(&dir.path().join("config.json")).unwrap();
+    let w = dnd_llm::hf::read_weights(dir.path(), DType::F32).unwrap();
+    let e = err_text(Transformer::new(c, w, DType::F32, dir.path()));
+    assert!(
+        e.contains("gate_proj.weight") && e.contains("[48, 32]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn peft_round_trip_and_mismatched_adapters() {
+    let (model, _fx, dir) = tiny_model("tiny_llama.json", DType::F32);
+    let cfg = model.config().clone();
+    let lora = formula_lora(
+        &cfg,
+        LoraConfig::new(4, 8.0, &[Target::Q, Target::V, Target::Down]),
+        DType::F32,
+    );
+    let adir = dir.path().join("adapter");
+    peft::save(&lora, &adir, "tiny").unwrap();
+    let back = peft::load(&adir, &cfg, DType::F32).unwrap();
+    assert_eq!(back.config(), lora.config());
+    let x = ids(&[1, 2, 3]);
+    let a = model.forward(&x, Some(&lora)).unwrap();
+    let b = model.forward(&x, Some(&back)).unwrap();
+    assert_eq!(a.to_vec3::<f32>().unwrap(), b.to_vec3::<f32>().unwrap());
+    // Same adapter against a base with another hidden size.
+    let mut other = cfg.clone();
+    other.hidden_size = 64;
+    let e = peft::load(&adir, &other, DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("adapter_model.safetensors") && e.contains("does not fit"),
+        "{e}"
+    );
+    // A config without `r`, and one that is not JSON.
+    let cfg_path = adir.join(peft::CONFIG_FILE);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("r");
+    std::fs::write(&cfg_path, v.to_string()).unwrap();
+    let e = peft::load(&adir, &cfg, DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("adapter_config.json") && e.contains("`r`"),
+        "{e}"
+    );
+    std::fs::write(&cfg_path, "[").unwrap();
+    assert!(peft::load(&adir, &cfg, DType::F32)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("invalid JSON"));
+    // Partial adapters are rejected rather than half-applied.
+    let init = Lora::init(LoraConfig::new(2, 4.0, &[Target::Q]), &cfg, 0, DType::F32).unwrap();
+    let parts: Vec<_> = init
+        .modules()
+        .skip(1)
+        .map(|(l, t, a, b)| (l, t, a.clone(), b.clone()))
+        .collect();
+    let e = Lora::from_parts(init.config().clone(), &cfg, parts, "x".as_ref())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("layer 0 q_proj is missing"), "{e}");
+}
