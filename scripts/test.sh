@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): fetch and verify the pinned assets into the cache, then run every
+# test, including those on the real models (DND_REQUIRE_ASSETS=1 makes a missing asset a failure).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked --bin dnd
+./target/release/dnd fetch
+DND_REQUIRE_ASSETS=1 cargo test --release --locked --workspace
