@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --bin dnd
-./target/release/dnd fetch
+./target/release/dnd fetch --all
 DND_REQUIRE_ASSETS=1 cargo test --release --locked --workspace

@@ -5,30 +5,10 @@
 mod common;
 
 use candle_core::{DType, Tensor};
-use common::fixture;
+use common::{asset, fixture};
 use dnd_llm::score::generate_greedy;
 use dnd_llm::Llm;
 use serde_json::Value;
-use std::path::PathBuf;
-
-fn asset(file: &str) -> Option<PathBuf> {
-    let root = std::env::var_os("DND_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dnd")
-        });
-    let path = root.join("models").join(file);
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("DND_REQUIRE_ASSETS").as_deref() != Ok("1"),
-        "{} is required (DND_REQUIRE_ASSETS=1); run `dnd fetch`",
-        path.display()
-    );
-    eprintln!("skipping: {} not cached", path.display());
-    None
-}
 
 fn u32s(v: &Value) -> Vec<u32> {
     v.as_array()

@@ -2,18 +2,13 @@
 //! (`tests/fixtures/gguf_*.json`). Skipped, with a message, when the GGUF is not in the cache
 //! (`$DND_CACHE/models`, default `~/.cache/dnd/models`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use candle_core::quantized::gguf_file::Content;
 use dnd_llm::tokenizer::{ChatMessage, Tokenizer};
 use serde_json::Value;
-
-fn cache_root() -> PathBuf {
-    match std::env::var_os("DND_CACHE") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dnd"),
-    }
-}
 
 /// Loads the fixture and its GGUF's tokenizer, or `None` (after saying why) when either is absent.
 fn load(fixture: &str) -> Option<(Value, Tokenizer)> {
@@ -25,16 +20,8 @@ fn load(fixture: &str) -> Option<(Value, Tokenizer)> {
         return None;
     };
     let fixture: Value = serde_json::from_str(&text).unwrap();
-    let model = cache_root()
-        .join("models")
-        .join(fixture["model_file"].as_str().unwrap());
-    let Ok(mut file) = std::fs::File::open(&model) else {
-        eprintln!(
-            "skipping: {} not found (set DND_CACHE or fetch the assets)",
-            model.display()
-        );
-        return None;
-    };
+    let model = common::asset(fixture["model_file"].as_str().unwrap())?;
+    let mut file = std::fs::File::open(&model).unwrap();
     let content = Content::read(&mut file).unwrap();
     Some((fixture, Tokenizer::from_gguf(&content, &model).unwrap()))
 }

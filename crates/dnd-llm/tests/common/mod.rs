@@ -138,3 +138,24 @@ pub fn input_seqs(fx: &serde_json::Value) -> Vec<Vec<u32>> {
         })
         .collect()
 }
+
+/// A cached model file (`$DND_CACHE/models/FILE`, default `~/.cache/dnd`), or `None` with a message when
+/// absent. With `DND_REQUIRE_ASSETS=1` (CI, after `dnd fetch`) a missing asset fails the test instead.
+pub fn asset(file: &str) -> Option<PathBuf> {
+    let root = std::env::var_os("DND_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dnd")
+        });
+    let path = root.join("models").join(file);
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("DND_REQUIRE_ASSETS").as_deref() != Ok("1"),
+        "{} is required (DND_REQUIRE_ASSETS=1); run `dnd fetch --all`",
+        path.display()
+    );
+    eprintln!("skipping: {} not cached", path.display());
+    None
+}
