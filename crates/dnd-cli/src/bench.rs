@@ -111,9 +111,15 @@ fn llm(a: LlmArgs) -> Result<()> {
         "loss_last": losses.last(),
     });
     let reference = match &a.python {
-        Some(py) => Some(torch_reference(py, &path, &a)?),
+        Some(py) => Some(python_reference(py, "bench_torch.py", &path, &a)?),
         None => None,
     };
+    // llama.cpp is optional in the reference environment: report it when it runs.
+    let llama_cpp = a.python.as_ref().and_then(|py| {
+        python_reference(py, "bench_llamacpp.py", &path, &a)
+            .map_err(|e| tracing::warn!("llama.cpp reference skipped: {e}"))
+            .ok()
+    });
     let ratio = |dnd_key: &str, ref_path: &[&str]| -> Value {
         let r = reference
             .as_ref()
@@ -132,6 +138,11 @@ fn llm(a: LlmArgs) -> Result<()> {
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "dnd": dnd,
         "torch": reference,
+        "llama_cpp": llama_cpp,
+        "ratio_dnd_forward_hidden_over_llama_cpp": match (dnd["forward_hidden_tok_s"].as_f64(), llama_cpp.as_ref().and_then(|l| l["forward"]["tok_s"].as_f64())) {
+            (Some(d), Some(l)) if l > 0.0 => json!(d / l),
+            _ => Value::Null,
+        },
         "ratio_dnd_over_torch": {
             "forward_hidden": ratio("forward_hidden_tok_s", &["forward_hidden", "tok_s"]),
             "forward_full_logits": ratio("forward_full_logits_tok_s", &["forward_full_logits", "tok_s"]),
@@ -174,15 +185,33 @@ fn llm(a: LlmArgs) -> Result<()> {
             f(&r[rk]["tok_s"])
         );
     }
+    if let Some(l) = llama_cpp
+        .as_ref()
+        .and_then(|l| l["forward"]["tok_s"].as_f64())
+    {
+        let r = result["ratio_dnd_forward_hidden_over_llama_cpp"]
+            .as_f64()
+            .unwrap_or(0.0);
+        println!(
+            "| forward vs llama.cpp (last-position logits) | {} | llama.cpp {l:.1} | {r:.2}x |",
+            f(&result["dnd"]["forward_hidden_tok_s"])
+        );
+    }
     println!("results written to {}", a.out.display());
     Ok(())
 }
 
-/// Run `scripts/reference/bench_torch.py` and parse its JSON line.
-fn torch_reference(python: &PathBuf, model: &std::path::Path, a: &LlmArgs) -> Result<Value> {
+/// Run a reference script from `scripts/reference/` with the benchmark's shape and parse its JSON line.
+fn python_reference(
+    python: &PathBuf,
+    script: &str,
+    model: &std::path::Path,
+    a: &LlmArgs,
+) -> Result<Value> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../scripts/reference/bench_torch.py");
-    tracing::info!("running the PyTorch reference ({})", script.display());
+        .join("../../scripts/reference")
+        .join(script);
+    tracing::info!("running the reference {}", script.display());
     let out = std::process::Command::new(python)
         .arg(&script)
         .args(["--model", &model.display().to_string()])
@@ -199,7 +228,8 @@ fn torch_reference(python: &PathBuf, model: &std::path::Path, a: &LlmArgs) -> Re
         .with_context(|| format!("running {}", python.display()))?;
     if !out.status.success() {
         anyhow::bail!(
-            "reference benchmark failed: {}",
+            "{} failed: {}",
+            script.display(),
             String::from_utf8_lossy(&out.stderr)
         );
     }
