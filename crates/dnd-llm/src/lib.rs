@@ -9,6 +9,7 @@ pub mod hf;
 mod linear;
 pub mod lora;
 pub mod model;
+mod ops;
 pub mod peft;
 pub mod score;
 pub mod tokenizer;

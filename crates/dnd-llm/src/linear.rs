@@ -1,9 +1,7 @@
-//! Frozen projection weights, applied through a custom op whose backward pass returns only the input
-//! gradient. candle's matmul backward also computes `x^T dy` for the weight, a full-size matmul per
-//! projection that LoRA training throws away (STACK.md measured ~20% of the step and ~2 GB).
+//! Frozen projection weights. Kept behind one type so the matmul used for base weights can be specialised
+//! (e.g. to skip the weight gradient in training) without touching the model code.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 
 /// A frozen weight `[out, in]` applied as `x W^T`.
 #[derive(Clone)]
@@ -11,51 +9,60 @@ pub struct Frozen {
     w: Tensor,
 }
 
-/// `x [m, k] -> x W^T [m, n]` for a frozen `W [n, k]`.
-struct FrozenMatmul {
-    w: Tensor,
-}
-
-impl CustomOp1 for FrozenMatmul {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(&self, x: &CpuStorage, x_layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (m, k) = x_layout.shape().dims2()?;
-        let (storage, w_layout) = self.w.storage_and_layout();
-        let Storage::Cpu(w) = &*storage else {
-            bail!("frozen-matmul: weight is not on the CPU")
-        };
-        let (n, wk) = w_layout.shape().dims2()?;
-        if wk != k {
-            bail!("frozen-matmul: input has {k} features, weight expects {wk}")
-        }
-        let out = x.matmul(w, (1, m, n, k), x_layout, &w_layout.transpose(0, 1)?)?;
-        Ok((out, Shape::from((m, n))))
-    }
-
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(dy.matmul(&self.w)?))
-    }
-}
-
 impl Frozen {
     pub fn new(w: Tensor) -> Result<Self> {
-        Ok(Self {
-            w: w.detach().contiguous()?,
-        })
+        Ok(Self { w: w.detach() })
     }
 
     pub fn weight(&self) -> &Tensor {
         &self.w
     }
 
-    /// `x [N, in] -> [N, out]`.
+    /// `x [N, in] -> [N, out]`. When `x` carries gradients (LoRA training), the product goes through
+    /// [`InputGradMatmul`], whose backward skips the frozen weight's gradient.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if !x.device().is_cpu() {
-            return x.matmul(&self.w.t()?);
+        if x.track_op() && matches!(x.dtype(), DType::F32 | DType::F64) && x.device().is_cpu() {
+            return x
+                .contiguous()?
+                .apply_op1(InputGradMatmul { w: self.w.clone() });
         }
-        x.apply_op1(FrozenMatmul { w: self.w.clone() })
+        x.matmul(&self.w.t()?)
+    }
+}
+
+/// `x W^T` (f32 or f64) whose backward returns only the input gradient `g W`. candle's matmul backward also computes
+/// (and keeps until the step ends) an `[out, in]` gradient for the frozen weight of every projection:
+/// a third of a training step's FLOPs and gigabytes of memory, all thrown away.
+struct InputGradMatmul {
+    w: Tensor,
+}
+
+impl CustomOp1 for InputGradMatmul {
+    fn name(&self) -> &'static str {
+        "input-grad-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("input-grad-matmul: contiguous input expected");
+        };
+        // Copying x in and y out costs O(N (in + out)) against the product's O(N in out).
+        let (shape, dev) = (layout.shape(), &Device::Cpu);
+        let y = match storage {
+            CpuStorage::F32(d) => Tensor::from_slice(&d[a..b], shape, dev)?,
+            CpuStorage::F64(d) => Tensor::from_slice(&d[a..b], shape, dev)?,
+            _ => candle_core::bail!("input-grad-matmul: f32 or f64 input expected"),
+        }
+        .matmul(&self.w.t()?)?;
+        let out = y.shape().clone();
+        let flat = y.flatten_all()?;
+        Ok(match storage {
+            CpuStorage::F32(_) => (CpuStorage::F32(flat.to_vec1()?), out),
+            _ => (CpuStorage::F64(flat.to_vec1()?), out),
+        })
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad_y: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_y.matmul(&self.w)?))
     }
 }

@@ -8,7 +8,8 @@ use crate::config::{ModelConfig, Target};
 use crate::error::{LlmError, Result};
 use crate::linear::Frozen;
 use crate::lora::Lora;
-use candle_core::{DType, Device, Tensor, D};
+use crate::ops::{causal_softmax, rms_norm, rope};
+use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -34,8 +35,8 @@ pub struct Transformer {
     embed: Tensor,
     blocks: Vec<Block>,
     norm: Tensor,
-    /// `None` when tied to the embeddings.
-    lm_head: Option<Frozen>,
+    /// The output projection: its own weight, or the embeddings when tied.
+    lm_head: Frozen,
     cos: Tensor,
     sin: Tensor,
     dtype: DType,
@@ -109,9 +110,9 @@ impl Transformer {
         }
         let norm = take("model.norm.weight", &[h])?;
         let lm_head = if cfg.tie_word_embeddings {
-            None
+            Frozen::new(embed.clone())?
         } else {
-            Some(Frozen::new(take("lm_head.weight", &[cfg.vocab_size, h])?)?)
+            Frozen::new(take("lm_head.weight", &[cfg.vocab_size, h])?)?
         };
         let (cos, sin) = rope_tables(&cfg, dtype)?;
         Ok(Self {
@@ -183,7 +184,6 @@ impl Transformer {
         let rep = nh / nkv;
         let cos = self.cos.narrow(0, offset, t)?;
         let sin = self.sin.narrow(0, offset, t)?;
-        let mask = causal_mask(t, offset, rep, self.dtype, self.device())?;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
         for (l, block) in self.blocks.iter().enumerate() {
@@ -213,12 +213,8 @@ impl Transformer {
             // Grouped-query attention without copying K/V: the `rep` query heads that share a KV head
             // are stacked along the sequence axis, so one batched matmul serves them all.
             let q = q.contiguous()?.reshape((b, nkv, rep * t, hd))?;
-            let scores = (q.matmul(&k.contiguous()?.t()?)? * scale)?;
-            let scores = match &mask {
-                Some(m) => scores.broadcast_add(m)?,
-                None => scores,
-            };
-            let attn = softmax_last(&scores)?.matmul(&v.contiguous()?)?;
+            let scores = q.matmul(&k.contiguous()?.t()?)?;
+            let attn = causal_softmax(&scores, scale, t, offset)?.matmul(&v.contiguous()?)?;
             let attn = attn
                 .reshape((b, nh, t, hd))?
                 .transpose(1, 2)?
@@ -237,10 +233,7 @@ impl Transformer {
     /// Vocabulary logits `[N, V]` for hidden-state rows `[N, H]`. Kept separate from [`Self::hidden`] so
     /// callers project only the rows they need: the vocabulary matmul is the largest in the model.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(match &self.lm_head {
-            Some(head) => head.forward(hidden)?,
-            None => hidden.matmul(&self.embed.t()?)?,
-        })
+        Ok(self.lm_head.forward(hidden)?)
     }
 
     /// Logits `[B, T, V]` at every position.
@@ -281,30 +274,6 @@ fn broadcast_batch(t: &Tensor, b: usize) -> candle_core::Result<Tensor> {
     t.broadcast_as(dims)
 }
 
-/// RMSNorm over the last axis, in the input dtype (as Hugging Face Llama/Qwen2 after the f32 upcast).
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
-}
-
-/// Softmax over the last axis. The max is detached: subtracting any constant leaves softmax unchanged,
-/// so no gradient needs to flow through it.
-fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
-    let m = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&m)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
-}
-
-/// Half-split (NEOX / Hugging Face) rotary embedding of `[B, heads, T, hd]` with tables `[T, hd/2]`.
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
-    let r2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
-    Tensor::cat(&[r1, r2], D::Minus1)
-}
-
 /// Rotary tables `[max_pos, hd/2]`, computed in f64 and rounded once.
 fn rope_tables(cfg: &ModelConfig, dtype: DType) -> Result<(Tensor, Tensor)> {
     let half = cfg.head_dim / 2;
@@ -323,34 +292,4 @@ fn rope_tables(cfg: &ModelConfig, dtype: DType) -> Result<(Tensor, Tensor)> {
     let cos = Tensor::from_vec(cos, (n, half), &dev)?.to_dtype(dtype)?;
     let sin = Tensor::from_vec(sin, (n, half), &dev)?.to_dtype(dtype)?;
     Ok((cos, sin))
-}
-
-/// Additive causal mask `[rep*T, offset+T]` for `rep` query heads stacked along the sequence axis;
-/// `None` for a single new position (it may attend to everything).
-fn causal_mask(
-    t: usize,
-    offset: usize,
-    rep: usize,
-    dtype: DType,
-    dev: &Device,
-) -> Result<Option<Tensor>> {
-    if t == 1 {
-        return Ok(None);
-    }
-    let s = offset + t;
-    let mut m = Vec::with_capacity(rep * t * s);
-    for _ in 0..rep {
-        for i in 0..t {
-            m.extend((0..s).map(|j| {
-                if j <= offset + i {
-                    0f32
-                } else {
-                    f32::NEG_INFINITY
-                }
-            }));
-        }
-    }
-    Ok(Some(
-        Tensor::from_vec(m, (rep * t, s), dev)?.to_dtype(dtype)?,
-    ))
 }
