@@ -163,7 +163,11 @@ struct CausalSoftmax {
     offset: usize,
 }
 
-fn softmax_fwd<T: WithDType + Float>(x: &[T], s: usize, op: &CausalSoftmax) -> Result<Vec<T>> {
+fn softmax_fwd<T: WithDType + Float + num_traits::NumAssign>(
+    x: &[T],
+    s: usize,
+    op: &CausalSoftmax,
+) -> Result<Vec<T>> {
     let mut y = vec![T::zero(); x.len()];
     let scale: T = cast(op.scale);
     for (i, (row, out)) in x.chunks_exact(s).zip(y.chunks_exact_mut(s)).enumerate() {
@@ -175,7 +179,7 @@ fn softmax_fwd<T: WithDType + Float>(x: &[T], s: usize, op: &CausalSoftmax) -> R
             *o = (v * scale - m).exp();
         }
         let inv = T::one() / out[..visible].iter().fold(T::zero(), |a, &e| a + e);
-        out[..visible].iter_mut().for_each(|o| *o = *o * inv);
+        out[..visible].iter_mut().for_each(|o| *o *= inv);
     }
     Ok(y)
 }
