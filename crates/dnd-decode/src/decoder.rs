@@ -1,0 +1,217 @@
+//! The full decoder (a cascade of [`HyperConvLayer`]s) and its files: `decoder.safetensors` with the
+//! weights and `decoder.json` with the shape and what it generates for (base config hash, rank, alpha,
+//! targets, chunk width), so a generator is never applied to an adapter layout it was not trained for.
+
+use crate::config::DecoderConfig;
+use crate::layer::HyperConvLayer;
+use crate::{DecodeError, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use dnd_llm::{LoraConfig, ModelConfig};
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::Path;
+
+pub const WEIGHTS_FILE: &str = "decoder.safetensors";
+pub const CONFIG_FILE: &str = "decoder.json";
+
+/// What a generator's output means: the adapter layout its tokens decode into.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeneratorMeta {
+    /// sha256 of the base model's config ([`config_hash`]).
+    pub base_config_hash: String,
+    pub rank: usize,
+    pub alpha: f64,
+    /// PEFT module names in canonical order.
+    pub targets: Vec<String>,
+    pub chunk_width: usize,
+}
+
+impl GeneratorMeta {
+    pub fn new(model: &ModelConfig, lora: &LoraConfig, chunk_width: usize) -> Self {
+        Self {
+            base_config_hash: config_hash(model),
+            rank: lora.rank,
+            alpha: lora.alpha,
+            targets: lora
+                .targets
+                .iter()
+                .map(|t| t.module().to_string())
+                .collect(),
+            chunk_width,
+        }
+    }
+}
+
+/// sha256 of the base model's Hugging Face config as dnd writes it: equal for the same architecture
+/// and sizes whether the model came from GGUF or a HF directory.
+pub fn config_hash(model: &ModelConfig) -> String {
+    hex::encode(Sha256::digest(model.to_hf_json().to_string().as_bytes()))
+}
+
+#[derive(Serialize, Deserialize)]
+struct Files {
+    decoder: DecoderConfig,
+    generator: GeneratorMeta,
+}
+
+/// The hyper-convolutional decoder: `[B, N, L, C]` -> `[B, N_w, r+2, cw+2]`.
+#[derive(Debug, Clone)]
+pub struct HyperConvDecoder {
+    config: DecoderConfig,
+    layers: Vec<HyperConvLayer>,
+}
+
+impl HyperConvDecoder {
+    /// Freshly initialised weights, reproducible from `seed`.
+    pub fn new(config: DecoderConfig, dtype: DType, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let layers = config
+            .stages
+            .windows(2)
+            .map(|p| HyperConvLayer::new(p[0], p[1], config.kernel, dtype, &mut rng))
+            .collect::<Result<_>>()?;
+        Ok(Self { config, layers })
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    pub fn layers(&self) -> &[HyperConvLayer] {
+        &self.layers
+    }
+
+    /// Every trainable tensor under a stable name (`layers.I.ROLE`).
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| {
+                l.named_vars()
+                    .into_iter()
+                    .map(move |(n, v)| (format!("layers.{i}.{n}"), v.clone()))
+            })
+            .collect()
+    }
+
+    pub fn vars(&self) -> Vec<Var> {
+        self.named_vars().into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Parameters actually held (equals [`DecoderConfig::num_parameters`]).
+    pub fn num_parameters(&self) -> usize {
+        self.vars().iter().map(|v| v.elem_count()).sum()
+    }
+
+    /// Map a batch of conditions `[B, N, L, C]` (the first stage) to tokens `[B, N_w, r+2, cw+2]`.
+    pub fn forward(&self, condition: &Tensor) -> Result<Tensor> {
+        let [n, h, w] = self.config.input();
+        match condition.dims() {
+            [_, a, b, c] if [*a, *b, *c] == [n, h, w] => {}
+            dims => {
+                return Err(DecodeError::Shape(format!(
+                    "condition is {dims:?}, the decoder expects [B, {n}, {h}, {w}]"
+                )))
+            }
+        }
+        let mut x = condition.clone();
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        Ok(x)
+    }
+
+    /// Write `decoder.safetensors` and `decoder.json` into `dir` (each via a temporary file + rename).
+    pub fn save(&self, dir: &Path, meta: &GeneratorMeta) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(crate::io_err(dir))?;
+        let tensors: HashMap<String, Tensor> = self
+            .named_vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect();
+        let weights = dir.join(WEIGHTS_FILE);
+        let tmp = dir.join(format!(".{WEIGHTS_FILE}.tmp"));
+        candle_core::safetensors::save(&tensors, &tmp)?;
+        std::fs::rename(&tmp, &weights).map_err(crate::io_err(&weights))?;
+        let files = Files {
+            decoder: self.config.clone(),
+            generator: meta.clone(),
+        };
+        let json = serde_json::to_string_pretty(&files).expect("plain data serialises");
+        let config = dir.join(CONFIG_FILE);
+        let tmp = dir.join(format!(".{CONFIG_FILE}.tmp"));
+        std::fs::write(&tmp, json).map_err(crate::io_err(&tmp))?;
+        std::fs::rename(&tmp, &config).map_err(crate::io_err(&config))
+    }
+
+    /// The decoder config and generator metadata stored in `dir`.
+    pub fn read_meta(dir: &Path) -> Result<(DecoderConfig, GeneratorMeta)> {
+        let path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(crate::io_err(&path))?;
+        let files: Files = serde_json::from_str(&text).map_err(|e| DecodeError::File {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok((files.decoder, files.generator))
+    }
+
+    /// Load a generator saved by [`save`](Self::save), refusing one made for another adapter layout.
+    pub fn load(dir: &Path, expected: &GeneratorMeta, dtype: DType) -> Result<Self> {
+        let (config, meta) = Self::read_meta(dir)?;
+        let mut diffs = Vec::new();
+        if meta.base_config_hash != expected.base_config_hash {
+            diffs.push("base model config (hash) differs".to_string());
+        }
+        for (what, got, want) in [
+            ("rank", meta.rank, expected.rank),
+            ("chunk width", meta.chunk_width, expected.chunk_width),
+        ] {
+            if got != want {
+                diffs.push(format!("{what} {got}, wanted {want}"));
+            }
+        }
+        if meta.alpha != expected.alpha {
+            diffs.push(format!("alpha {}, wanted {}", meta.alpha, expected.alpha));
+        }
+        if meta.targets != expected.targets {
+            diffs.push(format!(
+                "targets {:?}, wanted {:?}",
+                meta.targets, expected.targets
+            ));
+        }
+        if !diffs.is_empty() {
+            return Err(DecodeError::Incompatible {
+                path: dir.into(),
+                reason: diffs.join("; "),
+            });
+        }
+        let path = dir.join(WEIGHTS_FILE);
+        let mut tensors =
+            candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| DecodeError::File {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        let fresh = Self::new(config, dtype, 0)?;
+        for (name, var) in fresh.named_vars() {
+            let t = tensors.remove(&name).ok_or_else(|| DecodeError::File {
+                path: path.clone(),
+                reason: format!("tensor `{name}` missing"),
+            })?;
+            if t.dims() != var.dims() {
+                return Err(DecodeError::File {
+                    path: path.clone(),
+                    reason: format!(
+                        "tensor `{name}` is {:?}, expected {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
+                });
+            }
+            var.set(&t.to_dtype(dtype)?)?;
+        }
+        Ok(fresh)
+    }
+}
