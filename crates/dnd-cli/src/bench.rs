@@ -65,7 +65,14 @@ fn timed(steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64() / steps as f64)
 }
 
+/// The 1-minute load average: recorded with every result because a loaded 2-core machine distorts
+/// timings (llama.cpp's OpenMP threads spin-wait when cores are taken, far worse than the rest).
+fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
 fn llm(a: LlmArgs) -> Result<()> {
+    let load_before = loadavg();
     let path = a.model.path()?;
     let llm = a.model.load()?;
     let model = &llm.model;
@@ -136,6 +143,7 @@ fn llm(a: LlmArgs) -> Result<()> {
         "batch": a.batch, "seq": a.seq, "steps": a.steps,
         "lora": {"rank": 8, "alpha": 16, "targets": "q,k,v,o,gate,up,down"},
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "loadavg_1m_before_after": [load_before, loadavg()],
         "dnd": dnd,
         "torch": reference,
         "llama_cpp": llama_cpp,
