@@ -10,8 +10,11 @@ processing). llama.cpp runs the quantised weights directly, dnd dequantised f32.
 import argparse
 import json
 import os
-import resource
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from refcommon import peak_rss_mb  # noqa: E402
 
 
 def main():
@@ -47,7 +50,7 @@ def main():
         "bench": "llama_cpp_reference", "model_file": os.path.basename(args.model), "batch": args.batch,
         "seq": args.seq, "threads": args.threads, "version": __version__,
         "forward": {"tok_s": round(args.batch * args.seq / mean, 2), "step_s_mean": round(mean, 4)},
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0),
+        "peak_rss_mb": round(peak_rss_mb()),
     }))
 
 

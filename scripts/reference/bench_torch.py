@@ -10,7 +10,6 @@ tokens/s (PEFT r=8 alpha=16 on all 7 projections, AdamW lr 1e-4, causal-LM loss,
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 
@@ -22,8 +21,7 @@ import refcommon as rc  # noqa: E402
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+peak_rss_mb = rc.peak_rss_mb
 
 
 def timed(fn, steps, warmup):

@@ -160,3 +160,13 @@ def write_json(obj, path):
                   default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else str(o))
         f.write("\n")
     return os.path.getsize(path)
+
+
+def peak_rss_mb():
+    """This process's peak RSS (VmHWM). Not getrusage: Linux keeps ru_maxrss across fork+exec, so a
+    child of the dnd benchmark would report dnd's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
