@@ -68,7 +68,12 @@ fn timed(steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 /// The 1-minute load average: recorded with every result because a loaded 2-core machine distorts
 /// timings (llama.cpp's OpenMP threads spin-wait when cores are taken, far worse than the rest).
 fn loadavg() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn llm(a: LlmArgs) -> Result<()> {
@@ -83,8 +88,15 @@ fn llm(a: LlmArgs) -> Result<()> {
         .map(|i| ((i as u64 * 2654435761) % cfg.vocab_size as u64) as u32)
         .collect();
     let ids_t = Tensor::from_vec(ids.clone(), (a.batch, a.seq), &Device::Cpu)?;
-    let hidden_s = timed(a.steps, || Ok(drop(model.hidden(&ids_t, None, None)?)))?;
-    let full_s = timed(a.steps, || Ok(drop(model.forward(&ids_t, None)?)))?;
+    let hidden_s = timed(a.steps, || {
+        model
+            .hidden(&ids_t, None, None)
+            .map(|_| ())
+            .map_err(Into::into)
+    })?;
+    let full_s = timed(a.steps, || {
+        model.forward(&ids_t, None).map(|_| ()).map_err(Into::into)
+    })?;
     let rss_forward = peak_rss_mb();
 
     let lora = Lora::init(LoraConfig::paper_default(), &cfg, 0, model.dtype())?;

@@ -2,10 +2,15 @@
 //! reports progress and turns library errors into messages; the work happens in the stage crates.
 
 mod bench;
+mod collect;
 mod common;
+mod eval;
 mod fetch;
+mod finetune;
+mod generate;
 mod info;
 mod text;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +41,18 @@ enum Command {
     /// Benchmarks, side by side with the reference implementation.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Score the base model and adapters on benchmark tasks (lm-eval protocol), resumable.
+    Eval(eval::Args),
+    /// Fine-tune one LoRA adapter on a task's adapter-train split (answer-token loss).
+    Finetune(finetune::FinetuneArgs),
+    /// Collect LoRA checkpoints per task (a first phase, then one per step), resumable.
+    Collect(collect::CollectArgs),
+    /// LoRA fine-tuning throughput of dnd's trainer against PyTorch+PEFT on the same batch.
+    BenchFinetune(finetune::BenchArgs),
+    /// Train the prompt-to-LoRA generator on a checkpoint collection, resumable.
+    Train(train::TrainArgs),
+    /// Generate LoRA adapter(s) from unlabeled prompts with a trained generator.
+    Generate(generate::GenerateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,5 +68,11 @@ fn main() -> anyhow::Result<()> {
         Command::GenerateText(a) => text::generate(a),
         Command::Score(a) => text::score(a),
         Command::Bench(b) => bench::run(b),
+        Command::Eval(a) => eval::run(a),
+        Command::Finetune(a) => finetune::run(a),
+        Command::Collect(a) => collect::run(a),
+        Command::BenchFinetune(a) => finetune::bench(a),
+        Command::Train(a) => train::run(a),
+        Command::Generate(a) => generate::run(a),
     }
 }

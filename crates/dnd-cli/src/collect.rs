@@ -1,0 +1,134 @@
+//! `dnd collect`: the LoRA checkpoint collection the generator learns from, resumable per step.
+
+use crate::common::write_atomic;
+use crate::common::ModelArg;
+use crate::finetune::{base_model, show_step, step_bar, TrainArgs};
+use anyhow::{Context, Result};
+use dnd_collect::{
+    collect, default_collection_dir, CollectDefaults, CollectPlan, CollectionIndex, Event,
+    COMMONSENSE_TASKS,
+};
+use dnd_tasks::SplitConfig;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct CollectArgs {
+    /// Comma-separated built-in tasks.
+    #[arg(long, value_delimiter = ',', default_values_t = COMMONSENSE_TASKS.map(String::from))]
+    tasks: Vec<String>,
+    #[command(flatten)]
+    model: ModelArg,
+    #[command(flatten)]
+    train: TrainArgs,
+    /// Updates before the first saved checkpoint.
+    #[arg(long, default_value_t = CollectDefaults::FIRST_PHASE)]
+    first_phase: usize,
+    /// Updates after the first phase, each saved as a checkpoint.
+    #[arg(long, default_value_t = CollectDefaults::CHECKPOINTS)]
+    checkpoints: usize,
+    /// Collection name: the directory is $DND_CACHE/collections/<name> (~/.cache/dnd/...).
+    #[arg(long, default_value = "commonsense")]
+    name: String,
+    /// Collection directory, instead of the one --name implies (keep it outside the repository).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Delete the collection directory first instead of resuming it.
+    #[arg(long)]
+    fresh: bool,
+    /// Persist the run state at least every N steps of the first phase (every saved step persists it).
+    #[arg(long, default_value_t = 10)]
+    state_every: usize,
+    /// Also write a summary to <PREFIX>.json and <PREFIX>.md (e.g. results/collect/commonsense).
+    #[arg(long)]
+    summary: Option<PathBuf>,
+}
+
+pub fn run(a: CollectArgs) -> Result<()> {
+    let dir = a
+        .dir
+        .clone()
+        .unwrap_or_else(|| default_collection_dir(&a.name));
+    if a.fresh && dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let plan = CollectPlan {
+        dir: dir.clone(),
+        tasks: a.tasks.clone(),
+        train: a.train.config(a.first_phase + a.checkpoints)?,
+        first_phase: a.first_phase,
+        data_root: a.train.data.clone(),
+        split: SplitConfig::default(),
+        state_every: a.state_every,
+    };
+    let base = base_model(&a.model)?;
+    let llm = a.model.load()?;
+    tracing::info!(
+        "collecting {} task(s) into {}",
+        plan.tasks.len(),
+        dir.display()
+    );
+    let mut bar = None;
+    let index = collect(&llm.model, &llm.tokenizer, &base, &plan, &mut |e| match e {
+        Event::TaskStart { task, steps } => bar = Some(step_bar(steps, task)),
+        Event::Step(r) => bar.iter().for_each(|b| show_step(b, r)),
+        Event::TaskDone(m) => {
+            if let Some(b) = bar.take() {
+                b.finish();
+            }
+            tracing::info!(
+                "{}: {} checkpoints, {:.0} s",
+                m.spec.task,
+                m.checkpoints.len(),
+                m.wall_time_s
+            );
+        }
+    })?;
+    let md = markdown(&index, &dir);
+    println!("{md}");
+    if let Some(prefix) = &a.summary {
+        write_atomic(
+            &prefix.with_extension("json"),
+            &serde_json::to_string_pretty(&index)?,
+        )?;
+        write_atomic(&prefix.with_extension("md"), &md)?;
+    }
+    Ok(())
+}
+
+fn markdown(index: &CollectionIndex, dir: &std::path::Path) -> String {
+    let t = &index.train;
+    let mut s = format!(
+        "Collection {} (base sha256 {}), rank {} alpha {} on {}, seed {}, batch {}, lr {}, \
+         {} steps of which the last {} are saved.\n\n\
+         | task | checkpoints | loss first -> last | wall time (s) | mean std A | mean std B |\n\
+         |---|---|---|---|---|---|\n",
+        dir.display(),
+        &index.base_model.sha256[..12],
+        t.rank,
+        t.alpha,
+        t.targets.join(","),
+        t.seed,
+        t.batch,
+        t.lr,
+        t.steps,
+        t.steps - index.first_phase,
+    );
+    for e in &index.tasks {
+        s.push_str(&format!(
+            "| {} | {} | {:.3} -> {:.3} | {:.0} | {:.2e} | {:.2e} |\n",
+            e.task,
+            e.checkpoints,
+            e.first_loss,
+            e.final_loss,
+            e.wall_time_s,
+            e.mean_std_lora_a,
+            e.mean_std_lora_b
+        ));
+    }
+    s.push_str(&format!(
+        "\nTotal wall time {:.0} s ({:.1} min).\n",
+        index.wall_time_s,
+        index.wall_time_s / 60.0
+    ));
+    s
+}

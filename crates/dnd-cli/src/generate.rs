@@ -1,0 +1,161 @@
+//! `dnd generate`: prompts in, LoRA adapter(s) out, with one decoder forward per adapter.
+
+use crate::train::model_config;
+use anyhow::{bail, Context, Result};
+use dnd_encode::{Encoder, EncoderConfig};
+use dnd_generate::{draw_batches, Generator};
+use dnd_tasks::{find_task, Part, SplitConfig};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// Generator directory written by `dnd train`.
+    #[arg(long)]
+    generator: PathBuf,
+    /// Unlabeled prompts: JSONL (strings or objects with prompt/text/question/instruction) or plain
+    /// text, one prompt per line.
+    #[arg(long, conflicts_with_all = ["task", "description"])]
+    prompts: Option<PathBuf>,
+    /// Draw the prompts from a built-in task's split instead.
+    #[arg(long, conflicts_with = "description")]
+    task: Option<String>,
+    #[arg(long, default_value = "prompts", requires = "task")]
+    split: String,
+    /// A single task description used as the whole prompt set.
+    #[arg(long)]
+    description: Option<String>,
+    /// Output: a PEFT adapter directory; with --count K > 1, DIR/adapter-0 .. adapter-(K-1).
+    #[arg(long)]
+    out: PathBuf,
+    /// Adapters to generate, each from a different prompt batch.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// Seed of the prompt draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Base model (path or asset name) the adapters are for; default: the one the generator records.
+    #[arg(long)]
+    model: Option<String>,
+    /// Refuse a generator that does not emit adapters of this rank.
+    #[arg(long)]
+    rank: Option<usize>,
+    /// Data root (for --task).
+    #[arg(long, env = "DND_DATA", default_value = dnd_tasks::DEFAULT_DATA_DIR)]
+    data: PathBuf,
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    if a.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let prompts = read_prompts(&a)?;
+    let t0 = Instant::now();
+    let info_path = a.generator.join(dnd_generate::INFO_FILE);
+    let info: dnd_generate::GeneratorInfo = serde_json::from_str(
+        &std::fs::read_to_string(&info_path)
+            .with_context(|| format!("reading {}", info_path.display()))?,
+    )
+    .with_context(|| format!("{}: not a generator description", info_path.display()))?;
+    let model_path = crate::common::ModelArg {
+        model: a.model.clone().unwrap_or(info.base_model.clone()),
+    }
+    .path()?;
+    let model = model_config(&model_path)?;
+    let gen = Generator::load(&a.generator, &model, a.rank)?;
+    let enc = Encoder::minilm(EncoderConfig {
+        max_len: gen.info().encoder_max_len,
+        ..EncoderConfig::default()
+    })?;
+    if enc.model_hash() != gen.info().encoder_model_hash {
+        bail!(
+            "{} was trained with another prompt encoder (sha256 {}), this one is {}",
+            a.generator.display(),
+            gen.info().encoder_model_hash,
+            enc.model_hash()
+        );
+    }
+    let loaded = t0.elapsed().as_secs_f64();
+    let batches = draw_batches(prompts.len(), gen.prompts_per_batch(), a.count, a.seed)?;
+    let mut latencies = Vec::new();
+    for (k, batch) in batches.iter().enumerate() {
+        let t = Instant::now();
+        let texts: Vec<&str> = batch.iter().map(|&i| prompts[i].as_str()).collect();
+        let states = enc.encode_each(&texts)?;
+        let hidden: Vec<_> = states.iter().map(|s| &s.hidden).collect();
+        let lora = gen.generate(&hidden)?;
+        let dir = if a.count == 1 {
+            a.out.clone()
+        } else {
+            a.out.join(format!("adapter-{k}"))
+        };
+        dnd_llm::peft::save(&lora, &dir, &model_path.display().to_string())?;
+        latencies.push(t.elapsed().as_secs_f64());
+    }
+    let mean = latencies.iter().sum::<f64>() / latencies.len() as f64;
+    let report = serde_json::json!({
+        "generator": a.generator.display().to_string(),
+        "base_model": model_path.display().to_string(),
+        "prompts_available": prompts.len(),
+        "prompts_per_adapter": gen.prompts_per_batch(),
+        "count": a.count,
+        "seed": a.seed,
+        "load_s": loaded,
+        "per_adapter_s": latencies,
+        "first_adapter_with_load_s": loaded + latencies[0],
+    });
+    crate::common::write_atomic(
+        &a.out.join("generation.json"),
+        &serde_json::to_string_pretty(&report)?,
+    )?;
+    println!(
+        "{} adapter(s) in {}: {mean:.2} s each (encode + decode + write), {loaded:.2} s to load",
+        a.count,
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// The prompt set from whichever source was given; an empty set is an error.
+fn read_prompts(a: &GenerateArgs) -> Result<Vec<String>> {
+    let prompts = if let Some(p) = &a.prompts {
+        read_prompt_file(p)?
+    } else if let Some(t) = &a.task {
+        let part = Part::ALL
+            .into_iter()
+            .find(|p| p.name() == a.split)
+            .with_context(|| format!("unknown split `{}`", a.split))?;
+        let splits = find_task(t)?.splits(&a.data, &SplitConfig::default())?;
+        splits.part(part).iter().map(|e| e.prompt.clone()).collect()
+    } else if let Some(d) = &a.description {
+        vec![d.clone()]
+    } else {
+        bail!("give the prompts: --prompts FILE, --task NAME or --description TEXT");
+    };
+    let source = a
+        .prompts
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .or(a.task.clone())
+        .unwrap_or("--description".into());
+    if prompts.iter().all(|p| p.trim().is_empty()) {
+        bail!("no prompts in {source}: nothing to condition the generator on");
+    }
+    Ok(prompts)
+}
+
+/// JSONL by extension (`.jsonl`, `.json`), otherwise one prompt per non-blank line.
+fn read_prompt_file(path: &Path) -> Result<Vec<String>> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if matches!(ext, "jsonl" | "json") {
+        return Ok(dnd_tasks::load_prompts(path)?);
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}

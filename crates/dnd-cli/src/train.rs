@@ -1,0 +1,224 @@
+//! `dnd train`: the parameter generator, trained on a checkpoint collection with prompts drawn afresh
+//! from each task's `prompts` split at every step; resumable from its output directory.
+
+use crate::common::ModelArg;
+use crate::finetune::step_bar;
+use anyhow::{bail, Context, Result};
+use dnd_collect::{default_collection_dir, CollectionIndex, INDEX_FILE};
+use dnd_decode::{DecoderConfig, GeneratorMeta, CPU_DEFAULT_INPUT};
+use dnd_encode::{CachedEncoder, Encoder, EncoderConfig};
+use dnd_generate::GeneratorInfo;
+use dnd_llm::ModelConfig;
+use dnd_tasks::{find_task, SplitConfig};
+use dnd_tokenize::LoraTokenizer;
+use dnd_train::{GeneratorTrainer, Setup, TaskData, TrainConfig};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Collection name: $DND_CACHE/collections/<name>.
+    #[arg(long, default_value = "commonsense")]
+    collection: String,
+    /// Collection directory, instead of the one --collection implies.
+    #[arg(long)]
+    collection_dir: Option<PathBuf>,
+    /// Comma-separated tasks to train on (default: every task of the collection), e.g. all but the
+    /// held-out one.
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// Generator directory (resumed if it holds an unfinished run with the same settings).
+    #[arg(long)]
+    out: PathBuf,
+    /// Delete --out first instead of resuming.
+    #[arg(long)]
+    fresh: bool,
+    /// Base model (path or asset name); default: the one recorded in the collection.
+    #[arg(long)]
+    model: Option<String>,
+    /// N: prompts per condition.
+    #[arg(long, default_value_t = CPU_DEFAULT_INPUT[0])]
+    prompts: usize,
+    /// L: word pieces per prompt (also the encoder's limit).
+    #[arg(long, default_value_t = CPU_DEFAULT_INPUT[1])]
+    prompt_len: usize,
+    #[arg(long, default_value_t = TrainConfig::default().steps)]
+    steps: usize,
+    #[arg(long, default_value_t = TrainConfig::default().batch)]
+    batch: usize,
+    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    lr: f64,
+    #[arg(long, default_value_t = TrainConfig::default().weight_decay)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = TrainConfig::default().clip)]
+    clip: f64,
+    /// Lowest per-token loss weight (relative to a mean of 1).
+    #[arg(long, default_value_t = TrainConfig::default().min_weight)]
+    min_weight: f64,
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
+    seed: u64,
+    /// Hold out every k-th checkpoint of each task for the validation loss (0: none).
+    #[arg(long, default_value_t = TrainConfig::default().holdout_every)]
+    holdout_every: usize,
+    #[arg(long, default_value_t = TrainConfig::default().validate_every)]
+    validate_every: usize,
+    #[arg(long, default_value_t = TrainConfig::default().save_every)]
+    save_every: usize,
+    /// Stop after this many updates in this invocation (time-boxing; rerun to continue).
+    #[arg(long)]
+    stop_after: Option<usize>,
+    /// Data root.
+    #[arg(long, env = "DND_DATA", default_value = dnd_tasks::DEFAULT_DATA_DIR)]
+    data: PathBuf,
+}
+
+/// A base model's config without loading its weights (GGUF file or Hugging Face directory).
+pub fn model_config(path: &Path) -> Result<ModelConfig> {
+    let cfg = if path.is_dir() {
+        ModelConfig::from_hf_file(&path.join("config.json"))?
+    } else {
+        dnd_llm::gguf::GgufFile::open(path)?.config()?
+    };
+    Ok(cfg)
+}
+
+/// Per-prompt encoder states of `prompts`, through the embedding cache.
+pub fn encode_pool(enc: &CachedEncoder, prompts: &[String]) -> Result<Vec<candle_core::Tensor>> {
+    Ok(enc
+        .encode_each(prompts)?
+        .into_iter()
+        .map(|s| s.hidden)
+        .collect())
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let dir = a
+        .collection_dir
+        .clone()
+        .unwrap_or_else(|| default_collection_dir(&a.collection));
+    let index_path = dir.join(INDEX_FILE);
+    let index: CollectionIndex = serde_json::from_str(
+        &std::fs::read_to_string(&index_path)
+            .with_context(|| format!("reading {}", index_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", index_path.display()))?;
+    let tasks: Vec<String> = if a.tasks.is_empty() {
+        index.tasks.iter().map(|t| t.task.clone()).collect()
+    } else {
+        a.tasks.clone()
+    };
+    if tasks.is_empty() {
+        bail!("{} lists no tasks", index_path.display());
+    }
+    let model_path = ModelArg {
+        model: a.model.clone().unwrap_or(index.base_model.path.clone()),
+    }
+    .path()?;
+    let model = model_config(&model_path)?;
+    let lora = index.train.lora_config()?;
+    let tok = LoraTokenizer::with_default_width(&model, &lora)?;
+    let enc = Encoder::minilm(EncoderConfig {
+        max_len: a.prompt_len,
+        ..EncoderConfig::default()
+    })?;
+    let info = GeneratorInfo {
+        encoder_model_hash: enc.model_hash().to_string(),
+        encoder_max_len: a.prompt_len,
+        base_model: model_path.display().to_string(),
+    };
+    let enc = CachedEncoder::new(enc, CachedEncoder::default_dir());
+    let mut data = Vec::new();
+    for t in &tasks {
+        let checkpoints = dnd_train::load_checkpoints(&dir, t, &tok)
+            .with_context(|| format!("checkpoints of {t}"))?;
+        let splits = find_task(t)?.splits(&a.data, &SplitConfig::default())?;
+        let texts: Vec<String> = splits.prompts.iter().map(|e| e.prompt.clone()).collect();
+        if texts.is_empty() {
+            bail!("task {t} has no prompts split under {}", a.data.display());
+        }
+        let prompts =
+            encode_pool(&enc, &texts).with_context(|| format!("encoding {t}'s prompts"))?;
+        tracing::info!(
+            "{t}: {} checkpoints, {} prompts",
+            checkpoints.len(),
+            prompts.len()
+        );
+        data.push(TaskData {
+            name: t.clone(),
+            checkpoints,
+            prompts,
+        });
+    }
+    if a.fresh && a.out.exists() {
+        std::fs::remove_dir_all(&a.out).with_context(|| format!("removing {}", a.out.display()))?;
+    }
+    let (h, w) = tok.token_shape();
+    let mask = tok
+        .encode(&dnd_llm::Lora::init(
+            lora.clone(),
+            &model,
+            0,
+            candle_core::DType::F32,
+        )?)?
+        .1;
+    let setup = Setup {
+        out: a.out.clone(),
+        decoder: DecoderConfig::cpu_default(
+            [a.prompts, a.prompt_len, enc.encoder().hidden_size()],
+            [tok.num_tokens(), h, w],
+        ),
+        meta: GeneratorMeta::new(&model, &lora, tok.chunk_width()),
+        info,
+        collection: dir.display().to_string(),
+        mask,
+        tokens: tok.tokens().to_vec(),
+    };
+    let config = TrainConfig {
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        clip: a.clip,
+        min_weight: a.min_weight,
+        seed: a.seed,
+        holdout_every: a.holdout_every,
+        validate_every: a.validate_every,
+        save_every: a.save_every,
+        ..TrainConfig::default()
+    };
+    let mut trainer = GeneratorTrainer::open(setup, data, config)?;
+    let (mean, own) = trainer.baseline_losses();
+    tracing::info!(
+        "{} decoder parameters; held-out loss of the mean checkpoint {mean:?}, of the own task's mean {own:?}",
+        trainer.decoder().num_parameters()
+    );
+    let bar = step_bar(a.steps, "train");
+    bar.set_position(trainer.step_count() as u64);
+    let mut last_val = String::new();
+    let m = trainer.run(a.stop_after, &mut |s, v| {
+        if let Some(v) = v {
+            last_val = format!(" val {:.4}", v.loss);
+        }
+        bar.set_position(s.step as u64);
+        bar.set_message(format!(
+            "loss {:.4}{last_val} lr {:.2e} {:.1}s/step",
+            s.loss, s.lr, s.seconds
+        ));
+    })?;
+    bar.finish();
+    if !m.complete {
+        // --stop-after imitates a kill in the library; here the steps since the last save are kept.
+        trainer.save()?;
+    }
+    let val = m.validations.last().map(|v| v.loss);
+    println!(
+        "{} after {} of {} steps: held-out loss {val:?} vs mean checkpoint {:?} (own task's mean {:?}); {:.2} s/step; {}",
+        if m.complete { "done" } else { "stopped" },
+        m.step,
+        m.config.steps,
+        m.baseline_mean_checkpoint,
+        m.baseline_task_mean,
+        m.seconds_per_step,
+        a.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! Fine-tuning one task, and collecting checkpoints for many: task data in, adapters and manifests out.
+
+use crate::data::{encode, Sequence};
+use crate::error::{io_err, CollectError, Result};
+use crate::run::{
+    run, write_atomic, BaseModel, DataInfo, Manifest, RunOptions, RunOutcome, RunSpec, Saves,
+};
+use crate::stats::{checkpoint_std, mean_spread, save_std, STD_FILE};
+use crate::trainer::{StepRecord, TrainConfig};
+use dnd_llm::{Tokenizer, Transformer};
+use dnd_tasks::{find_task, Part, SplitConfig};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const INDEX_FILE: &str = "collection.json";
+
+/// A task's adapter-train part as training sequences.
+pub struct TaskData {
+    pub seqs: Vec<Sequence>,
+    pub info: DataInfo,
+}
+
+/// Load a built-in task's adapter-train part from `root` and encode it (see [`encode`]).
+pub fn prepare_task(
+    tok: &Tokenizer,
+    task: &str,
+    root: &Path,
+    split: &SplitConfig,
+    max_len: usize,
+) -> Result<TaskData> {
+    let splits = find_task(task)?.splits(root, split)?;
+    let pairs: Vec<(String, String)> = splits
+        .adapter_train
+        .iter()
+        .map(|e| e.training_pair())
+        .collect();
+    let (seqs, encoded) = encode(tok, task, &pairs, max_len)?;
+    let info = DataInfo {
+        root: root.display().to_string(),
+        part: Part::AdapterTrain.name().into(),
+        split_seed: split.seed,
+        encoded,
+        tokens_sha256: DataInfo::tokens_hash(&seqs),
+    };
+    Ok(TaskData { seqs, info })
+}
+
+/// What a collection reports as it goes.
+pub enum Event<'a> {
+    /// A task begins (or resumes); `steps` updates in all.
+    TaskStart {
+        task: &'a str,
+        steps: usize,
+    },
+    Step(&'a StepRecord),
+    TaskDone(&'a Manifest),
+}
+
+/// A collection: the same schedule, seed and base model for every task.
+pub struct CollectPlan {
+    pub dir: PathBuf,
+    pub tasks: Vec<String>,
+    pub train: TrainConfig,
+    /// Updates before the first saved checkpoint; every later update (up to `train.steps`) is saved.
+    pub first_phase: usize,
+    pub data_root: PathBuf,
+    pub split: SplitConfig,
+    pub state_every: usize,
+}
+
+/// `collection.json`: the tasks collected so far, with what the generator needs to find them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionIndex {
+    pub base_model: BaseModel,
+    pub train: TrainConfig,
+    pub first_phase: usize,
+    pub tasks: Vec<TaskEntry>,
+    /// Sum of the tasks' manifest wall times.
+    pub wall_time_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEntry {
+    pub task: String,
+    /// Relative to the collection directory.
+    pub dir: String,
+    pub checkpoints: usize,
+    pub first_loss: f64,
+    pub final_loss: f64,
+    pub wall_time_s: f64,
+    /// Mean element-wise spread across the checkpoints of all A and of all B matrices.
+    pub mean_std_lora_a: f64,
+    pub mean_std_lora_b: f64,
+}
+
+/// Collect every task of `plan` in turn, skipping finished ones and resuming a half-done one.
+pub fn collect(
+    model: &Transformer,
+    tok: &Tokenizer,
+    base: &BaseModel,
+    plan: &CollectPlan,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<CollectionIndex> {
+    if plan.tasks.is_empty() {
+        return Err(CollectError::Config("no tasks to collect".into()));
+    }
+    if plan.first_phase >= plan.train.steps {
+        return Err(CollectError::Config(format!(
+            "the first phase ({} steps) leaves no checkpoint within {} steps",
+            plan.first_phase, plan.train.steps
+        )));
+    }
+    for t in &plan.tasks {
+        find_task(t)?;
+    }
+    let mut index = CollectionIndex {
+        base_model: base.clone(),
+        train: plan.train.clone(),
+        first_phase: plan.first_phase,
+        tasks: Vec::new(),
+        wall_time_s: 0.0,
+    };
+    for task in &plan.tasks {
+        let started = Instant::now();
+        on_event(Event::TaskStart {
+            task,
+            steps: plan.train.steps,
+        });
+        let data = prepare_task(tok, task, &plan.data_root, &plan.split, plan.train.max_len)?;
+        let spec = RunSpec {
+            task: task.clone(),
+            base_model: base.clone(),
+            data: data.info,
+            train: plan.train.clone(),
+            saves: Saves::EveryStepFrom(plan.first_phase + 1),
+        };
+        let dir = plan.dir.join(task);
+        let mut on_step = |r: &StepRecord| on_event(Event::Step(r));
+        let mut opts = RunOptions {
+            state_every: plan.state_every,
+            stop_after: None,
+            started,
+            on_step: &mut on_step,
+        };
+        let RunOutcome::Complete(manifest) = run(model, &data.seqs, &spec, &dir, &mut opts)? else {
+            unreachable!("runs without stop_after complete");
+        };
+        index.tasks.push(task_entry(&dir, task, &manifest)?);
+        on_event(Event::TaskDone(&manifest));
+        index.wall_time_s = index.tasks.iter().map(|t| t.wall_time_s).sum();
+        let text = serde_json::to_string_pretty(&index).expect("the index serialises");
+        std::fs::create_dir_all(&plan.dir).map_err(io_err(&plan.dir))?;
+        write_atomic(&plan.dir.join(INDEX_FILE), text.as_bytes())?;
+    }
+    Ok(index)
+}
+
+/// The index entry of a finished task, computing its checkpoint spread on first sight.
+fn task_entry(dir: &Path, task: &str, m: &Manifest) -> Result<TaskEntry> {
+    let ckpts: Vec<PathBuf> = m.checkpoints.iter().map(|c| dir.join(c)).collect();
+    let std_path = dir.join(STD_FILE);
+    let std = if std_path.is_file() {
+        candle_core::safetensors::load(&std_path, &candle_core::Device::Cpu)?
+    } else {
+        let s = checkpoint_std(&ckpts)?;
+        save_std(&s, &std_path)?;
+        s
+    };
+    let (a, b) = mean_spread(&std)?;
+    Ok(TaskEntry {
+        task: task.into(),
+        dir: task.into(),
+        checkpoints: m.checkpoints.len(),
+        first_loss: m.steps.first().map_or(f64::NAN, |r| r.loss),
+        final_loss: m.steps.last().map_or(f64::NAN, |r| r.loss),
+        wall_time_s: m.wall_time_s,
+        mean_std_lora_a: a,
+        mean_std_lora_b: b,
+    })
+}
+
+/// Fine-tune one adapter on a task into `dir` (a PEFT directory with `manifest.json` and `loss.png`).
+#[allow(clippy::too_many_arguments)]
+pub fn finetune(
+    model: &Transformer,
+    tok: &Tokenizer,
+    base: &BaseModel,
+    task: &str,
+    train: &TrainConfig,
+    data_root: &Path,
+    split: &SplitConfig,
+    dir: &Path,
+    on_step: &mut dyn FnMut(&StepRecord),
+) -> Result<Manifest> {
+    let started = Instant::now();
+    let data = prepare_task(tok, task, data_root, split, train.max_len)?;
+    let spec = RunSpec {
+        task: task.into(),
+        base_model: base.clone(),
+        data: data.info,
+        train: train.clone(),
+        saves: Saves::Final,
+    };
+    let mut opts = RunOptions {
+        state_every: 25,
+        stop_after: None,
+        started,
+        on_step,
+    };
+    match run(model, &data.seqs, &spec, dir, &mut opts)? {
+        RunOutcome::Complete(m) => Ok(*m),
+        RunOutcome::Stopped(_) => unreachable!("runs without stop_after complete"),
+    }
+}
+
+/// The checkpoint directories of a collected task, in step order.
+pub fn task_checkpoints(collection: &Path, task: &str) -> Result<Vec<PathBuf>> {
+    let m = Manifest::read(&collection.join(task).join(crate::run::MANIFEST_FILE))?;
+    if !m.complete {
+        return Err(CollectError::Data {
+            task: task.into(),
+            reason: "its collection is not finished".into(),
+        });
+    }
+    Ok(m.checkpoints
+        .iter()
+        .map(|c| collection.join(task).join(c))
+        .collect())
+}

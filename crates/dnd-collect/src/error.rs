@@ -1,0 +1,42 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid JSON: {reason}")]
+    Json { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Llm(#[from] dnd_llm::LlmError),
+    #[error(transparent)]
+    Task(#[from] dnd_tasks::Error),
+    #[error(transparent)]
+    Optim(#[from] dnd_optim::OptimError),
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("invalid training setup: {0}")]
+    Config(String),
+    #[error("task `{task}`: {reason}")]
+    Data { task: String, reason: String },
+    #[error(
+        "{dir} holds a run with other settings ({reason}); choose another directory or start over \
+         (the CLI's --fresh)"
+    )]
+    Mismatch { dir: PathBuf, reason: String },
+    #[error("{path}: not a usable run state: {reason}")]
+    State { path: PathBuf, reason: String },
+    #[error("{path}: cannot draw the loss curve: {reason}")]
+    Plot { path: PathBuf, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, CollectError>;
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> CollectError + '_ {
+    move |source| CollectError::Io {
+        path: path.into(),
+        source,
+    }
+}

@@ -1,0 +1,46 @@
+//! LoRA fine-tuning of the frozen base model, and the checkpoint collections DnD's generator learns
+//! from (METHOD.md step 1).
+//!
+//! - [`finetune`]: one adapter for one task (`dnd finetune`).
+//! - [`collect`]: per task, a first phase of training, then a checkpoint at every step, all tasks from
+//!   the same seeded LoRA initialisation (`dnd collect`). Killed at any point, a rerun continues from
+//!   the last finished step and ends with the same bytes as an uninterrupted run.
+//!
+//! Training sequences are the evaluator's own tokenisation of (context, gold answer), with the loss on
+//! the answer tokens only. Collections live outside the repository, under
+//! `$DND_CACHE/collections/<name>` by default ([`default_collection_dir`]):
+//!
+//! ```text
+//! <collection>/collection.json              tasks, settings, wall times
+//! <collection>/<task>/manifest.json         base model sha256, LoRA and training settings, data, loss per step
+//! <collection>/<task>/loss.png
+//! <collection>/<task>/checkpoints/step-NNNN/ PEFT adapters (adapter_config.json, adapter_model.safetensors)
+//! <collection>/<task>/checkpoint_std.safetensors  element-wise spread across the checkpoints
+//! <collection>/<task>/run-state.safetensors  only while unfinished: what a rerun resumes from
+//! ```
+
+mod collection;
+mod data;
+mod defaults;
+mod error;
+mod hash;
+mod plot;
+mod run;
+mod stats;
+mod trainer;
+
+pub use collection::{
+    collect, finetune, prepare_task, task_checkpoints, CollectPlan, CollectionIndex, Event,
+    TaskData, TaskEntry, INDEX_FILE,
+};
+pub use data::{batch_indices, encode, micro_batches, EncodeStats, Sequence};
+pub use defaults::{default_collection_dir, CollectDefaults, COMMONSENSE_TASKS, DEFAULT_SEED};
+pub use error::{CollectError, Result};
+pub use hash::model_sha256;
+pub use plot::loss_png;
+pub use run::{
+    peak_rss_mb, run, BaseModel, DataInfo, Manifest, RunOptions, RunOutcome, RunSpec, Saves,
+    Session, CHECKPOINTS_DIR, LOSS_PNG, MANIFEST_FILE, STATE_FILE,
+};
+pub use stats::{checkpoint_std, mean_spread, STD_FILE};
+pub use trainer::{StepRecord, TrainConfig, Trainer};

@@ -1,0 +1,77 @@
+//! How much each LoRA weight moves within a task's checkpoints: the element-wise standard deviation
+//! across them. METHOD.md step 6 weights the generator's loss by this spread, averaged per LoRA token;
+//! the token layout belongs to the LoRA tokenizer, so this stores the raw element-wise spread, keyed
+//! like the checkpoints, for the tokenizer to average per chunk.
+
+use crate::error::{CollectError, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const STD_FILE: &str = "checkpoint_std.safetensors";
+
+/// Population standard deviation (divisor K) of every tensor across K >= 2 PEFT checkpoints, f32,
+/// under the checkpoints' own keys. Computed in f64 with two passes (mean, then squared deviations):
+/// A matrices move by ~1e-5 of their size, which one-pass formulas would lose to cancellation.
+pub fn checkpoint_std(dirs: &[PathBuf]) -> Result<HashMap<String, Tensor>> {
+    if dirs.len() < 2 {
+        return Err(CollectError::Config(format!(
+            "a spread needs at least 2 checkpoints, got {}",
+            dirs.len()
+        )));
+    }
+    let load = |d: &PathBuf| -> Result<HashMap<String, Tensor>> {
+        let p = d.join(dnd_llm::peft::WEIGHTS_FILE);
+        candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| CollectError::State {
+            path: p,
+            reason: e.to_string(),
+        })
+    };
+    let all = dirs.iter().map(load).collect::<Result<Vec<_>>>()?;
+    let k = all.len() as f64;
+    let mut out = HashMap::new();
+    for name in all[0].keys() {
+        let mut xs = Vec::with_capacity(all.len());
+        for (d, ck) in dirs.iter().zip(&all) {
+            let t = ck.get(name).ok_or_else(|| CollectError::State {
+                path: d.clone(),
+                reason: format!("`{name}` missing"),
+            })?;
+            xs.push(t.to_dtype(DType::F64)?);
+        }
+        let mut sum = xs[0].clone();
+        for x in &xs[1..] {
+            sum = (sum + x)?;
+        }
+        let mean = (sum / k)?;
+        let mut sq = xs[0].broadcast_sub(&mean)?.sqr()?;
+        for x in &xs[1..] {
+            sq = (sq + x.broadcast_sub(&mean)?.sqr()?)?;
+        }
+        out.insert(name.clone(), (sq / k)?.sqrt()?.to_dtype(DType::F32)?);
+    }
+    Ok(out)
+}
+
+/// Mean element-wise spread of all `lora_A` and of all `lora_B` tensors.
+pub fn mean_spread(std: &HashMap<String, Tensor>) -> Result<(f64, f64)> {
+    let mean_of = |which: &str| -> Result<f64> {
+        let (mut sum, mut n) = (0f64, 0usize);
+        for (k, t) in std {
+            if k.contains(which) {
+                sum += t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+                n += t.elem_count();
+            }
+        }
+        Ok(if n == 0 { 0.0 } else { sum / n as f64 })
+    };
+    Ok((mean_of(".lora_A.")?, mean_of(".lora_B.")?))
+}
+
+/// Write the spread to `path` atomically.
+pub fn save_std(std: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    candle_core::safetensors::save(std, &tmp)?;
+    std::fs::rename(&tmp, path).map_err(crate::error::io_err(path))
+}

@@ -1,0 +1,246 @@
+//! End to end on the tiny model and a synthetic BoolQ: a collection's layout, manifests, spread and
+//! index; finetune's PEFT output; encoding; the base-model hash cache; clear errors for bad input.
+
+mod common;
+
+use dnd_collect::{
+    collect, encode, finetune, model_sha256, task_checkpoints, BaseModel, CollectError,
+    CollectPlan, CollectionIndex, Event, Manifest, TrainConfig, INDEX_FILE, STD_FILE,
+};
+use dnd_tasks::SplitConfig;
+use std::path::Path;
+
+fn train(steps: usize) -> TrainConfig {
+    TrainConfig {
+        rank: 2,
+        alpha: 4.0,
+        targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+        seed: 5,
+        lr: 1e-2,
+        warmup_steps: 1,
+        min_lr_ratio: 0.1,
+        weight_decay: 0.0,
+        max_grad_norm: 1.0,
+        batch: 4,
+        micro_batch_tokens: 128,
+        max_len: 64,
+        steps,
+    }
+}
+
+fn base() -> BaseModel {
+    BaseModel {
+        path: "tiny".into(),
+        sha256: "ab".repeat(32),
+    }
+}
+
+fn plan(dir: &Path, root: &Path, tasks: &[&str]) -> CollectPlan {
+    CollectPlan {
+        dir: dir.into(),
+        tasks: tasks.iter().map(|t| t.to_string()).collect(),
+        train: train(6),
+        first_phase: 3,
+        data_root: root.into(),
+        split: SplitConfig::default(),
+        state_every: 2,
+    }
+}
+
+#[test]
+fn a_collection_has_checkpoints_manifests_spread_and_an_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let llm = common::tiny_llm(tmp.path());
+    let root = tmp.path().join("data");
+    common::boolq_root(&root, 80);
+    let dir = tmp.path().join("coll");
+    let mut events = Vec::new();
+    let index = collect(
+        &llm.model,
+        &llm.tokenizer,
+        &base(),
+        &plan(&dir, &root, &["boolq"]),
+        &mut |e| {
+            events.push(match e {
+                Event::TaskStart { task, steps } => format!("start {task} {steps}"),
+                Event::Step(r) => format!("step {}", r.step),
+                Event::TaskDone(m) => format!("done {}", m.spec.task),
+            })
+        },
+    )
+    .unwrap();
+    assert_eq!(events.first().unwrap(), "start boolq 6");
+    assert_eq!(events.last().unwrap(), "done boolq");
+    assert_eq!(events.len(), 8);
+    let on_disk: CollectionIndex =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(INDEX_FILE)).unwrap()).unwrap();
+    assert_eq!(on_disk.tasks.len(), 1);
+    assert_eq!(index.tasks[0].checkpoints, 3);
+    let e = &index.tasks[0];
+    assert!(e.mean_std_lora_a > 0.0 && e.mean_std_lora_b > 0.0, "{e:?}");
+    let m = Manifest::read(&dir.join("boolq/manifest.json")).unwrap();
+    assert!(m.complete);
+    assert_eq!(m.spec.base_model, base());
+    assert_eq!(m.spec.data.part, "adapter-train");
+    assert!(m.spec.data.encoded.sequences > 0);
+    assert_eq!(m.steps.len(), 6);
+    assert!(m.wall_time_s > 0.0);
+    let ckpts = task_checkpoints(&dir, "boolq").unwrap();
+    assert_eq!(ckpts.len(), 3);
+    for c in &ckpts {
+        let lora = dnd_llm::peft::load(c, llm.model.config(), llm.model.dtype()).unwrap();
+        assert_eq!(lora.config().targets.len(), 3);
+    }
+    let std =
+        candle_core::safetensors::load(dir.join("boolq").join(STD_FILE), &candle_core::Device::Cpu)
+            .unwrap();
+    assert_eq!(std.len(), 2 * 3 * 2, "A and B of 3 targets in 2 layers");
+    assert!(dir.join("boolq/loss.png").is_file());
+
+    // Collecting again resumes nothing and rewrites nothing but the index; the same seed gives the
+    // same bytes in another directory.
+    let before = common::files(&dir.join("boolq/checkpoints"));
+    let again = collect(
+        &llm.model,
+        &llm.tokenizer,
+        &base(),
+        &plan(&dir, &root, &["boolq"]),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(again.tasks, index.tasks);
+    let other = tmp.path().join("coll2");
+    collect(
+        &llm.model,
+        &llm.tokenizer,
+        &base(),
+        &plan(&other, &root, &["boolq"]),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(before, common::files(&other.join("boolq/checkpoints")));
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let llm = common::tiny_llm(tmp.path());
+    let root = tmp.path().join("data");
+    common::boolq_root(&root, 80);
+    let dir = tmp.path().join("coll");
+    let err = collect(
+        &llm.model,
+        &llm.tokenizer,
+        &base(),
+        &plan(&dir, &root, &["boolq", "nope"]),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, CollectError::Task(_)) && err.to_string().contains("nope"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("boolq").exists(),
+        "tasks are checked before any work"
+    );
+    let err = collect(
+        &llm.model,
+        &llm.tokenizer,
+        &base(),
+        &plan(&dir, &root, &["piqa"]),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("piqa"),
+        "a missing data file names itself: {err}"
+    );
+    let mut p = plan(&dir, &root, &["boolq"]);
+    p.first_phase = 6;
+    let err = collect(&llm.model, &llm.tokenizer, &base(), &p, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("no checkpoint"), "{err}");
+    let err = encode(&llm.tokenizer, "t", &[], 16).unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
+}
+
+#[test]
+fn finetune_writes_a_peft_adapter_with_its_manifest_and_curve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let llm = common::tiny_llm(tmp.path());
+    let root = tmp.path().join("data");
+    common::boolq_root(&root, 80);
+    let out = tmp.path().join("adapter");
+    let mut steps = 0;
+    let m = finetune(
+        &llm.model,
+        &llm.tokenizer,
+        &base(),
+        "boolq",
+        &train(4),
+        &root,
+        &SplitConfig::default(),
+        &out,
+        &mut |_| steps += 1,
+    )
+    .unwrap();
+    assert_eq!((steps, m.steps.len()), (4, 4));
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "manifest.json",
+        "loss.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    dnd_llm::peft::load(&out, llm.model.config(), llm.model.dtype()).unwrap();
+}
+
+#[test]
+fn encoding_keeps_the_answer_and_cuts_the_context_from_the_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let llm = common::tiny_llm(tmp.path());
+    let pairs = vec![
+        ("abcdefghij".to_string(), " yes".to_string()),
+        ("ab".to_string(), " no".to_string()),
+    ];
+    let (seqs, stats) = encode(&llm.tokenizer, "t", &pairs, 6).unwrap();
+    // Byte-level tokens: one id per byte.
+    assert_eq!(
+        seqs[0].ids,
+        b"ij yes".iter().map(|&b| b as u32).collect::<Vec<_>>()
+    );
+    assert_eq!((seqs[0].context_len, seqs[0].answer_len()), (2, 4));
+    assert_eq!(
+        seqs[1].ids,
+        b"ab no".iter().map(|&b| b as u32).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        (stats.sequences, stats.truncated, stats.max_tokens),
+        (2, 1, 6)
+    );
+}
+
+#[test]
+fn the_model_hash_is_cached_and_refreshed_when_the_file_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("model.gguf");
+    let cache = tmp.path().join("cache/hashes.json");
+    std::fs::write(&file, b"abc").unwrap();
+    let h = model_sha256(&file, &cache).unwrap();
+    assert_eq!(
+        h,
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert!(cache.is_file());
+    assert_eq!(model_sha256(&file, &cache).unwrap(), h);
+    std::fs::write(&file, b"abcd").unwrap();
+    assert_ne!(model_sha256(&file, &cache).unwrap(), h);
+    // A directory hashes its files by name.
+    let d = tmp.path().join("hf");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("config.json"), b"{}").unwrap();
+    let a = model_sha256(&d, &cache).unwrap();
+    std::fs::write(d.join("model.safetensors"), b"x").unwrap();
+    assert_ne!(model_sha256(&d, &cache).unwrap(), a);
+}

@@ -1,0 +1,194 @@
+//! Drag-and-Drop generation (METHOD.md step 7): a trained generator turns a batch of N encoded prompts
+//! into a LoRA adapter with one decoder forward and a de-tokenization.
+//!
+//! A generator directory holds the decoder (`decoder.safetensors`, `decoder.json` with the adapter
+//! layout it produces, from `dnd-decode`) and `generator.json` ([`GeneratorInfo`]: the prompt encoder
+//! it was trained with), so it is never fed conditions from another encoder nor applied to another
+//! base model or rank. Prompt encoding itself lives in `dnd-encode`; this crate takes per-prompt hidden
+//! states, so it can be tested without the encoder's weights.
+
+use candle_core::{DType, Tensor};
+use dnd_decode::{DecodeError, GeneratorMeta, HyperConvDecoder};
+use dnd_llm::{Lora, LoraConfig, ModelConfig, Target};
+use dnd_tokenize::{LoraTokenizer, TokenizeError};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const INFO_FILE: &str = "generator.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("no prompts to condition on: {0}")]
+    NoPrompts(String),
+    #[error("{path}: not a usable generator: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Tokenize(#[from] TokenizeError),
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, GenerateError>;
+
+/// `generator.json`: how the conditions the decoder was trained on were made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeneratorInfo {
+    /// sha256 of the prompt encoder's weights: another encoder's states mean nothing to the decoder.
+    pub encoder_model_hash: String,
+    /// The encoder's word-piece limit per prompt (its cache key); the decoder's L may be shorter.
+    pub encoder_max_len: usize,
+    /// Recorded as `base_model_name_or_path` in generated adapters.
+    pub base_model: String,
+}
+
+/// Write a generator directory: decoder files, then `generator.json`, each atomically.
+pub fn save(
+    dir: &Path,
+    decoder: &HyperConvDecoder,
+    meta: &GeneratorMeta,
+    info: &GeneratorInfo,
+) -> Result<()> {
+    decoder.save(dir, meta)?;
+    let json = serde_json::to_string_pretty(info).expect("plain data serialises");
+    write_atomic(&dir.join(INFO_FILE), json.as_bytes())
+}
+
+/// Write `bytes` under a temporary name in the same directory, then rename over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let io = |p: &Path| {
+        let path = p.to_path_buf();
+        move |source| GenerateError::Io { path, source }
+    };
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// A loaded generator: decoder, the tokenizer of the adapter layout it emits, and its encoder settings.
+pub struct Generator {
+    decoder: HyperConvDecoder,
+    tokenizer: LoraTokenizer,
+    info: GeneratorInfo,
+}
+
+impl Generator {
+    /// Load the generator in `dir` for base model `model`. Refuses a generator made for another base
+    /// config, or for another rank than `rank` when one is given, and reports unreadable files.
+    pub fn load(dir: &Path, model: &ModelConfig, rank: Option<usize>) -> Result<Self> {
+        let (_, stored) = HyperConvDecoder::read_meta(dir)?;
+        let bad = |reason: String| GenerateError::File {
+            path: dir.join(dnd_decode::CONFIG_FILE),
+            reason,
+        };
+        let targets = stored
+            .targets
+            .iter()
+            .map(|m| Target::from_module(m).ok_or_else(|| bad(format!("unknown target `{m}`"))))
+            .collect::<Result<Vec<_>>>()?;
+        let lora = LoraConfig::new(rank.unwrap_or(stored.rank), stored.alpha, &targets);
+        let expected = GeneratorMeta::new(model, &lora, stored.chunk_width);
+        let decoder = HyperConvDecoder::load(dir, &expected, DType::F32)?;
+        let tokenizer = LoraTokenizer::new(model, &lora, stored.chunk_width)?;
+        let (h, w) = tokenizer.token_shape();
+        let out = decoder.config().output();
+        if out != [tokenizer.num_tokens(), h, w] {
+            return Err(bad(format!(
+                "decoder emits {out:?}, the adapter layout needs [{}, {h}, {w}]",
+                tokenizer.num_tokens()
+            )));
+        }
+        let path = dir.join(INFO_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| GenerateError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let info = serde_json::from_str(&text).map_err(|e| GenerateError::File {
+            path,
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            decoder,
+            tokenizer,
+            info,
+        })
+    }
+
+    pub fn info(&self) -> &GeneratorInfo {
+        &self.info
+    }
+
+    pub fn decoder(&self) -> &HyperConvDecoder {
+        &self.decoder
+    }
+
+    pub fn tokenizer(&self) -> &LoraTokenizer {
+        &self.tokenizer
+    }
+
+    /// N: prompts per condition.
+    pub fn prompts_per_batch(&self) -> usize {
+        self.decoder.config().input()[0]
+    }
+
+    /// L: word pieces per prompt in the condition.
+    pub fn prompt_len(&self) -> usize {
+        self.decoder.config().input()[1]
+    }
+
+    /// One adapter from per-prompt hidden states (`[len_i, C]`, exactly N of them).
+    pub fn generate(&self, states: &[&Tensor]) -> Result<Lora> {
+        let cond = condition(states, self.prompt_len())?.unsqueeze(0)?;
+        let tokens = self.decoder.forward(&cond)?.squeeze(0)?;
+        Ok(self.tokenizer.decode(&tokens)?)
+    }
+}
+
+/// The condition `[N, L, C]`: each prompt's states `[len, C]` cut or zero-padded to `len` rows (the
+/// encoder already zeroes padding, so a prompt's rows do not depend on its batch).
+pub fn condition(states: &[&Tensor], len: usize) -> Result<Tensor> {
+    if states.is_empty() {
+        return Err(GenerateError::NoPrompts("an empty batch".into()));
+    }
+    let rows = states
+        .iter()
+        .map(|s| {
+            let n = s.dim(0)?.min(len);
+            s.narrow(0, 0, n)?.pad_with_zeros(0, 0, len - n)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&rows, 0)?)
+}
+
+/// `n` indices into a pool of `pool` prompts: distinct when the pool is large enough; otherwise the
+/// whole pool as often as it fits, then distinct extras, so every prompt is used as evenly as possible
+/// (a single task description fills the batch with copies of itself).
+pub fn draw(pool: usize, n: usize, rng: &mut ChaCha8Rng) -> Result<Vec<usize>> {
+    if pool == 0 {
+        return Err(GenerateError::NoPrompts("the prompt pool is empty".into()));
+    }
+    let mut out = Vec::with_capacity(n);
+    while out.len() + pool <= n {
+        out.extend(0..pool);
+    }
+    out.extend(rand::seq::index::sample(rng, pool, n - out.len()));
+    out.shuffle(rng);
+    Ok(out)
+}
+
+/// `k` prompt batches of `n` for generation, reproducible from `seed`.
+pub fn draw_batches(pool: usize, n: usize, k: usize, seed: u64) -> Result<Vec<Vec<usize>>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..k).map(|_| draw(pool, n, &mut rng)).collect()
+}

@@ -1,0 +1,137 @@
+//! Generation from a saved (untrained) generator: the adapter it writes loads as a PEFT directory for
+//! the base config; another base model or rank, a corrupt file and an empty prompt pool are clear errors.
+
+use candle_core::{DType, Device, Tensor};
+use dnd_decode::{DecoderConfig, GeneratorMeta, HyperConvDecoder};
+use dnd_generate::{draw, draw_batches, Generator, GeneratorInfo};
+use dnd_llm::{Arch, LoraConfig, ModelConfig, Target};
+use dnd_tokenize::LoraTokenizer;
+use rand::SeedableRng;
+use std::path::Path;
+
+fn tiny_model() -> ModelConfig {
+    ModelConfig {
+        arch: Arch::Llama,
+        vocab_size: 100,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 8,
+        rope_theta: 10000.0,
+        rms_norm_eps: 1e-6,
+        tie_word_embeddings: true,
+        qkv_bias: false,
+        max_position_embeddings: 128,
+    }
+}
+
+fn saved_generator(dir: &Path) {
+    let model = tiny_model();
+    let lora = LoraConfig::new(2, 4.0, &Target::ALL);
+    let tok = LoraTokenizer::with_default_width(&model, &lora).unwrap();
+    let (h, w) = tok.token_shape();
+    let cfg = DecoderConfig::cpu_default([4, 8, 16], [tok.num_tokens(), h, w]);
+    let dec = HyperConvDecoder::new(cfg, DType::F32, 3).unwrap();
+    let info = GeneratorInfo {
+        encoder_model_hash: "synthetic".into(),
+        encoder_max_len: 8,
+        base_model: "tiny".into(),
+    };
+    dnd_generate::save(
+        dir,
+        &dec,
+        &GeneratorMeta::new(&model, &lora, tok.chunk_width()),
+        &info,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_generated_adapter_loads_as_peft_for_the_base_config() {
+    let dir = tempfile::tempdir().unwrap();
+    saved_generator(dir.path());
+    let model = tiny_model();
+    let g = Generator::load(dir.path(), &model, None).unwrap();
+    assert_eq!((g.prompts_per_batch(), g.prompt_len()), (4, 8));
+    // Prompts of different lengths, some longer than L.
+    let states: Vec<Tensor> = (0..4)
+        .map(|i| Tensor::randn(0f32, 1.0, (3 + 3 * i, 16), &Device::Cpu).unwrap())
+        .collect();
+    let lora = g.generate(&states.iter().collect::<Vec<_>>()).unwrap();
+    let out = dir.path().join("adapter");
+    dnd_llm::peft::save(&lora, &out, &g.info().base_model).unwrap();
+    let back = dnd_llm::peft::load(&out, &model, DType::F32).unwrap();
+    assert_eq!(back.modules().count(), 2 * 7);
+    assert_eq!(back.config().rank, 2);
+}
+
+#[test]
+fn another_base_model_or_rank_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    saved_generator(dir.path());
+    let other = ModelConfig {
+        hidden_size: 48,
+        ..tiny_model()
+    };
+    let err = Generator::load(dir.path(), &other, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("another adapter layout") && err.contains("base model"),
+        "{err}"
+    );
+    let err = Generator::load(dir.path(), &tiny_model(), Some(8))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("rank 2, wanted 8"), "{err}");
+}
+
+#[test]
+fn a_corrupt_generator_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    saved_generator(dir.path());
+    let weights = dir.path().join(dnd_decode::WEIGHTS_FILE);
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Generator::load(dir.path(), &tiny_model(), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("unreadable generator file"), "{err}");
+
+    std::fs::write(dir.path().join(dnd_decode::CONFIG_FILE), "{ not json").unwrap();
+    let err = Generator::load(dir.path(), &tiny_model(), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("unreadable generator file"), "{err}");
+}
+
+#[test]
+fn prompt_draws_are_even_reproducible_and_refuse_an_empty_pool() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    assert!(draw(0, 4, &mut rng)
+        .unwrap_err()
+        .to_string()
+        .contains("empty"));
+    // One description fills the batch with itself; a small pool is used evenly.
+    assert_eq!(draw(1, 4, &mut rng).unwrap(), vec![0; 4]);
+    let mut d = draw(3, 7, &mut rng).unwrap();
+    d.sort();
+    assert!([0, 1, 2]
+        .iter()
+        .all(|i| d.iter().filter(|&&x| x == *i).count() >= 2));
+    // A large pool gives distinct prompts; batches differ from each other but not between calls.
+    let a = draw_batches(100, 8, 3, 5).unwrap();
+    assert_eq!(a, draw_batches(100, 8, 3, 5).unwrap());
+    assert_ne!(a[0], a[1]);
+    let mut s = a[0].clone();
+    s.dedup();
+    s.sort();
+    s.dedup();
+    assert_eq!(s.len(), 8);
+}

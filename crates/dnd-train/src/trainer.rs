@@ -1,0 +1,556 @@
+//! The training loop: prompt/checkpoint pairs with fresh prompts at every step, noise augmentation,
+//! AdamW with warm-up + cosine and clipping, validation against the mean-checkpoint baselines, and
+//! atomic periodic checkpoints from which a rerun continues bit for bit.
+//!
+//! Every random choice of step `s` comes from ChaCha8 seeded with `seed`, stream `s`: a resumed run
+//! needs no RNG state, only the decoder, the optimizer and the step.
+
+use crate::data::{token_weights, weighted_mask, weighted_mse, TaskData};
+use crate::plot::loss_png;
+use crate::{io_err, Result, TrainError};
+use candle_core::{DType, Device, Tensor};
+use dnd_decode::{DecoderConfig, GeneratorMeta, HyperConvDecoder};
+use dnd_generate::{condition, draw, write_atomic, GeneratorInfo};
+use dnd_optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
+use dnd_tokenize::{Factor, TokenInfo};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const MANIFEST_FILE: &str = "train.json";
+pub const WEIGHTS_FILE: &str = "loss_weights.safetensors";
+pub const LOSS_PNG: &str = "loss.png";
+const STATE_DIR: &str = "state";
+const LATEST: &str = "LATEST";
+const OPTIM_FILE: &str = "optimizer.safetensors";
+const PROGRESS_FILE: &str = "progress.json";
+/// Stream offset for validation draws, far from any step's stream.
+const VALIDATION_STREAM: u64 = 1 << 62;
+
+/// Hyper-parameters; defaults are the paper's (METHOD.md step 6) with a CPU-sized step count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub steps: usize,
+    /// Prompt/checkpoint pairs per update (one decoder forward over all of them).
+    pub batch: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup: usize,
+    pub clip: f64,
+    /// Std of the Gaussian noise added to the condition and to the target tokens.
+    pub condition_noise: f64,
+    pub target_noise: f64,
+    /// Lowest per-token loss weight (before renormalising to mean 1), see [`token_weights`].
+    pub min_weight: f64,
+    pub seed: u64,
+    /// Every k-th checkpoint of each task is held out for validation (0 or 1: none).
+    pub holdout_every: usize,
+    pub validate_every: usize,
+    pub save_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 1000,
+            batch: 1,
+            lr: 3e-5,
+            weight_decay: 0.1,
+            warmup: 1,
+            clip: 1.0,
+            condition_noise: 1e-4,
+            target_noise: 1e-5,
+            min_weight: 0.05,
+            seed: 0,
+            holdout_every: 5,
+            validate_every: 50,
+            save_every: 50,
+        }
+    }
+}
+
+/// One update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepLog {
+    pub step: usize,
+    /// Weighted MSE of the batch before the update.
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub seconds: f64,
+}
+
+/// Loss on the held-out checkpoints after `step` updates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValLog {
+    pub step: usize,
+    pub loss: f64,
+}
+
+/// A task as the manifest reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSummary {
+    pub name: String,
+    pub train_checkpoints: usize,
+    pub held_out_checkpoints: usize,
+    pub prompts: usize,
+}
+
+/// `train.json`: what was trained on, how, and how it went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainManifest {
+    pub collection: String,
+    pub tasks: Vec<TaskSummary>,
+    pub config: TrainConfig,
+    pub decoder: DecoderConfig,
+    pub parameters: usize,
+    pub generator: GeneratorMeta,
+    pub step: usize,
+    pub complete: bool,
+    /// Held-out loss of predicting the mean of all training checkpoints (the paper's baseline), and of
+    /// predicting the mean of the held-out checkpoint's own task (an oracle that knows the task).
+    pub baseline_mean_checkpoint: Option<f64>,
+    pub baseline_task_mean: Option<f64>,
+    /// Mean loss weight of the A and of the B tokens.
+    pub weight_a: f64,
+    pub weight_b: f64,
+    pub steps: Vec<StepLog>,
+    pub validations: Vec<ValLog>,
+    /// Mean compute time of an update over the logged steps.
+    pub seconds_per_step: f64,
+}
+
+/// What the caller fixes about a run besides the hyper-parameters.
+pub struct Setup {
+    /// The generator directory (also holds the resumable state under `state/`).
+    pub out: PathBuf,
+    pub decoder: DecoderConfig,
+    pub meta: GeneratorMeta,
+    pub info: GeneratorInfo,
+    pub collection: String,
+    /// The tokenizer's loss mask `[N_w, H, W]` and token layout.
+    pub mask: Tensor,
+    pub tokens: Vec<TokenInfo>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Progress {
+    config: TrainConfig,
+    steps: Vec<StepLog>,
+    validations: Vec<ValLog>,
+}
+
+/// A generator being trained, fresh or resumed from `out/state`.
+pub struct GeneratorTrainer {
+    setup: Setup,
+    config: TrainConfig,
+    tasks: Vec<TaskData>,
+    /// (task, checkpoint) pairs trained on, grouped by task, and the held-out ones.
+    train: Vec<Vec<usize>>,
+    held: Vec<(usize, usize)>,
+    decoder: HyperConvDecoder,
+    opt: AdamW,
+    weights: Tensor,
+    wmask: Tensor,
+    cells: f64,
+    steps: Vec<StepLog>,
+    validations: Vec<ValLog>,
+    baselines: (Option<f64>, Option<f64>),
+}
+
+impl GeneratorTrainer {
+    /// Prepare training; continues from the last saved state in `setup.out` if there is one (with the
+    /// same config, else an error).
+    pub fn open(setup: Setup, tasks: Vec<TaskData>, config: TrainConfig) -> Result<Self> {
+        validate(&setup, &tasks, &config)?;
+        let k = config.holdout_every;
+        let is_held = |i: usize| k > 1 && (i + 1).is_multiple_of(k);
+        let train: Vec<Vec<usize>> = tasks
+            .iter()
+            .map(|t| {
+                (0..t.checkpoints.len())
+                    .filter(|&i| !is_held(i) || t.checkpoints.len() == 1)
+                    .collect()
+            })
+            .collect();
+        let held = tasks
+            .iter()
+            .enumerate()
+            .flat_map(|(ti, t)| (0..t.checkpoints.len()).map(move |i| (ti, i)))
+            .filter(|&(ti, i)| !train[ti].contains(&i))
+            .collect();
+        let weights = token_weights(&tasks, &setup.mask, config.min_weight)?;
+        let (wmask, cells) = weighted_mask(&weights, &setup.mask)?;
+        let latest = setup.out.join(STATE_DIR).join(LATEST);
+        let (decoder, opt, steps, validations) = if latest.is_file() {
+            let name = std::fs::read_to_string(&latest).map_err(io_err(&latest))?;
+            let dir = setup.out.join(STATE_DIR).join(name.trim());
+            let progress: Progress = read_json(&dir.join(PROGRESS_FILE))?;
+            if progress.config != config {
+                return Err(TrainError::Config(format!(
+                    "{} holds a run with other settings ({:?}); train into another directory or start fresh",
+                    setup.out.display(),
+                    progress.config
+                )));
+            }
+            let decoder = HyperConvDecoder::load(&dir, &setup.meta, DType::F32)?;
+            let mut opt = AdamW::new(decoder.vars(), adamw(&config))?;
+            opt.load(&dir.join(OPTIM_FILE))?;
+            (decoder, opt, progress.steps, progress.validations)
+        } else {
+            let decoder = HyperConvDecoder::new(setup.decoder.clone(), DType::F32, config.seed)?;
+            let opt = AdamW::new(decoder.vars(), adamw(&config))?;
+            (decoder, opt, Vec::new(), Vec::new())
+        };
+        let mut me = Self {
+            setup,
+            config,
+            tasks,
+            train,
+            held,
+            decoder,
+            opt,
+            weights,
+            wmask,
+            cells,
+            steps,
+            validations,
+            baselines: (None, None),
+        };
+        me.baselines = me.baselines()?;
+        Ok(me)
+    }
+
+    pub fn step_count(&self) -> usize {
+        self.steps.len()
+    }
+
+    pub fn decoder(&self) -> &HyperConvDecoder {
+        &self.decoder
+    }
+
+    /// Held-out loss of the global-mean and own-task-mean predictions.
+    pub fn baseline_losses(&self) -> (Option<f64>, Option<f64>) {
+        self.baselines
+    }
+
+    /// Train up to `config.steps` (or `stop_after` more updates, as a kill would), validating and
+    /// saving periodically; at the end, validate, save and write the manifest and loss curve.
+    pub fn run(
+        &mut self,
+        stop_after: Option<usize>,
+        on_step: &mut dyn FnMut(&StepLog, Option<&ValLog>),
+    ) -> Result<TrainManifest> {
+        let start = self.steps.len();
+        while self.steps.len() < self.config.steps {
+            if stop_after.is_some_and(|n| self.steps.len() - start >= n) {
+                return self.manifest(false);
+            }
+            let log = self.step()?;
+            let s = log.step;
+            let val = if s.is_multiple_of(self.config.validate_every) || s == self.config.steps {
+                self.validate()?
+            } else {
+                None
+            };
+            on_step(&log, val.as_ref());
+            if s.is_multiple_of(self.config.save_every) || s == self.config.steps {
+                self.save()?;
+            }
+        }
+        if self.validations.is_empty() {
+            self.validate()?;
+        }
+        self.save()?;
+        self.manifest(true)
+    }
+
+    /// One update on a fresh batch.
+    pub fn step(&mut self) -> Result<StepLog> {
+        let t0 = Instant::now();
+        let s = self.steps.len() + 1;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed);
+        rng.set_stream(s as u64);
+        let mut conds = Vec::new();
+        let mut targets = Vec::new();
+        for _ in 0..self.config.batch {
+            let task = rng.random_range(0..self.tasks.len());
+            let ck = self.train[task][rng.random_range(0..self.train[task].len())];
+            conds.push(self.condition(task, &mut rng)?);
+            targets.push(self.tasks[task].checkpoints[ck].clone());
+        }
+        let cond = add_noise(
+            &Tensor::stack(&conds, 0)?,
+            self.config.condition_noise,
+            &mut rng,
+        )?;
+        let target = add_noise(
+            &Tensor::stack(&targets, 0)?,
+            self.config.target_noise,
+            &mut rng,
+        )?;
+        let pred = self.decoder.forward(&cond)?;
+        let loss = weighted_mse(&pred, &target, &self.wmask, self.cells)?;
+        let store = loss.backward()?;
+        let vars = self.opt.vars().to_vec();
+        let mut grads = vars
+            .iter()
+            .map(|v| match store.get(v.as_tensor()) {
+                Some(g) => Ok(g.clone()),
+                None => Ok(v.as_tensor().zeros_like()?),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let grad_norm = clip_grad_norm(&mut grads, self.config.clip)?;
+        let lr = self.schedule().lr(s);
+        self.opt.step(&grads, lr)?;
+        let log = StepLog {
+            step: s,
+            loss: loss.to_dtype(DType::F64)?.to_scalar()?,
+            lr,
+            grad_norm,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        self.steps.push(log.clone());
+        Ok(log)
+    }
+
+    /// Mean loss over the held-out checkpoints, each with a fixed prompt draw and no noise; `None`
+    /// without held-out checkpoints.
+    pub fn validate(&mut self) -> Result<Option<ValLog>> {
+        let Some(loss) = self.held_out_loss(|me, task, rng, _| {
+            let cond = me.condition(task, rng)?.unsqueeze(0)?;
+            Ok(me.decoder.forward(&cond)?.detach())
+        })?
+        else {
+            return Ok(None);
+        };
+        let log = ValLog {
+            step: self.steps.len(),
+            loss,
+        };
+        self.validations.retain(|v| v.step != log.step);
+        self.validations.push(log.clone());
+        Ok(Some(log))
+    }
+
+    /// Write the resumable state (decoder, optimizer, progress) under `state/`, point `state/LATEST`
+    /// at it, drop older states; then the usable generator, loss weights, manifest and loss curve.
+    pub fn save(&self) -> Result<()> {
+        let out = &self.setup.out;
+        let states = out.join(STATE_DIR);
+        let name = format!("step-{:06}", self.steps.len());
+        let dir = states.join(&name);
+        self.decoder.save(&dir, &self.setup.meta)?;
+        self.opt.save(&dir.join(OPTIM_FILE))?;
+        let progress = Progress {
+            config: self.config.clone(),
+            steps: self.steps.clone(),
+            validations: self.validations.clone(),
+        };
+        write_atomic(&dir.join(PROGRESS_FILE), &to_json(&progress))?;
+        write_atomic(&states.join(LATEST), name.as_bytes())?;
+        for e in std::fs::read_dir(&states).map_err(io_err(&states))? {
+            let e = e.map_err(io_err(&states))?;
+            if e.path().is_dir() && e.file_name() != name.as_str() {
+                std::fs::remove_dir_all(e.path()).map_err(io_err(&e.path()))?;
+            }
+        }
+        dnd_generate::save(out, &self.decoder, &self.setup.meta, &self.setup.info)?;
+        let weights = [("weights".to_string(), self.weights.clone())].into();
+        let wpath = out.join(WEIGHTS_FILE);
+        let tmp = out.join(format!(".{WEIGHTS_FILE}.tmp"));
+        candle_core::safetensors::save(&weights, &tmp)?;
+        std::fs::rename(&tmp, &wpath).map_err(io_err(&wpath))?;
+        let m = self.manifest(self.steps.len() >= self.config.steps)?;
+        write_atomic(&out.join(MANIFEST_FILE), &to_json(&m))?;
+        loss_png(&out.join(LOSS_PNG), &m)
+    }
+
+    /// The manifest as of now.
+    pub fn manifest(&self, complete: bool) -> Result<TrainManifest> {
+        let mean_of = |f: Factor| -> Result<f64> {
+            let idx: Vec<u32> = (0..self.setup.tokens.len())
+                .filter(|&i| self.setup.tokens[i].factor == f)
+                .map(|i| i as u32)
+                .collect();
+            if idx.is_empty() {
+                return Ok(0.0);
+            }
+            let idx = Tensor::new(idx.as_slice(), &Device::Cpu)?;
+            Ok(self
+                .weights
+                .index_select(&idx, 0)?
+                .mean_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar()?)
+        };
+        let tasks = self
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| TaskSummary {
+                name: t.name.clone(),
+                train_checkpoints: self.train[i].len(),
+                held_out_checkpoints: t.checkpoints.len() - self.train[i].len(),
+                prompts: t.prompts.len(),
+            })
+            .collect();
+        let n = self.steps.len().max(1) as f64;
+        Ok(TrainManifest {
+            collection: self.setup.collection.clone(),
+            tasks,
+            config: self.config.clone(),
+            decoder: self.decoder.config().clone(),
+            parameters: self.decoder.num_parameters(),
+            generator: self.setup.meta.clone(),
+            step: self.steps.len(),
+            complete,
+            baseline_mean_checkpoint: self.baselines.0,
+            baseline_task_mean: self.baselines.1,
+            weight_a: mean_of(Factor::A)?,
+            weight_b: mean_of(Factor::B)?,
+            steps: self.steps.clone(),
+            validations: self.validations.clone(),
+            seconds_per_step: self.steps.iter().map(|s| s.seconds).sum::<f64>() / n,
+        })
+    }
+
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            peak: self.config.lr,
+            warmup: self.config.warmup,
+            total: self.config.steps,
+            floor: 0.0,
+        }
+    }
+
+    /// A fresh draw of N prompts from `task`'s pool, as the condition `[N, L, C]`.
+    fn condition(&self, task: usize, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+        let [n, l, _] = self.decoder.config().input();
+        let pool = &self.tasks[task].prompts;
+        let idx = draw(pool.len(), n, rng)?;
+        let states: Vec<&Tensor> = idx.iter().map(|&i| &pool[i]).collect();
+        Ok(condition(&states, l)?)
+    }
+
+    /// Mean over the held-out checkpoints of the loss of `predict(self, task, rng, checkpoint)`.
+    fn held_out_loss(
+        &self,
+        predict: impl Fn(&Self, usize, &mut ChaCha8Rng, usize) -> Result<Tensor>,
+    ) -> Result<Option<f64>> {
+        if self.held.is_empty() {
+            return Ok(None);
+        }
+        let mut sum = 0.0;
+        for (j, &(task, ck)) in self.held.iter().enumerate() {
+            let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed);
+            rng.set_stream(VALIDATION_STREAM + j as u64);
+            let pred = predict(self, task, &mut rng, ck)?;
+            let target = self.tasks[task].checkpoints[ck].unsqueeze(0)?;
+            let loss = weighted_mse(&pred, &target, &self.wmask, self.cells)?;
+            sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        }
+        Ok(Some(sum / self.held.len() as f64))
+    }
+
+    /// Held-out losses of predicting the mean of all training checkpoints, and of the own task's.
+    fn baselines(&self) -> Result<(Option<f64>, Option<f64>)> {
+        let mean = |list: Vec<&Tensor>| -> Result<Tensor> {
+            let owned: Vec<Tensor> = list.into_iter().cloned().collect();
+            Ok(Tensor::stack(&owned, 0)?.mean_keepdim(0)?)
+        };
+        let per_task = self
+            .train
+            .iter()
+            .enumerate()
+            .map(|(t, idx)| mean(idx.iter().map(|&i| &self.tasks[t].checkpoints[i]).collect()))
+            .collect::<Result<Vec<_>>>()?;
+        let all = mean(
+            self.train
+                .iter()
+                .enumerate()
+                .flat_map(|(t, idx)| idx.iter().map(move |&i| &self.tasks[t].checkpoints[i]))
+                .collect(),
+        )?;
+        let global = self.held_out_loss(|_, _, _, _| Ok(all.clone()))?;
+        let own = self.held_out_loss(|_, task, _, _| Ok(per_task[task].clone()))?;
+        Ok((global, own))
+    }
+}
+
+fn adamw(c: &TrainConfig) -> AdamWConfig {
+    AdamWConfig {
+        weight_decay: c.weight_decay,
+        ..AdamWConfig::default()
+    }
+}
+
+fn validate(setup: &Setup, tasks: &[TaskData], c: &TrainConfig) -> Result<()> {
+    let bad = |m: String| Err(TrainError::Config(m));
+    if tasks.is_empty() {
+        return bad("no training tasks".into());
+    }
+    if c.steps == 0 || c.batch == 0 || c.validate_every == 0 || c.save_every == 0 {
+        return bad("steps, batch, validate_every and save_every must be positive".into());
+    }
+    let [_, _, ch] = setup.decoder.input();
+    let out = setup.decoder.output();
+    for t in tasks {
+        if t.checkpoints.is_empty() || t.prompts.is_empty() {
+            return bad(format!("task {} needs checkpoints and prompts", t.name));
+        }
+        if let Some(c) = t.checkpoints.iter().find(|c| c.dims() != out) {
+            return bad(format!(
+                "task {}: checkpoint tokens {:?}, the decoder emits {out:?}",
+                t.name,
+                c.dims()
+            ));
+        }
+        if let Some(p) = t
+            .prompts
+            .iter()
+            .find(|p| p.rank() != 2 || p.dims()[1] != ch)
+        {
+            return bad(format!(
+                "task {}: prompt states {:?}, the decoder takes [len, {ch}]",
+                t.name,
+                p.dims()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `x + std * N(0, 1)` with the noise drawn from `rng` (Box-Muller), so runs are reproducible.
+fn add_noise(x: &Tensor, std: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    if std == 0.0 {
+        return Ok(x.clone());
+    }
+    let n = x.elem_count();
+    let mut z = Vec::with_capacity(n + 1);
+    while z.len() < n {
+        let u1: f64 = 1.0 - rng.random::<f64>();
+        let u2: f64 = rng.random();
+        let r = (-2.0 * u1.ln()).sqrt() * std;
+        let a = std::f64::consts::TAU * u2;
+        z.push((r * a.cos()) as f32);
+        z.push((r * a.sin()) as f32);
+    }
+    z.truncate(n);
+    let noise = Tensor::from_vec(z, x.dims(), x.device())?.to_dtype(x.dtype())?;
+    Ok((x + noise)?)
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec_pretty(v).expect("plain data serialises")
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::State {
+        path: path.into(),
+        reason: e.to_string(),
+    })
+}
