@@ -16,7 +16,6 @@ Prints one JSON line with tokens/s (batch*seq per step) and peak RSS.
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 
@@ -30,7 +29,13 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    """VmHWM of this process. Not ru_maxrss: Linux carries that across execve, so a child of the
+    (large) dnd process would report dnd's peak as its own."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
 
 
 def main():

@@ -78,13 +78,14 @@ fn draw(
                 )
             });
     }
+    let raw = BLUE.mix(0.5).stroke_width(1);
     chart
         .draw_series(LineSeries::new(
             records.iter().map(|r| (r.step as f64, r.loss)),
-            BLUE.mix(0.5).stroke_width(1),
+            raw,
         ))?
         .label("loss")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], BLUE.stroke_width(2)));
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 15, y)], raw));
     // Batches are small, so the per-step loss is noisy: a trailing mean shows the trend.
     let window = (records.len() / 10).clamp(1, 10);
     let smooth = records.iter().enumerate().map(|(i, r)| {
