@@ -1,10 +1,11 @@
 //! `dnd bench ...`: throughput measured side by side with the reference implementation in the same run,
 //! reported as ratios (absolute times on these shared machines are noisy and not comparable across runs).
 
-use crate::common::{write_atomic, ModelArg};
-use anyhow::{Context, Result};
+use crate::common::{python_reference, write_atomic, ModelArg};
+use anyhow::Result;
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use dnd_collect::peak_rss_mb;
 use dnd_llm::train::{lm_loss, LmBatch};
 use dnd_llm::{Lora, LoraConfig};
 use serde_json::{json, Value};
@@ -41,18 +42,6 @@ pub fn run(b: Bench) -> Result<()> {
     match b {
         Bench::Llm(a) => llm(a),
     }
-}
-
-/// Peak resident memory of this process so far, in MiB (Linux `VmHWM`).
-pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Mean seconds of `steps` calls after one warm-up call.
@@ -130,12 +119,16 @@ fn llm(a: LlmArgs) -> Result<()> {
         "loss_last": losses.last(),
     });
     let reference = match &a.python {
-        Some(py) => Some(python_reference(py, "bench_torch.py", &path, &a)?),
+        Some(py) => Some(python_reference(
+            py,
+            "bench_torch.py",
+            &reference_args(&path, &a),
+        )?),
         None => None,
     };
     // llama.cpp is optional in the reference environment: report it when it runs.
     let llama_cpp = a.python.as_ref().and_then(|py| {
-        python_reference(py, "bench_llamacpp.py", &path, &a)
+        python_reference(py, "bench_llamacpp.py", &reference_args(&path, &a))
             .map_err(|e| tracing::warn!("llama.cpp reference skipped: {e}"))
             .ok()
     });
@@ -221,43 +214,11 @@ fn llm(a: LlmArgs) -> Result<()> {
     Ok(())
 }
 
-/// Run a reference script from `scripts/reference/` with the benchmark's shape and parse its JSON line.
-fn python_reference(
-    python: &PathBuf,
-    script: &str,
-    model: &std::path::Path,
-    a: &LlmArgs,
-) -> Result<Value> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../scripts/reference")
-        .join(script);
-    tracing::info!("running the reference {}", script.display());
-    let out = std::process::Command::new(python)
-        .arg(&script)
-        .args(["--model", &model.display().to_string()])
-        .args([
-            "--batch",
-            &a.batch.to_string(),
-            "--seq",
-            &a.seq.to_string(),
-            "--steps",
-            &a.steps.to_string(),
-        ])
-        .env("TQDM_DISABLE", "1")
-        .output()
-        .with_context(|| format!("running {}", python.display()))?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+/// The reference scripts' arguments for this benchmark's shape.
+fn reference_args(model: &std::path::Path, a: &LlmArgs) -> Vec<String> {
+    let mut v = vec!["--model".to_string(), model.display().to_string()];
+    for (k, x) in [("--batch", a.batch), ("--seq", a.seq), ("--steps", a.steps)] {
+        v.extend([k.to_string(), x.to_string()]);
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .context("no JSON line from the reference")?;
-    Ok(serde_json::from_str(line)?)
+    v
 }

@@ -312,35 +312,19 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 
 /// Run `scripts/reference/bench_torch_sft.py` in one loss mode and parse its JSON line.
 fn torch_sft(python: &Path, model: &Path, a: &BenchArgs, mode: &str) -> Result<Value> {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/reference/bench_torch_sft.py");
-    tracing::info!("running the PyTorch reference ({mode})");
-    let out = std::process::Command::new(python)
-        .arg(&script)
-        .args(["--model", &model.display().to_string(), "--mode", mode])
-        .args(["--batch", &a.batch.to_string(), "--seq", &a.seq.to_string()])
-        .args(["--answer-tokens", &a.answer_tokens.to_string()])
-        .args([
-            "--rank",
-            &a.rank.to_string(),
-            "--alpha",
-            &a.alpha.to_string(),
-        ])
-        .args(["--steps", &a.steps.to_string()])
-        .env("TQDM_DISABLE", "1")
-        .output()
-        .with_context(|| format!("running {}", python.display()))?;
-    if !out.status.success() {
-        bail!(
-            "reference benchmark failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .context("no JSON line from the reference")?;
-    Ok(serde_json::from_str(line)?)
+    let args = [
+        ("--model", model.display().to_string()),
+        ("--mode", mode.to_string()),
+        ("--batch", a.batch.to_string()),
+        ("--seq", a.seq.to_string()),
+        ("--answer-tokens", a.answer_tokens.to_string()),
+        ("--rank", a.rank.to_string()),
+        ("--alpha", a.alpha.to_string()),
+        ("--steps", a.steps.to_string()),
+    ];
+    let args: Vec<String> = args
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_string(), v])
+        .collect();
+    crate::common::python_reference(python, "bench_torch_sft.py", &args)
 }
