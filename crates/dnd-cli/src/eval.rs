@@ -1,10 +1,12 @@
 //! `dnd eval`: score the base model and any adapters on benchmark tasks (dnd_evaluate), resumable
 //! per (adapter, task); or export the exact scoring requests for a cross-check with lm-eval.
 
-use crate::common::{load_adapter, write_atomic, ModelArg};
+use crate::common::{write_atomic, ModelArg};
 use anyhow::{bail, Context, Result};
-use dnd_evaluate::report::{style_name, RunResult, Settings, Store};
-use dnd_evaluate::{evaluate, primary_metric, select_examples, EvalConfig, LlmBackend, Protocol};
+use dnd_evaluate::report::Store;
+use dnd_evaluate::{
+    git_revision, score, select_examples, EvalConfig, LlmBackend, Protocol, ScoreEvent, ScoreSpec,
+};
 use dnd_llm::score::encode_pair;
 use dnd_llm::Llm;
 use dnd_tasks::{find_task, Body, Example, Part, PromptStyle, SplitConfig, Task};
@@ -108,9 +110,17 @@ pub fn run(a: Args) -> Result<()> {
         python: a.python.clone(),
         code_timeout: Duration::from_secs_f64(a.code_timeout),
     };
+    let spec = ScoreSpec {
+        model: model_path.display().to_string(),
+        split: part,
+        limit: a.limit,
+        data: a.data.display().to_string(),
+        split_seed: split_cfg.seed,
+        eval: cfg,
+        git_rev: git_revision(),
+        command: std::env::args().collect(),
+    };
     let store = Store::new(&out);
-    let command: Vec<String> = std::env::args().collect();
-    let git_rev = git_revision();
     let mut combos: Vec<(String, Option<&Path>)> = Vec::new();
     if !a.no_base {
         combos.push(("base".into(), None));
@@ -120,76 +130,65 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mut runs = Vec::new();
     for (label, adapter) in combos {
-        let sha = adapter.map(adapter_sha256).transpose()?.flatten();
-        let mut merged = None;
-        for (task, examples) in &sets {
-            let settings = Settings {
-                model: model_path.display().to_string(),
-                adapter: adapter.map(|d| d.display().to_string()),
-                adapter_sha256: sha.clone(),
-                task: task.name.clone(),
-                split: a.split.clone(),
-                style: style_name(style).into(),
-                protocol: cfg.protocol,
-                limit: a.limit,
-                n: examples.len(),
-                max_new_tokens: a.max_new_tokens,
-                code_timeout_s: a.code_timeout,
-                data: a.data.display().to_string(),
-                split_seed: split_cfg.seed,
-            };
-            if let Some(done) = store.load(&label, &settings) {
-                tracing::info!("{label}/{}: already scored, kept", task.name);
-                runs.push(done);
-                continue;
-            }
-            let model = match adapter {
-                None => &llm.model,
-                Some(dir) => {
-                    if merged.is_none() {
-                        merged = Some(llm.model.merged(&load_adapter(&llm, dir)?)?);
-                    }
-                    merged.as_ref().expect("just merged")
-                }
-            };
-            let lm = LlmBackend::new(model, &llm.tokenizer);
-            let bar = indicatif::ProgressBar::new(examples.len() as u64)
-                .with_message(format!("{label}/{}", task.name));
-            bar.set_style(indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
-            )?);
-            let eval = evaluate(&lm, task, examples, &cfg, &mut |i| {
-                bar.set_position(i as u64)
-            })
-            .with_context(|| format!("evaluating {label} on {}", task.name))?;
-            bar.finish_and_clear();
-            let primary = primary_metric(task, cfg.protocol);
-            let run = RunResult::new(
-                &label,
-                settings,
-                primary,
-                eval,
-                git_rev.clone(),
-                command.clone(),
-            );
-            let m = &run.metrics[primary];
-            tracing::info!(
-                "{label}/{}: {primary} {:.2} ± {:.2} (n={}) in {:.0} s",
-                task.name,
-                100.0 * m.value,
-                100.0 * m.stderr,
-                m.n,
-                run.wall_s
-            );
-            store.save(&run)?;
-            runs.push(run);
-            store.write_summary(&runs, &command)?;
-        }
+        let mut progress = ScoreProgress::default();
+        let scored = score(&llm, &store, &spec, &label, adapter, &sets, &mut |e| {
+            progress.show(e)
+        })
+        .with_context(|| format!("scoring {label}"))?;
+        runs.extend(scored);
+        store.write_summary(&runs, &spec.command)?;
     }
-    store.write_summary(&runs, &command)?;
     print!("{}", dnd_evaluate::report::markdown(&runs));
     println!("results written to {}", out.display());
     Ok(())
+}
+
+/// Shows [`score`]'s progress: a bar per run, a log line per kept or finished run.
+#[derive(Default)]
+pub struct ScoreProgress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl ScoreProgress {
+    pub fn show(&mut self, event: ScoreEvent) {
+        match event {
+            ScoreEvent::Kept(r) => {
+                tracing::info!("{}/{}: already scored, kept", r.label, r.settings.task)
+            }
+            ScoreEvent::Start { label, task, n } => {
+                let bar =
+                    indicatif::ProgressBar::new(n as u64).with_message(format!("{label}/{task}"));
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
+                    )
+                    .expect("a valid template"),
+                );
+                self.bar = Some(bar);
+            }
+            ScoreEvent::Item(i) => {
+                if let Some(b) = &self.bar {
+                    b.set_position(i as u64)
+                }
+            }
+            ScoreEvent::Done(run) => {
+                if let Some(b) = self.bar.take() {
+                    b.finish_and_clear()
+                }
+                let m = &run.metrics[&run.primary];
+                tracing::info!(
+                    "{}/{}: {} {:.2} ± {:.2} (n={}) in {:.0} s",
+                    run.label,
+                    run.settings.task,
+                    run.primary,
+                    100.0 * m.value,
+                    100.0 * m.stderr,
+                    m.n,
+                    run.wall_s
+                );
+            }
+        }
+    }
 }
 
 /// Row labels: each adapter's directory name, or its whole path when names collide.
@@ -214,31 +213,6 @@ fn adapter_labels(dirs: &[PathBuf]) -> Vec<String> {
                 .replace(['/', '\\'], "_")
         })
         .collect()
-}
-
-/// Hash of `adapter_model.safetensors` when present, so resuming notices a rewritten adapter.
-fn adapter_sha256(dir: &Path) -> Result<Option<String>> {
-    let file = dir.join("adapter_model.safetensors");
-    if !file.is_file() {
-        return Ok(None);
-    }
-    Ok(Some(dnd_assets::sha256_file(&file)?))
-}
-
-/// `git rev-parse HEAD`, with `-dirty` when tracked files differ from it; `None` outside a repo.
-fn git_revision() -> Option<String> {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let rev = git(&["rev-parse", "HEAD"])?;
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    Some(if dirty { format!("{rev}-dirty") } else { rev })
 }
 
 /// One JSON line per log-likelihood request: the rendered context string and continuation exactly

@@ -1,8 +1,8 @@
 //! `dnd generate`: prompts in, LoRA adapter(s) out, with one decoder forward per adapter.
 
-use crate::train::model_config;
 use anyhow::{bail, Context, Result};
 use dnd_encode::{Encoder, EncoderConfig};
+use dnd_experiment::{check_encoder, generate_adapter, model_config};
 use dnd_generate::{draw_batches, Generator};
 use dnd_tasks::{find_task, Part, SplitConfig};
 use std::path::{Path, PathBuf};
@@ -67,30 +67,21 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         max_len: gen.info().encoder_max_len,
         ..EncoderConfig::default()
     })?;
-    if enc.model_hash() != gen.info().encoder_model_hash {
-        bail!(
-            "{} was trained with another prompt encoder (sha256 {}), this one is {}",
-            a.generator.display(),
-            gen.info().encoder_model_hash,
-            enc.model_hash()
-        );
-    }
+    check_encoder(&gen, &enc, &a.generator)?;
     let loaded = t0.elapsed().as_secs_f64();
     let batches = draw_batches(prompts.len(), gen.prompts_per_batch(), a.count, a.seed)?;
     let mut latencies = Vec::new();
+    let base = model_path.display().to_string();
     for (k, batch) in batches.iter().enumerate() {
-        let t = Instant::now();
         let texts: Vec<&str> = batch.iter().map(|&i| prompts[i].as_str()).collect();
-        let states = enc.encode_each(&texts)?;
-        let hidden: Vec<_> = states.iter().map(|s| &s.hidden).collect();
-        let lora = gen.generate(&hidden)?;
         let dir = if a.count == 1 {
             a.out.clone()
         } else {
+            std::fs::create_dir_all(&a.out)
+                .with_context(|| format!("creating {}", a.out.display()))?;
             a.out.join(format!("adapter-{k}"))
         };
-        dnd_llm::peft::save(&lora, &dir, &model_path.display().to_string())?;
-        latencies.push(t.elapsed().as_secs_f64());
+        latencies.push(generate_adapter(&gen, &enc, &texts, &base, &dir)?);
     }
     let mean = latencies.iter().sum::<f64>() / latencies.len() as f64;
     let report = serde_json::json!({

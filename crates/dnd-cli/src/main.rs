@@ -5,6 +5,7 @@ mod bench;
 mod collect;
 mod common;
 mod eval;
+mod experiment;
 mod fetch;
 mod finetune;
 mod generate;
@@ -53,6 +54,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Generate LoRA adapter(s) from unlabeled prompts with a trained generator.
     Generate(generate::GenerateArgs),
+    /// Leave-one-out DnD vs every baseline on a collection, with its report; resumable.
+    Experiment(experiment::ExperimentArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,5 +77,6 @@ fn main() -> anyhow::Result<()> {
         Command::BenchFinetune(a) => finetune::bench(a),
         Command::Train(a) => train::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Experiment(a) => experiment::run(a),
     }
 }

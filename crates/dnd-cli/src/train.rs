@@ -4,15 +4,12 @@
 use crate::common::ModelArg;
 use crate::finetune::step_bar;
 use anyhow::{bail, Context, Result};
-use dnd_collect::{default_collection_dir, CollectionIndex, INDEX_FILE};
-use dnd_decode::{DecoderConfig, GeneratorMeta, CPU_DEFAULT_INPUT};
+use dnd_collect::default_collection_dir;
+use dnd_decode::CPU_DEFAULT_INPUT;
 use dnd_encode::{CachedEncoder, Encoder, EncoderConfig};
-use dnd_generate::GeneratorInfo;
-use dnd_llm::ModelConfig;
-use dnd_tasks::{find_task, SplitConfig};
-use dnd_tokenize::LoraTokenizer;
-use dnd_train::{GeneratorTrainer, Setup, TaskData, TrainConfig};
-use std::path::{Path, PathBuf};
+use dnd_experiment::{prepare_training, read_index, TrainingInputs};
+use dnd_train::{GeneratorTrainer, TrainConfig};
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -56,6 +53,9 @@ pub struct TrainArgs {
     min_weight: f64,
     #[arg(long, default_value_t = TrainConfig::default().seed)]
     seed: u64,
+    /// Predict whole tokens, as the paper does, instead of offsets from the mean training checkpoint.
+    #[arg(long)]
+    no_residual: bool,
     /// Hold out every k-th checkpoint of each task for the validation loss (0: none).
     #[arg(long, default_value_t = TrainConfig::default().holdout_every)]
     holdout_every: usize,
@@ -71,107 +71,45 @@ pub struct TrainArgs {
     data: PathBuf,
 }
 
-/// A base model's config without loading its weights (GGUF file or Hugging Face directory).
-pub fn model_config(path: &Path) -> Result<ModelConfig> {
-    let cfg = if path.is_dir() {
-        ModelConfig::from_hf_file(&path.join("config.json"))?
-    } else {
-        dnd_llm::gguf::GgufFile::open(path)?.config()?
-    };
-    Ok(cfg)
-}
-
-/// Per-prompt encoder states of `prompts`, through the embedding cache.
-pub fn encode_pool(enc: &CachedEncoder, prompts: &[String]) -> Result<Vec<candle_core::Tensor>> {
-    Ok(enc
-        .encode_each(prompts)?
-        .into_iter()
-        .map(|s| s.hidden)
-        .collect())
-}
-
 pub fn run(a: TrainArgs) -> Result<()> {
     let dir = a
         .collection_dir
         .clone()
         .unwrap_or_else(|| default_collection_dir(&a.collection));
-    let index_path = dir.join(INDEX_FILE);
-    let index: CollectionIndex = serde_json::from_str(
-        &std::fs::read_to_string(&index_path)
-            .with_context(|| format!("reading {}", index_path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", index_path.display()))?;
+    let index = read_index(&dir).with_context(|| format!("collection {}", dir.display()))?;
     let tasks: Vec<String> = if a.tasks.is_empty() {
         index.tasks.iter().map(|t| t.task.clone()).collect()
     } else {
         a.tasks.clone()
     };
     if tasks.is_empty() {
-        bail!("{} lists no tasks", index_path.display());
+        bail!("{} lists no tasks", dir.display());
     }
     let model_path = ModelArg {
         model: a.model.clone().unwrap_or(index.base_model.path.clone()),
     }
     .path()?;
-    let model = model_config(&model_path)?;
-    let lora = index.train.lora_config()?;
-    let tok = LoraTokenizer::with_default_width(&model, &lora)?;
-    let enc = Encoder::minilm(EncoderConfig {
-        max_len: a.prompt_len,
-        ..EncoderConfig::default()
-    })?;
-    let info = GeneratorInfo {
-        encoder_model_hash: enc.model_hash().to_string(),
-        encoder_max_len: a.prompt_len,
-        base_model: model_path.display().to_string(),
+    let enc = CachedEncoder::new(
+        Encoder::minilm(EncoderConfig {
+            max_len: a.prompt_len,
+            ..EncoderConfig::default()
+        })?,
+        CachedEncoder::default_dir(),
+    );
+    let inputs = TrainingInputs {
+        collection: &dir,
+        index: &index,
+        tasks: &tasks,
+        model_path: &model_path,
+        data: &a.data,
+        prompts: a.prompts,
+        prompt_len: a.prompt_len,
+        out: a.out.clone(),
     };
-    let enc = CachedEncoder::new(enc, CachedEncoder::default_dir());
-    let mut data = Vec::new();
-    for t in &tasks {
-        let checkpoints = dnd_train::load_checkpoints(&dir, t, &tok)
-            .with_context(|| format!("checkpoints of {t}"))?;
-        let splits = find_task(t)?.splits(&a.data, &SplitConfig::default())?;
-        let texts: Vec<String> = splits.prompts.iter().map(|e| e.prompt.clone()).collect();
-        if texts.is_empty() {
-            bail!("task {t} has no prompts split under {}", a.data.display());
-        }
-        let prompts =
-            encode_pool(&enc, &texts).with_context(|| format!("encoding {t}'s prompts"))?;
-        tracing::info!(
-            "{t}: {} checkpoints, {} prompts",
-            checkpoints.len(),
-            prompts.len()
-        );
-        data.push(TaskData {
-            name: t.clone(),
-            checkpoints,
-            prompts,
-        });
-    }
+    let (setup, data) = prepare_training(&inputs, &enc)?;
     if a.fresh && a.out.exists() {
         std::fs::remove_dir_all(&a.out).with_context(|| format!("removing {}", a.out.display()))?;
     }
-    let (h, w) = tok.token_shape();
-    let mask = tok
-        .encode(&dnd_llm::Lora::init(
-            lora.clone(),
-            &model,
-            0,
-            candle_core::DType::F32,
-        )?)?
-        .1;
-    let setup = Setup {
-        out: a.out.clone(),
-        decoder: DecoderConfig::cpu_default(
-            [a.prompts, a.prompt_len, enc.encoder().hidden_size()],
-            [tok.num_tokens(), h, w],
-        ),
-        meta: GeneratorMeta::new(&model, &lora, tok.chunk_width()),
-        info,
-        collection: dir.display().to_string(),
-        mask,
-        tokens: tok.tokens().to_vec(),
-    };
     let config = TrainConfig {
         steps: a.steps,
         batch: a.batch,
@@ -180,6 +118,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         clip: a.clip,
         min_weight: a.min_weight,
         seed: a.seed,
+        residual: !a.no_residual,
         holdout_every: a.holdout_every,
         validate_every: a.validate_every,
         save_every: a.save_every,

@@ -28,12 +28,14 @@ pub mod choice;
 pub mod code;
 mod evaluate;
 pub mod report;
+mod scoring;
 
 pub use backend::{truncate_at_stop, Generation, LanguageModel, LlmBackend, Scored};
 pub use evaluate::{
     evaluate, primary_metric, select_examples, EvalConfig, Evaluation, MetricValue, Protocol,
     Record,
 };
+pub use scoring::{adapter_sha256, git_revision, score, ScoreEvent, ScoreSpec};
 
 /// Why an evaluation could not run. A wrong answer or a failing program is a score, not an error.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,169 @@
+//! `dnd experiment`: the leave-one-out protocol on a checkpoint collection, every baseline, and the
+//! report (see `dnd_experiment`); resumable, reusing every artifact it has produced.
+
+use crate::common::ModelArg;
+use crate::eval::ScoreProgress;
+use crate::finetune::step_bar;
+use anyhow::{Context, Result};
+use dnd_collect::default_collection_dir;
+use dnd_decode::CPU_DEFAULT_INPUT;
+use dnd_encode::{CachedEncoder, Encoder, EncoderConfig};
+use dnd_evaluate::{git_revision, EvalConfig};
+use dnd_experiment::{read_index, Context as Ctx, Event, ExperimentConfig, Paths};
+use dnd_train::TrainConfig;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct ExperimentArgs {
+    /// Experiment name: artifacts in $DND_CACHE/experiments/<name>, the report in
+    /// results/experiment/<name>.
+    #[arg(long, default_value = "commonsense")]
+    name: String,
+    /// Collection name: $DND_CACHE/collections/<name>.
+    #[arg(long, default_value = "commonsense")]
+    collection: String,
+    /// Collection directory, instead of the one --collection implies.
+    #[arg(long)]
+    collection_dir: Option<PathBuf>,
+    /// Comma-separated held-out targets (default: every task of the collection).
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<String>,
+    /// Score the first N test items of each target (0: all).
+    #[arg(long, default_value_t = 200)]
+    limit: usize,
+    /// Adapters generated per target, each from its own prompt batch.
+    #[arg(long, default_value_t = 5)]
+    adapters: usize,
+    /// Seed of the prompt batches.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// N: prompts per condition.
+    #[arg(long, default_value_t = CPU_DEFAULT_INPUT[0])]
+    prompts: usize,
+    /// L: word pieces per prompt.
+    #[arg(long, default_value_t = CPU_DEFAULT_INPUT[1])]
+    prompt_len: usize,
+    /// Generator updates per target (the final generator is used).
+    #[arg(long, default_value_t = TrainConfig::default().steps)]
+    steps: usize,
+    #[arg(long, default_value_t = TrainConfig::default().batch)]
+    batch: usize,
+    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    lr: f64,
+    #[arg(long, default_value_t = TrainConfig::default().validate_every)]
+    validate_every: usize,
+    #[arg(long, default_value_t = TrainConfig::default().save_every)]
+    save_every: usize,
+    /// Base model (path or asset name); default: the one recorded in the collection.
+    #[arg(long)]
+    model: Option<String>,
+    /// Artifact directory, instead of $DND_CACHE/experiments/<name>.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Report directory, instead of results/experiment/<name>.
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// Data root.
+    #[arg(long, env = "DND_DATA", default_value = dnd_tasks::DEFAULT_DATA_DIR)]
+    data: PathBuf,
+}
+
+pub fn run(a: ExperimentArgs) -> Result<()> {
+    let collection = a
+        .collection_dir
+        .clone()
+        .unwrap_or_else(|| default_collection_dir(&a.collection));
+    let index =
+        read_index(&collection).with_context(|| format!("collection {}", collection.display()))?;
+    let model = ModelArg {
+        model: a.model.clone().unwrap_or(index.base_model.path.clone()),
+    };
+    let model_path = model.path()?;
+    let llm = model.load()?;
+    let encoder = || {
+        Encoder::minilm(EncoderConfig {
+            max_len: a.prompt_len,
+            ..EncoderConfig::default()
+        })
+    };
+    let pool = CachedEncoder::new(encoder()?, CachedEncoder::default_dir());
+    let fresh = encoder()?;
+    let cfg = ExperimentConfig {
+        collection,
+        targets: a.targets.clone(),
+        data: a.data.clone(),
+        limit: (a.limit > 0).then_some(a.limit),
+        adapters: a.adapters,
+        seed: a.seed,
+        prompts: a.prompts,
+        prompt_len: a.prompt_len,
+        train: TrainConfig {
+            steps: a.steps,
+            batch: a.batch,
+            lr: a.lr,
+            validate_every: a.validate_every,
+            save_every: a.save_every,
+            ..TrainConfig::default()
+        },
+        eval: EvalConfig::default(),
+    };
+    let paths = Paths {
+        work: a
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| dnd_assets::cache_root().join("experiments").join(&a.name)),
+        results: a
+            .results
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("results/experiment").join(&a.name)),
+    };
+    let ctx = Ctx {
+        llm: &llm,
+        model_path: &model_path,
+        pool_encoder: &pool,
+        fresh_encoder: &fresh,
+        command: std::env::args().collect(),
+        git_rev: git_revision(),
+    };
+    tracing::info!(
+        "experiment {}: artifacts in {}, report in {}",
+        a.name,
+        paths.work.display(),
+        paths.results.display()
+    );
+    let mut scoring = ScoreProgress::default();
+    let mut train_bar: Option<(String, indicatif::ProgressBar)> = None;
+    let report = dnd_experiment::run(&cfg, &paths, &ctx, &mut |e| match e {
+        Event::Phase(p) => {
+            if let Some((_, b)) = train_bar.take() {
+                b.finish_and_clear();
+            }
+            tracing::info!("== {p}");
+        }
+        Event::Score(s) => scoring.show(s),
+        Event::TrainStep {
+            target,
+            step,
+            steps,
+            loss,
+        } => {
+            if train_bar.as_ref().is_none_or(|(t, _)| t != target) {
+                train_bar = Some((
+                    target.to_string(),
+                    step_bar(steps, &format!("generator {target}")),
+                ));
+            }
+            let (_, bar) = train_bar.as_ref().expect("just set");
+            bar.set_position(step as u64);
+            bar.set_message(format!("loss {loss:.4}"));
+        }
+    })?;
+    for c in report.comparisons() {
+        println!("{}", c.sentence());
+    }
+    println!(
+        "report written to {}",
+        paths.results.join("report.md").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,531 @@
+//! The orchestration: phases in an order that makes partial results useful (base model, the LoRA
+//! matrix, then per target: generator, generated adapters, their scores, the uniform average), each
+//! skipping what its output already holds.
+
+use crate::pca::{flatten, stride_for, Pca};
+use crate::pipeline::{
+    check_encoder, generate_adapter, prepare_training, read_index, read_json, save_adapter,
+    task_prompts, PromptEncoder, TrainingInputs,
+};
+use crate::report::{PcaPoint, Report, Score, TargetResult};
+use crate::{baselines, io_err, write_atomic, ExperimentError, Result};
+use candle_core::DType;
+use dnd_collect::{task_checkpoints, CollectionIndex};
+use dnd_evaluate::report::{RunResult, Store};
+use dnd_evaluate::{score, select_examples, EvalConfig, ScoreEvent, ScoreSpec};
+use dnd_generate::{draw_batches, Generator};
+use dnd_llm::Llm;
+use dnd_tasks::{find_task, Example, Part, SplitConfig, Task};
+use dnd_train::{GeneratorTrainer, TrainConfig, TrainManifest, MANIFEST_FILE};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Per-adapter record of a generation, kept inside the adapter directory.
+pub const GENERATION_FILE: &str = "generation.json";
+const EMBEDDINGS_FILE: &str = "task_embeddings.json";
+
+/// What the experiment does.
+#[derive(Debug, Clone)]
+pub struct ExperimentConfig {
+    /// The checkpoint collection (its `collection.json` lists the tasks).
+    pub collection: PathBuf,
+    /// Held-out targets; empty: every task of the collection.
+    pub targets: Vec<String>,
+    pub data: PathBuf,
+    /// Score the first `limit` test items of each target.
+    pub limit: Option<usize>,
+    /// Generated adapters per target, each from its own prompt batch.
+    pub adapters: usize,
+    /// Seed of the prompt batches.
+    pub seed: u64,
+    /// N and L of the generator's condition.
+    pub prompts: usize,
+    pub prompt_len: usize,
+    /// Every generator is trained with this for a fixed number of steps; the final one is used.
+    pub train: TrainConfig,
+    pub eval: EvalConfig,
+}
+
+/// Where artifacts (reused by reruns) and the report go.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub work: PathBuf,
+    pub results: PathBuf,
+}
+
+/// What the experiment runs with.
+pub struct Context<'a> {
+    pub llm: &'a Llm,
+    pub model_path: &'a Path,
+    /// Prompt pools (generator training, nearest task): may go through the embedding cache.
+    pub pool_encoder: &'a dyn PromptEncoder,
+    /// Generation: uncached, so the measured time to generate an adapter includes encoding.
+    pub fresh_encoder: &'a dyn PromptEncoder,
+    pub command: Vec<String>,
+    pub git_rev: Option<String>,
+}
+
+/// Progress, for the caller to display.
+pub enum Event<'a> {
+    Phase(&'a str),
+    Score(ScoreEvent<'a>),
+    TrainStep {
+        target: &'a str,
+        step: usize,
+        steps: usize,
+        loss: f64,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct GenerationRecord {
+    seconds: f64,
+    seed: u64,
+    batch: usize,
+    prompt_indices: Vec<usize>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Embeddings {
+    encoder: String,
+    max_len: usize,
+    tasks: BTreeMap<String, Vec<f32>>,
+}
+
+/// Run (or resume) the experiment and write its report; returns the report.
+pub fn run(
+    cfg: &ExperimentConfig,
+    paths: &Paths,
+    ctx: &Context,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Report> {
+    let started = Instant::now();
+    let mut phase_s: BTreeMap<String, f64> = BTreeMap::new();
+    let mut timed = |name: &str, t: Instant| {
+        *phase_s.entry(name.to_string()).or_default() += t.elapsed().as_secs_f64();
+    };
+    let index = read_index(&cfg.collection)?;
+    let tasks: Vec<String> = index.tasks.iter().map(|t| t.task.clone()).collect();
+    if tasks.len() < 2 {
+        return Err(ExperimentError::Config(format!(
+            "{} holds {} task(s); leave-one-out needs at least two",
+            cfg.collection.display(),
+            tasks.len()
+        )));
+    }
+    let targets = if cfg.targets.is_empty() {
+        tasks.clone()
+    } else {
+        cfg.targets.clone()
+    };
+    if let Some(t) = targets.iter().find(|t| !tasks.contains(t)) {
+        return Err(ExperimentError::Config(format!(
+            "target {t} is not in the collection ({})",
+            tasks.join(", ")
+        )));
+    }
+    if cfg.adapters == 0 {
+        return Err(ExperimentError::Config(
+            "generate at least one adapter per target".into(),
+        ));
+    }
+    let split = SplitConfig::default();
+    let mut sets: Vec<(Task, Vec<Example>)> = Vec::new();
+    for t in &targets {
+        let task = find_task(t)?;
+        let examples = select_examples(&task, &cfg.data, Part::Test, cfg.limit, &split)?;
+        if examples.is_empty() {
+            return Err(ExperimentError::Config(format!("{t}: empty test split")));
+        }
+        sets.push((task, examples));
+    }
+    let spec = ScoreSpec {
+        model: ctx.model_path.display().to_string(),
+        split: Part::Test,
+        limit: cfg.limit,
+        data: cfg.data.display().to_string(),
+        split_seed: split.seed,
+        eval: cfg.eval.clone(),
+        git_rev: ctx.git_rev.clone(),
+        command: ctx.command.clone(),
+    };
+    let store = Store::new(&paths.work.join("scores"));
+    let mut runs: BTreeMap<(String, String), RunResult> = BTreeMap::new();
+    let mut keep = |rs: Vec<RunResult>| {
+        for r in rs {
+            runs.insert((r.label.clone(), r.settings.task.clone()), r);
+        }
+    };
+
+    on_event(Event::Phase("base model"));
+    let t = Instant::now();
+    keep(score(
+        ctx.llm,
+        &store,
+        &spec,
+        "base",
+        None,
+        &sets,
+        &mut |e| on_event(Event::Score(e)),
+    )?);
+    timed("score base", t);
+
+    on_event(Event::Phase("training LoRAs on every target"));
+    let t = Instant::now();
+    for task in &tasks {
+        let last = last_checkpoint(&cfg.collection, task)?;
+        keep(score(
+            ctx.llm,
+            &store,
+            &spec,
+            &lora_label(task),
+            Some(&last),
+            &sets,
+            &mut |e| on_event(Event::Score(e)),
+        )?);
+    }
+    timed("score training LoRAs", t);
+
+    on_event(Event::Phase("prompt embeddings (nearest task)"));
+    let t = Instant::now();
+    let embeddings = task_embeddings(cfg, paths, ctx, &tasks)?;
+    timed("prompt embeddings", t);
+
+    let model_cfg = ctx.llm.model.config();
+    let mut manifests = BTreeMap::new();
+    let mut generation_s: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut generated: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for set in sets.chunks(1) {
+        let target = &set[0].0.name;
+        let others: Vec<String> = tasks.iter().filter(|t| *t != target).cloned().collect();
+        on_event(Event::Phase(&format!("{target}: generator")));
+        let t = Instant::now();
+        let gen_dir = paths.work.join("generators").join(target);
+        let manifest = train_generator(cfg, ctx, &index, &others, &gen_dir, target, on_event)?;
+        manifests.insert(target.clone(), manifest);
+        timed(&format!("train generator {target}"), t);
+
+        on_event(Event::Phase(&format!("{target}: generate")));
+        let t = Instant::now();
+        let dirs = generate_for(cfg, ctx, paths, target, &gen_dir)?;
+        let mut secs = Vec::new();
+        for d in &dirs {
+            let rec: GenerationRecord = read_json(&d.join(GENERATION_FILE))?;
+            secs.push(rec.seconds);
+        }
+        generation_s.insert(target.clone(), secs);
+        timed(&format!("generate {target}"), t);
+
+        on_event(Event::Phase(&format!("{target}: score generated adapters")));
+        let t = Instant::now();
+        for (i, d) in dirs.iter().enumerate() {
+            keep(score(
+                ctx.llm,
+                &store,
+                &spec,
+                &format!("{target}/dnd-{i}"),
+                Some(d),
+                set,
+                &mut |e| on_event(Event::Score(e)),
+            )?);
+        }
+        generated.insert(target.clone(), dirs);
+        timed(&format!("score dnd {target}"), t);
+
+        on_event(Event::Phase(&format!("{target}: uniform average")));
+        let t = Instant::now();
+        let avg = paths.work.join("adapters").join(target).join("uniform-avg");
+        if !avg.is_dir() {
+            let mut ckpts = Vec::new();
+            for o in &others {
+                ckpts.extend(task_checkpoints(&cfg.collection, o)?);
+            }
+            let lora = baselines::uniform_average(&ckpts, model_cfg)?;
+            let note = format!(
+                "{{\"averaged_checkpoints\": {}, \"tasks\": {:?}}}",
+                ckpts.len(),
+                others
+            );
+            save_adapter(
+                &lora,
+                &ctx.model_path.display().to_string(),
+                &avg,
+                &[("uniform_average.json", note)],
+            )?;
+        }
+        keep(score(
+            ctx.llm,
+            &store,
+            &spec,
+            &format!("{target}/uniform-avg"),
+            Some(&avg),
+            set,
+            &mut |e| on_event(Event::Score(e)),
+        )?);
+        timed(&format!("uniform average {target}"), t);
+    }
+
+    on_event(Event::Phase(
+        "PCA of training checkpoints and generated adapters",
+    ));
+    let t = Instant::now();
+    let (pca_points, explained) = pca_points(cfg, &tasks, &generated, model_cfg)?;
+    timed("pca", t);
+
+    let get = |label: &str, task: &str| -> Result<Score> {
+        runs.get(&(label.to_string(), task.to_string()))
+            .map(Score::from_run)
+            .ok_or_else(|| ExperimentError::Config(format!("no score for {label} on {task}")))
+    };
+    let mut results = Vec::new();
+    for target in &targets {
+        let others: Vec<&String> = tasks.iter().filter(|t| *t != target).collect();
+        let loras = others
+            .iter()
+            .map(|o| get(&lora_label(o), target))
+            .collect::<Result<Vec<_>>>()?;
+        let (nearest, cos) = others
+            .iter()
+            .map(|o| {
+                (
+                    o.to_string(),
+                    baselines::cosine(&embeddings[target], &embeddings[o.as_str()]),
+                )
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("at least one other task");
+        let dnd = (0..cfg.adapters)
+            .map(|i| get(&format!("{target}/dnd-{i}"), target))
+            .collect::<Result<Vec<_>>>()?;
+        let m = &manifests[target];
+        results.push(TargetResult::new(
+            target,
+            get("base", target)?,
+            loras,
+            get(&format!("{target}/uniform-avg"), target)?,
+            (get(&lora_label(&nearest), target)?, nearest, cos),
+            get(&lora_label(target), target)?,
+            dnd,
+            generation_s[target].clone(),
+            oracle_seconds(&index, target),
+            m.steps.iter().map(|s| s.seconds).sum(),
+            m.validations.last().map(|v| v.loss),
+            m.baseline_mean_checkpoint,
+        ));
+    }
+    let matrix = tasks
+        .iter()
+        .flat_map(|l| targets.iter().map(move |t| (l.clone(), t.clone())))
+        .filter_map(|(l, t)| {
+            runs.get(&(lora_label(&l), t.clone()))
+                .map(|r| (l, t, r.metrics[&r.primary].value))
+        })
+        .collect();
+    let work_s = runs.values().map(|r| r.wall_s).sum::<f64>();
+    phase_s.insert(
+        "total (this invocation)".into(),
+        started.elapsed().as_secs_f64(),
+    );
+    let report = Report {
+        command: ctx.command.clone(),
+        git_rev: ctx.git_rev.clone(),
+        model: ctx.model_path.display().to_string(),
+        collection: cfg.collection.display().to_string(),
+        work_dir: paths.work.display().to_string(),
+        limit: cfg.limit,
+        adapters: cfg.adapters,
+        seed: cfg.seed,
+        prompts: cfg.prompts,
+        prompt_len: cfg.prompt_len,
+        train: cfg.train.clone(),
+        protocol: cfg.eval.protocol.name().into(),
+        collection_wall_s: index.wall_time_s,
+        scoring_compute_s: work_s,
+        phase_wall_s: phase_s,
+        targets: results,
+        lora_matrix: matrix,
+        pca: pca_points,
+        pca_explained: explained,
+    };
+    report.write(&paths.results, &manifests)?;
+    Ok(report)
+}
+
+/// The row label of a task's training LoRA (its collection's last checkpoint), shared by all targets.
+fn lora_label(task: &str) -> String {
+    format!("lora-{task}")
+}
+
+fn last_checkpoint(collection: &Path, task: &str) -> Result<PathBuf> {
+    task_checkpoints(collection, task)?
+        .pop()
+        .ok_or_else(|| ExperimentError::Config(format!("{task} has no checkpoints")))
+}
+
+/// The oracle's fine-tuning cost: the wall time of its collection run (all of its steps).
+fn oracle_seconds(index: &CollectionIndex, task: &str) -> f64 {
+    index
+        .tasks
+        .iter()
+        .find(|t| t.task == task)
+        .map_or(f64::NAN, |t| t.wall_time_s)
+}
+
+/// Train (or resume, or reuse) the generator for `target` on the `others`' checkpoints and prompts.
+fn train_generator(
+    cfg: &ExperimentConfig,
+    ctx: &Context,
+    index: &CollectionIndex,
+    others: &[String],
+    dir: &Path,
+    target: &str,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<TrainManifest> {
+    if let Ok(m) = read_json::<TrainManifest>(&dir.join(MANIFEST_FILE)) {
+        if m.complete && m.config == cfg.train {
+            return Ok(m);
+        }
+    }
+    let inputs = TrainingInputs {
+        collection: &cfg.collection,
+        index,
+        tasks: others,
+        model_path: ctx.model_path,
+        data: &cfg.data,
+        prompts: cfg.prompts,
+        prompt_len: cfg.prompt_len,
+        out: dir.to_path_buf(),
+    };
+    let (setup, data) = prepare_training(&inputs, ctx.pool_encoder)?;
+    let mut trainer = GeneratorTrainer::open(setup, data, cfg.train.clone())?;
+    let steps = cfg.train.steps;
+    Ok(trainer.run(None, &mut |s, _| {
+        on_event(Event::TrainStep {
+            target,
+            step: s.step,
+            steps,
+            loss: s.loss,
+        })
+    })?)
+}
+
+/// The target's generated adapters, generating those not yet on disk from their prompt batches
+/// (drawn reproducibly from the target's `prompts` split: the batches never depend on what exists).
+fn generate_for(
+    cfg: &ExperimentConfig,
+    ctx: &Context,
+    paths: &Paths,
+    target: &str,
+    gen_dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    let dir = paths.work.join("adapters").join(target);
+    let dirs: Vec<PathBuf> = (0..cfg.adapters)
+        .map(|i| dir.join(format!("dnd-{i}")))
+        .collect();
+    if dirs.iter().all(|d| d.join(GENERATION_FILE).is_file()) {
+        return Ok(dirs);
+    }
+    let gen = Generator::load(gen_dir, ctx.llm.model.config(), None)?;
+    check_encoder(&gen, ctx.fresh_encoder, gen_dir)?;
+    let prompts = task_prompts(target, &cfg.data, Part::Prompts)?;
+    let batches = draw_batches(
+        prompts.len(),
+        gen.prompts_per_batch(),
+        cfg.adapters,
+        cfg.seed,
+    )?;
+    for (d, batch) in dirs.iter().zip(batches) {
+        if d.join(GENERATION_FILE).is_file() {
+            continue;
+        }
+        let texts: Vec<&str> = batch.iter().map(|&i| prompts[i].as_str()).collect();
+        let base = ctx.model_path.display().to_string();
+        let seconds = generate_adapter(&gen, ctx.fresh_encoder, &texts, &base, d)?;
+        let rec = GenerationRecord {
+            seconds,
+            seed: cfg.seed,
+            batch: texts.len(),
+            prompt_indices: batch,
+        };
+        let text = serde_json::to_string_pretty(&rec).expect("plain data serialises");
+        write_atomic(&d.join(GENERATION_FILE), &text)?;
+    }
+    Ok(dirs)
+}
+
+/// Mean pooled prompt embedding of every task's `prompts` split, cached in the work directory.
+fn task_embeddings(
+    cfg: &ExperimentConfig,
+    paths: &Paths,
+    ctx: &Context,
+    tasks: &[String],
+) -> Result<BTreeMap<String, Vec<f32>>> {
+    let path = paths.work.join(EMBEDDINGS_FILE);
+    let enc = ctx.pool_encoder;
+    let mut cached = read_json::<Embeddings>(&path)
+        .ok()
+        .filter(|e| e.encoder == enc.model_hash() && e.max_len == enc.max_len())
+        .unwrap_or(Embeddings {
+            encoder: enc.model_hash(),
+            max_len: enc.max_len(),
+            tasks: BTreeMap::new(),
+        });
+    let mut changed = false;
+    for t in tasks {
+        if cached.tasks.contains_key(t) {
+            continue;
+        }
+        let prompts = task_prompts(t, &cfg.data, Part::Prompts)?;
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let states = enc.encode(&refs)?;
+        cached
+            .tasks
+            .insert(t.clone(), baselines::mean_pooled(&states)?);
+        changed = true;
+    }
+    if changed {
+        std::fs::create_dir_all(&paths.work).map_err(io_err(&paths.work))?;
+        let text = serde_json::to_string(&cached).expect("plain data serialises");
+        write_atomic(&path, &text)?;
+    }
+    Ok(cached.tasks)
+}
+
+/// Every training checkpoint of every task and every generated adapter, projected on the top two
+/// principal components of the training checkpoints; and the variance share of each component.
+fn pca_points(
+    cfg: &ExperimentConfig,
+    tasks: &[String],
+    generated: &BTreeMap<String, Vec<PathBuf>>,
+    model: &dnd_llm::ModelConfig,
+) -> Result<(Vec<PcaPoint>, Vec<f64>)> {
+    let mut rows = Vec::new();
+    let mut labels = Vec::new();
+    let mut stride = None;
+    let mut load = |dir: &Path| -> Result<Vec<f32>> {
+        let lora = dnd_llm::peft::load(dir, model, DType::F32)?;
+        let s = *stride.get_or_insert_with(|| stride_for(&lora));
+        flatten(&lora, s)
+    };
+    for t in tasks {
+        for (step, d) in task_checkpoints(&cfg.collection, t)?.iter().enumerate() {
+            rows.push(load(d)?);
+            labels.push((t.clone(), "checkpoint".to_string(), step));
+        }
+    }
+    let pca = Pca::fit(&rows, 2);
+    let mut points: Vec<PcaPoint> = rows
+        .iter()
+        .zip(labels)
+        .map(|(r, (task, kind, index))| PcaPoint::new(task, kind, index, &pca.project(r)))
+        .collect();
+    for (target, dirs) in generated {
+        for (i, d) in dirs.iter().enumerate() {
+            let p = pca.project(&load(d)?);
+            points.push(PcaPoint::new(target.clone(), "generated".into(), i, &p));
+        }
+    }
+    Ok((points, pca.explained.clone()))
+}

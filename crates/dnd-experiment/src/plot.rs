@@ -1,0 +1,273 @@
+//! The report's figures, drawn with plotters and an embedded DejaVu font (no system font library).
+
+use crate::report::Report;
+use crate::{io_err, ExperimentError, Result};
+use dnd_train::TrainManifest;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Once;
+
+static FONT: Once = Once::new();
+
+type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// Draw into `path` (a temporary name, then renamed): one helper for every figure, registering the
+/// font once and never leaving a half-written image.
+fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area) -> DrawResult) -> Result<()> {
+    FONT.call_once(|| {
+        // Another crate registering the same name only replaces the entry.
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
+    });
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".tmp-{name}"));
+    {
+        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+        root.fill(&WHITE)
+            .map_err(|e| e.to_string())
+            .and_then(|_| draw(&root).map_err(|e| e.to_string()))
+            .and_then(|_| root.present().map_err(|e| e.to_string()))
+            .map_err(|reason| ExperimentError::Plot {
+                path: path.into(),
+                reason,
+            })?;
+    }
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Grouped bars per target: every baseline and DnD (mean, with its std over adapters as error bar).
+pub fn accuracy(path: &Path, r: &Report) -> Result<()> {
+    let names = [
+        "base",
+        "mean LoRA",
+        "best LoRA",
+        "uniform avg",
+        "nearest",
+        "oracle",
+        "DnD",
+    ];
+    let rows: Vec<(String, Vec<(f64, f64)>)> = r
+        .targets
+        .iter()
+        .map(|t| {
+            let mut v: Vec<(f64, f64)> = t
+                .baselines()
+                .iter()
+                .map(|(_, s)| (100.0 * s.value, 100.0 * s.stderr))
+                .collect();
+            v.push((100.0 * t.dnd_mean, 100.0 * t.dnd_std));
+            (t.target.clone(), v)
+        })
+        .collect();
+    let width = (160 * rows.len().max(1) as u32 + 200).max(800);
+    render(path, (width, 520), |root| {
+        let n = rows.len().max(1) as f64;
+        let mut chart = ChartBuilder::on(root)
+            .caption("accuracy on held-out targets (%)", ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..n, 0f64..100f64)?;
+        let labels: Vec<String> = rows.iter().map(|(t, _)| t.clone()).collect();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(rows.len().max(1) * 2 + 1)
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                if (x - i as f64 - 0.5).abs() < 0.01 {
+                    labels.get(i).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc("%")
+            .label_style(("sans-serif", 14))
+            .draw()?;
+        let k = names.len() as f64;
+        let bw = 0.8 / k;
+        for (j, name) in names.iter().enumerate() {
+            let color = PALETTE[j % PALETTE.len()];
+            let bars = rows.iter().enumerate().map(move |(i, (_, v))| {
+                let x0 = i as f64 + 0.1 + j as f64 * bw;
+                Rectangle::new([(x0, 0.0), (x0 + bw * 0.9, v[j].0)], color.filled())
+            });
+            chart.draw_series(bars)?.label(*name).legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+            });
+            let errs = rows.iter().enumerate().map(move |(i, (_, v))| {
+                let x = i as f64 + 0.1 + (j as f64 + 0.45) * bw;
+                PathElement::new([(x, v[j].0 - v[j].1), (x, v[j].0 + v[j].1)], BLACK)
+            });
+            chart.draw_series(errs)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()?;
+        Ok(())
+    })
+}
+
+/// Every target's generator: training loss (trailing mean) and held-out loss, log scale.
+pub fn curves(path: &Path, manifests: &BTreeMap<String, TrainManifest>) -> Result<()> {
+    render(path, (900, 520), |root| {
+        let last = manifests
+            .values()
+            .filter_map(|m| m.steps.last().map(|s| s.step))
+            .max()
+            .unwrap_or(1)
+            .max(2) as f64;
+        let values: Vec<f64> = manifests
+            .values()
+            .flat_map(|m| {
+                m.steps
+                    .iter()
+                    .map(|s| s.loss)
+                    .chain(m.validations.iter().map(|v| v.loss))
+            })
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .collect();
+        let hi = values.iter().copied().fold(1e-6, f64::max) * 1.5;
+        let lo = values.iter().copied().fold(hi, f64::min) / 1.5;
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                "generator training per held-out target (line: train, trailing mean; dots: held-out)",
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..last, (lo..hi).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("weighted MSE (log)")
+            .label_style(("sans-serif", 14))
+            .draw()?;
+        for (i, (target, m)) in manifests.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let window = (m.steps.len() / 20).clamp(1, 25);
+            let smooth: Vec<(f64, f64)> = m
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(k, s)| {
+                    let part = &m.steps[(k + 1).saturating_sub(window)..=k];
+                    (
+                        s.step as f64,
+                        part.iter().map(|p| p.loss).sum::<f64>() / part.len() as f64,
+                    )
+                })
+                .collect();
+            chart
+                .draw_series(LineSeries::new(smooth, color.stroke_width(2)))?
+                .label(format!("held out: {target}"))
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 15, y)], color.stroke_width(2))
+                });
+            chart.draw_series(
+                m.validations
+                    .iter()
+                    .map(|v| Circle::new((v.step as f64, v.loss), 4, color.filled())),
+            )?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()?;
+        Ok(())
+    })
+}
+
+/// Training checkpoints (dots, coloured by task) and generated adapters (crosses in their target's
+/// colour) on the first two principal components.
+pub fn pca(path: &Path, r: &Report) -> Result<()> {
+    let mut tasks: Vec<&str> = Vec::new();
+    for p in &r.pca {
+        if !tasks.contains(&p.task.as_str()) {
+            tasks.push(&p.task);
+        }
+    }
+    render(path, (800, 640), |root| {
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for p in &r.pca {
+            x0 = x0.min(p.x);
+            x1 = x1.max(p.x);
+            y0 = y0.min(p.y);
+            y1 = y1.max(p.y);
+        }
+        if r.pca.is_empty() {
+            (x0, x1, y0, y1) = (-1.0, 1.0, -1.0, 1.0);
+        }
+        let px = 0.05 * (x1 - x0).max(1e-9);
+        let py = 0.05 * (y1 - y0).max(1e-9);
+        let ex = |i: usize| r.pca_explained.get(i).map_or(0.0, |e| 100.0 * e);
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                "LoRA weights: training checkpoints and generated adapters",
+                ("sans-serif", 20),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x0 - px..x1 + px, y0 - py..y1 + py)?;
+        chart
+            .configure_mesh()
+            .x_desc(format!("PC1 ({:.1}%)", ex(0)))
+            .y_desc(format!("PC2 ({:.1}%)", ex(1)))
+            .label_style(("sans-serif", 14))
+            .draw()?;
+        for (i, task) in tasks.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let pts = |kind: &'static str| {
+                r.pca
+                    .iter()
+                    .filter(move |p| p.task == *task && p.kind == kind)
+                    .map(|p| (p.x, p.y))
+            };
+            chart
+                .draw_series(pts("checkpoint").map(|c| Circle::new(c, 3, color.filled())))?
+                .label(format!("{task} checkpoints"))
+                .legend(move |(x, y)| Circle::new((x + 6, y), 4, color.filled()));
+            if pts("generated").next().is_some() {
+                chart
+                    .draw_series(pts("generated").map(|c| Cross::new(c, 6, color.stroke_width(3))))?
+                    .label(format!("generated for {task}"))
+                    .legend(move |(x, y)| Cross::new((x + 6, y), 5, color.stroke_width(3)));
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 12))
+            .draw()?;
+        Ok(())
+    })
+}

@@ -1,0 +1,504 @@
+//! The experiment's report: the accuracy table (DnD as mean ± std over its generated adapters), the
+//! win/loss summary against every baseline, the efficiency table and the figures, as `report.md`,
+//! `report.json`, `accuracy.png`, `curves.png` and `pca.png` in the results directory.
+
+use crate::{plot, write_atomic, ExperimentError, Result};
+use dnd_evaluate::report::RunResult;
+use dnd_train::{TrainConfig, TrainManifest};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::Path;
+
+/// One scored adapter on one target, in fractions (the table shows percent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    pub label: String,
+    pub metric: String,
+    pub value: f64,
+    pub stderr: f64,
+    pub n: usize,
+    pub wall_s: f64,
+}
+
+impl Score {
+    pub fn from_run(r: &RunResult) -> Score {
+        let m = &r.metrics[&r.primary];
+        Score {
+            label: r.label.clone(),
+            metric: r.primary.clone(),
+            value: m.value,
+            stderr: m.stderr,
+            n: m.n,
+            wall_s: r.wall_s,
+        }
+    }
+}
+
+/// A held-out target's row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetResult {
+    pub target: String,
+    pub metric: String,
+    pub n: usize,
+    pub base: Score,
+    /// The other tasks' LoRAs (last checkpoint of each).
+    pub training_loras: Vec<Score>,
+    /// Mean of their values; stderr: the mean of their stderrs (the items are shared).
+    pub mean_lora: Score,
+    pub best_lora: Score,
+    pub uniform_average: Score,
+    pub nearest: Score,
+    pub nearest_task: String,
+    pub nearest_cosine: f64,
+    pub oracle: Score,
+    pub dnd: Vec<Score>,
+    pub dnd_mean: f64,
+    /// Standard deviation over the generated adapters (population).
+    pub dnd_std: f64,
+    /// Mean of the generated adapters' stderrs.
+    pub dnd_stderr: f64,
+    /// Seconds to generate each adapter (encode + decode + write), measured.
+    pub generation_s: Vec<f64>,
+    /// The oracle's fine-tuning wall time (its whole collection run).
+    pub oracle_finetune_s: f64,
+    /// Generator training compute (sum of the logged update times).
+    pub generator_train_s: f64,
+    pub generator_val_loss: Option<f64>,
+    pub generator_val_loss_mean_checkpoint: Option<f64>,
+}
+
+impl TargetResult {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        target: &str,
+        base: Score,
+        training_loras: Vec<Score>,
+        uniform_average: Score,
+        (nearest, nearest_task, nearest_cosine): (Score, String, f64),
+        oracle: Score,
+        dnd: Vec<Score>,
+        generation_s: Vec<f64>,
+        oracle_finetune_s: f64,
+        generator_train_s: f64,
+        generator_val_loss: Option<f64>,
+        generator_val_loss_mean_checkpoint: Option<f64>,
+    ) -> Self {
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let values: Vec<f64> = training_loras.iter().map(|s| s.value).collect();
+        let errs: Vec<f64> = training_loras.iter().map(|s| s.stderr).collect();
+        let mean_lora = Score {
+            label: "mean of training LoRAs".into(),
+            value: mean(&values),
+            stderr: mean(&errs),
+            ..base.clone()
+        };
+        let best_lora = training_loras
+            .iter()
+            .max_by(|a, b| a.value.total_cmp(&b.value))
+            .cloned()
+            .unwrap_or_else(|| base.clone());
+        let dv: Vec<f64> = dnd.iter().map(|s| s.value).collect();
+        let dnd_mean = mean(&dv);
+        let dnd_std = (dv.iter().map(|v| (v - dnd_mean).powi(2)).sum::<f64>()
+            / dv.len().max(1) as f64)
+            .sqrt();
+        let dnd_stderr = mean(&dnd.iter().map(|s| s.stderr).collect::<Vec<_>>());
+        TargetResult {
+            target: target.into(),
+            metric: base.metric.clone(),
+            n: base.n,
+            base,
+            training_loras,
+            mean_lora,
+            best_lora,
+            uniform_average,
+            nearest,
+            nearest_task,
+            nearest_cosine,
+            oracle,
+            dnd,
+            dnd_mean,
+            dnd_std,
+            dnd_stderr,
+            generation_s,
+            oracle_finetune_s,
+            generator_train_s,
+            generator_val_loss,
+            generator_val_loss_mean_checkpoint,
+        }
+    }
+
+    /// The baselines DnD is compared with, in table order.
+    pub fn baselines(&self) -> [(&'static str, &Score); 6] {
+        [
+            ("base model", &self.base),
+            ("mean of training LoRAs", &self.mean_lora),
+            ("best training LoRA", &self.best_lora),
+            ("uniform average of checkpoints", &self.uniform_average),
+            ("nearest-prompt LoRA", &self.nearest),
+            ("oracle LoRA", &self.oracle),
+        ]
+    }
+}
+
+/// One point of the PCA figure.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PcaPoint {
+    pub task: String,
+    /// `checkpoint` (a collection checkpoint of `task`) or `generated` (for held-out `task`).
+    pub kind: String,
+    pub index: usize,
+    pub x: f64,
+    pub y: f64,
+}
+
+impl PcaPoint {
+    pub fn new(task: String, kind: String, index: usize, p: &[f64]) -> Self {
+        PcaPoint {
+            task,
+            kind,
+            index,
+            x: p.first().copied().unwrap_or(0.0),
+            y: p.get(1).copied().unwrap_or(0.0),
+        }
+    }
+}
+
+/// DnD against one baseline over the targets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    pub baseline: String,
+    pub wins: usize,
+    /// Wins by more than twice the combined stderr.
+    pub clear_wins: usize,
+    pub losses: usize,
+    pub clear_losses: usize,
+    pub ties: usize,
+    /// Mean of DnD minus baseline over the targets, in fractions.
+    pub mean_diff: f64,
+    /// Per target: (target, DnD − baseline, combined stderr).
+    pub per_target: Vec<(String, f64, f64)>,
+}
+
+/// Count wins and losses of DnD (mean over its adapters) against `baseline`: a difference counts
+/// as clear when it exceeds twice `sqrt(se_dnd² + se_baseline²)`, the stderr of an unpaired
+/// difference (the items are shared, so this is conservative).
+pub fn compare(baseline: &str, rows: &[(String, f64, f64, f64, f64)]) -> Comparison {
+    let mut c = Comparison {
+        baseline: baseline.into(),
+        wins: 0,
+        clear_wins: 0,
+        losses: 0,
+        clear_losses: 0,
+        ties: 0,
+        mean_diff: 0.0,
+        per_target: Vec::new(),
+    };
+    for (target, dnd, dnd_se, b, b_se) in rows {
+        let diff = dnd - b;
+        let se = (dnd_se.powi(2) + b_se.powi(2)).sqrt();
+        let clear = diff.abs() > 2.0 * se;
+        if diff > 1e-12 {
+            c.wins += 1;
+            c.clear_wins += clear as usize;
+        } else if diff < -1e-12 {
+            c.losses += 1;
+            c.clear_losses += clear as usize;
+        } else {
+            c.ties += 1;
+        }
+        c.per_target.push((target.clone(), diff, se));
+    }
+    c.mean_diff = c.per_target.iter().map(|p| p.1).sum::<f64>() / rows.len().max(1) as f64;
+    c
+}
+
+impl Comparison {
+    /// One plain sentence.
+    pub fn sentence(&self) -> String {
+        let n = self.per_target.len();
+        let mut s = format!(
+            "**vs {}**: DnD wins on {}/{n} targets ({} by more than 2 combined stderr), loses on {}/{n} ({} clearly)",
+            self.baseline, self.wins, self.clear_wins, self.losses, self.clear_losses
+        );
+        if self.ties > 0 {
+            let _ = write!(s, ", ties on {}", self.ties);
+        }
+        let _ = write!(
+            s,
+            "; mean difference {:+.1} points. Per target (DnD − baseline, ± combined stderr): {}.",
+            100.0 * self.mean_diff,
+            self.per_target
+                .iter()
+                .map(|(t, d, se)| format!("{t} {:+.1} ± {:.1}", 100.0 * d, 100.0 * se))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        s
+    }
+}
+
+/// Everything `report.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub command: Vec<String>,
+    pub git_rev: Option<String>,
+    pub model: String,
+    pub collection: String,
+    pub work_dir: String,
+    pub limit: Option<usize>,
+    pub adapters: usize,
+    pub seed: u64,
+    pub prompts: usize,
+    pub prompt_len: usize,
+    pub train: TrainConfig,
+    pub protocol: String,
+    pub collection_wall_s: f64,
+    /// Compute spent scoring, summed over every stored run (whichever invocation produced it).
+    pub scoring_compute_s: f64,
+    /// Wall time of each phase in the invocation that wrote this report (reused work costs ~0).
+    pub phase_wall_s: BTreeMap<String, f64>,
+    pub targets: Vec<TargetResult>,
+    /// (LoRA's task, target, primary metric value): every training LoRA on every target.
+    pub lora_matrix: Vec<(String, String, f64)>,
+    pub pca: Vec<PcaPoint>,
+    pub pca_explained: Vec<f64>,
+}
+
+impl Report {
+    /// DnD against each baseline over all targets.
+    pub fn comparisons(&self) -> Vec<Comparison> {
+        let Some(first) = self.targets.first() else {
+            return Vec::new();
+        };
+        first
+            .baselines()
+            .iter()
+            .enumerate()
+            .map(|(k, (name, _))| {
+                let rows: Vec<_> = self
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        let b = t.baselines()[k].1;
+                        (
+                            t.target.clone(),
+                            t.dnd_mean,
+                            t.dnd_stderr,
+                            b.value,
+                            b.stderr,
+                        )
+                    })
+                    .collect();
+                compare(name, &rows)
+            })
+            .collect()
+    }
+
+    /// Write `report.md`, `report.json` and the figures into `dir`.
+    pub fn write(&self, dir: &Path, manifests: &BTreeMap<String, TrainManifest>) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(crate::io_err(dir))?;
+        let json = serde_json::to_string_pretty(self).map_err(|e| ExperimentError::Json {
+            path: dir.join("report.json"),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&dir.join("report.json"), &json)?;
+        plot::accuracy(&dir.join("accuracy.png"), self)?;
+        plot::curves(&dir.join("curves.png"), manifests)?;
+        plot::pca(&dir.join("pca.png"), self)?;
+        write_atomic(&dir.join("report.md"), &self.markdown())
+    }
+
+    pub fn markdown(&self) -> String {
+        let pct = |s: &Score| format!("{:.1} ± {:.1}", 100.0 * s.value, 100.0 * s.stderr);
+        let mut o = String::from("# Drag-and-Drop LoRA generation: leave-one-out experiment\n\n");
+        let limit = self
+            .limit
+            .map_or("all".to_string(), |l| format!("the first {l}"));
+        let _ = writeln!(
+            o,
+            "**Scored on {limit} test items of each target** (dnd's split order), {} protocol \
+             (option log-likelihood, lm-eval conventions). Base model `{}`; collection `{}` \
+             ({:.0} s to collect). Git revision `{}`.\n",
+            self.protocol,
+            self.model,
+            self.collection,
+            self.collection_wall_s,
+            self.git_rev.as_deref().unwrap_or("unknown"),
+        );
+        let _ = writeln!(o, "Command:\n\n    {}\n", self.command.join(" "));
+        let _ = writeln!(
+            o,
+            "Protocol. For each held-out target a generator is trained on the other tasks' checkpoints \
+             and prompts only, for a fixed {} steps (batch {}, lr {:e}, N={} prompts of L={} word \
+             pieces); the **final generator is used: no checkpoint selection, and no target data is \
+             touched before generation besides its unlabeled `prompts` split**. {} adapters are \
+             generated per target, each from its own batch of the target's `prompts` split (seed {}), \
+             disjoint from the scored `test` split. Baselines are scored on the same test items:\n\
+             - *training LoRAs*: the last checkpoint of each other task's collection run; their mean \
+             and the best one (the best is picked on the test items, so it is an optimistic baseline);\n\
+             - *uniform average*: the element-wise mean of the A and of the B factors of every \
+             checkpoint of every other task (weight space, not of the B·A products);\n\
+             - *nearest*: the training LoRA of the task whose mean pooled prompt embedding (MiniLM, mean \
+             over its `prompts` split) has the highest cosine with the target's;\n\
+             - *oracle*: the target's own LoRA, fine-tuned on its adapter-train split (its collection run).\n",
+            self.train.steps, self.train.batch, self.train.lr, self.prompts, self.prompt_len,
+            self.adapters, self.seed
+        );
+        o.push_str("## Accuracy (%)\n\n");
+        o.push_str(
+            "Cells: value ± bootstrap stderr; DnD: mean ± std over its generated adapters \
+             (mean stderr in brackets). Metric per row as named (acc_norm, or acc where lm-eval has no \
+             length normalisation).\n\n",
+        );
+        o.push_str("| target (metric, n) | base | mean LoRA | best LoRA | uniform avg | nearest LoRA | oracle | DnD |\n|---|---|---|---|---|---|---|---|\n");
+        for t in &self.targets {
+            let _ = writeln!(
+                o,
+                "| {} ({}, {}) | {} | {} | {} ({}) | {} | {} ({}) | {} | **{:.1} ± {:.1}** [{:.1}] |",
+                t.target,
+                t.metric,
+                t.n,
+                pct(&t.base),
+                pct(&t.mean_lora),
+                pct(&t.best_lora),
+                t.best_lora.label,
+                pct(&t.uniform_average),
+                pct(&t.nearest),
+                t.nearest_task,
+                pct(&t.oracle),
+                100.0 * t.dnd_mean,
+                100.0 * t.dnd_std,
+                100.0 * t.dnd_stderr,
+            );
+        }
+        o.push_str("\n![accuracy](accuracy.png)\n\n## Where DnD wins and loses\n\n");
+        for c in self.comparisons() {
+            let _ = writeln!(o, "- {}", c.sentence());
+        }
+        o.push_str("\n## Each generated adapter (%)\n\n| target | adapters |\n|---|---|\n");
+        for t in &self.targets {
+            let cells: Vec<String> = t
+                .dnd
+                .iter()
+                .map(|s| format!("{:.1}", 100.0 * s.value))
+                .collect();
+            let _ = writeln!(o, "| {} | {} |", t.target, cells.join(", "));
+        }
+        o.push_str("\n## Every training LoRA on every target (%)\n\nRows: the LoRA's task; the diagonal is the oracle.\n\n");
+        let targets: Vec<&str> = self.targets.iter().map(|t| t.target.as_str()).collect();
+        let mut loras: Vec<&str> = Vec::new();
+        for (l, _, _) in &self.lora_matrix {
+            if !loras.contains(&l.as_str()) {
+                loras.push(l);
+            }
+        }
+        let _ = writeln!(
+            o,
+            "| LoRA \\ target | {} |\n|---|{}",
+            targets.join(" | "),
+            "---|".repeat(targets.len())
+        );
+        for l in loras {
+            let cells: Vec<String> = targets
+                .iter()
+                .map(|t| {
+                    self.lora_matrix
+                        .iter()
+                        .find(|(a, b, _)| a == l && b == t)
+                        .map_or("-".into(), |(_, _, v)| format!("{:.1}", 100.0 * v))
+                })
+                .collect();
+            let _ = writeln!(o, "| {l} | {} |", cells.join(" | "));
+        }
+        o.push_str("\n## Efficiency\n\n");
+        o.push_str(
+            "Generation: encode the prompt batch (MiniLM, uncached) + one decoder forward + write the \
+             PEFT files, measured here per adapter. Oracle: the wall time of the target's collection \
+             run (all its fine-tuning steps, checkpoint writes included), from its manifest; its \
+             intermediate checkpoints are not scored, so the time to reach DnD's accuracy is not \
+             measured (it is at most this). One-off costs: the collection (all tasks) and the \
+             generator's training compute (sum of its update times; validation excluded).\n\n",
+        );
+        o.push_str("| target | generate one adapter (s) | fine-tune oracle (s) | speed-up | oracle − DnD (points) | generator training (s) |\n|---|---|---|---|---|---|\n");
+        for t in &self.targets {
+            let g = t.generation_s.iter().sum::<f64>() / t.generation_s.len().max(1) as f64;
+            let _ = writeln!(
+                o,
+                "| {} | {:.2} | {:.0} | {:.0}x | {:+.1} | {:.0} |",
+                t.target,
+                g,
+                t.oracle_finetune_s,
+                t.oracle_finetune_s / g.max(1e-9),
+                100.0 * (t.oracle.value - t.dnd_mean),
+                t.generator_train_s
+            );
+        }
+        let gen_total: f64 = self.targets.iter().map(|t| t.generator_train_s).sum();
+        let _ = writeln!(
+            o,
+            "\nOne-off: collecting the checkpoints took {:.0} s (all tasks), training the {} generators \
+             {:.0} s in all. Scoring every stored run took {:.0} s of compute.\n",
+            self.collection_wall_s,
+            self.targets.len(),
+            gen_total,
+            self.scoring_compute_s
+        );
+        o.push_str("## Generator training\n\n![curves](curves.png)\n\n| target | final held-out loss | held-out loss of the mean checkpoint |\n|---|---|---|\n");
+        for t in &self.targets {
+            let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} |",
+                t.target,
+                f(t.generator_val_loss),
+                f(t.generator_val_loss_mean_checkpoint)
+            );
+        }
+        let ex: Vec<String> = self
+            .pca_explained
+            .iter()
+            .map(|e| format!("{:.1}%", 100.0 * e))
+            .collect();
+        let _ = writeln!(
+            o,
+            "\n## Checkpoints and generated adapters (PCA)\n\n![pca](pca.png)\n\nEach adapter flattened \
+             (every module's A then B, an evenly strided subset of at most {} values), projected on the \
+             top two principal components of all training checkpoints (explained variance {}). Dots: \
+             collection checkpoints, coloured by task; crosses: adapters generated for that task while \
+             it was held out.\n",
+            crate::pca::MAX_COORDS,
+            ex.join(", ")
+        );
+        o.push_str("## Wall time of this invocation (s)\n\n| phase | s |\n|---|---|\n");
+        for (p, s) in &self.phase_wall_s {
+            let _ = writeln!(o, "| {p} | {s:.1} |");
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wins_and_losses_are_counted_against_the_combined_stderr() {
+        let rows = vec![
+            ("a".to_string(), 0.60, 0.02, 0.50, 0.02), // +10, se 2.8: clear win
+            ("b".to_string(), 0.52, 0.02, 0.50, 0.02), // +2: win, not clear
+            ("c".to_string(), 0.40, 0.02, 0.50, 0.02), // -10: clear loss
+            ("d".to_string(), 0.50, 0.02, 0.50, 0.02), // tie
+        ];
+        let c = compare("x", &rows);
+        assert_eq!(
+            (c.wins, c.clear_wins, c.losses, c.clear_losses, c.ties),
+            (2, 1, 1, 1, 1)
+        );
+        assert!((c.mean_diff - 0.005).abs() < 1e-12);
+        let s = c.sentence();
+        assert!(s.contains("wins on 2/4 targets (1 by more than 2"), "{s}");
+        assert!(s.contains("loses on 1/4 (1 clearly)"), "{s}");
+    }
+}
