@@ -1,0 +1,201 @@
+//! The whole experiment on a tiny synthetic setup: a pseudo-random Llama (dnd-collect's test model), a
+//! two-task collection collected here (synthetic BoolQ and SIQA), a synthetic prompt encoder. Checks
+//! the report's shape and files, and that a second run reuses everything (no scoring, no training).
+
+#[path = "../../dnd-collect/tests/common/mod.rs"]
+mod common;
+
+use candle_core::{Device, Tensor};
+use dnd_collect::{collect, BaseModel, CollectPlan, TrainConfig as CollectConfig};
+use dnd_evaluate::{EvalConfig, ScoreEvent};
+use dnd_experiment::{run, Context, Event, ExperimentConfig, Paths, PromptEncoder};
+use dnd_tasks::SplitConfig;
+use dnd_train::TrainConfig;
+use std::path::Path;
+
+/// States that depend only on the prompt's bytes: `[min(words, max_len), 16]`.
+struct Synthetic;
+
+impl PromptEncoder for Synthetic {
+    fn encode(&self, prompts: &[&str]) -> dnd_experiment::Result<Vec<Tensor>> {
+        Ok(prompts
+            .iter()
+            .map(|p| {
+                let len = p.split_whitespace().count().clamp(1, 8);
+                let v: Vec<f32> = (0..len * 16)
+                    .map(|i| {
+                        let b = p.as_bytes()[i % p.len()] as f32;
+                        ((b * 0.37 + i as f32 * 0.11).sin()) * 0.5
+                    })
+                    .collect();
+                Tensor::from_vec(v, (len, 16), &Device::Cpu).unwrap()
+            })
+            .collect())
+    }
+    fn hidden_size(&self) -> usize {
+        16
+    }
+    fn model_hash(&self) -> String {
+        "synthetic".into()
+    }
+    fn max_len(&self) -> usize {
+        8
+    }
+}
+
+/// A synthetic Social-IQA in LLM-Adapters' layout: the answer is the option that names the colour.
+fn siqa_root(root: &Path, n: usize) {
+    let dir = root.join("llm-adapters/social_i_qa");
+    std::fs::create_dir_all(&dir).unwrap();
+    let items: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let gold = i % 3;
+            let opts: Vec<String> = (0..3)
+                .map(|k| if k == gold { "red".into() } else { format!("blue {k}") })
+                .collect();
+            serde_json::json!({
+                "instruction": format!(
+                    "Please choose the correct answer to the question: Item {i} is red. What colour is item {i}?\n\nAnswer1: {} Answer2: {} Answer3: {}\n\nAnswer format: answer1/answer2/answer3",
+                    opts[0], opts[1], opts[2]
+                ),
+                "input": "",
+                "output": format!("the correct answer is answer{}", gold + 1),
+                "answer": format!("answer{}", gold + 1),
+            })
+        })
+        .collect();
+    std::fs::write(
+        dir.join("test.json"),
+        serde_json::to_string(&items).unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn leave_one_out_end_to_end_and_resumed_from_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model_dir = tmp.path().join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    let llm = common::tiny_llm(&model_dir);
+    let root = tmp.path().join("data");
+    common::boolq_root(&root, 80);
+    siqa_root(&root, 80);
+    let coll = tmp.path().join("collection");
+    let plan = CollectPlan {
+        dir: coll.clone(),
+        tasks: vec!["boolq".into(), "siqa".into()],
+        train: CollectConfig {
+            rank: 2,
+            alpha: 4.0,
+            targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+            seed: 5,
+            lr: 1e-2,
+            warmup_steps: 1,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            batch: 4,
+            micro_batch_tokens: 128,
+            max_len: 64,
+            steps: 6,
+        },
+        first_phase: 3,
+        data_root: root.clone(),
+        split: SplitConfig::default(),
+        state_every: 2,
+    };
+    let base = BaseModel {
+        path: model_dir.display().to_string(),
+        sha256: "ab".repeat(32),
+    };
+    collect(&llm.model, &llm.tokenizer, &base, &plan, &mut |_| {}).unwrap();
+
+    let cfg = ExperimentConfig {
+        collection: coll,
+        targets: Vec::new(),
+        data: root,
+        limit: Some(4),
+        adapters: 2,
+        seed: 0,
+        prompts: 4,
+        prompt_len: 8,
+        train: TrainConfig {
+            steps: 3,
+            lr: 1e-3,
+            holdout_every: 3,
+            validate_every: 1,
+            save_every: 1,
+            ..TrainConfig::default()
+        },
+        eval: EvalConfig::default(),
+    };
+    let paths = Paths {
+        work: tmp.path().join("work"),
+        results: tmp.path().join("results"),
+    };
+    let ctx = Context {
+        llm: &llm,
+        model_path: &model_dir,
+        pool_encoder: &Synthetic,
+        fresh_encoder: &Synthetic,
+        command: vec!["dnd".into(), "experiment".into()],
+        git_rev: None,
+    };
+    let count = |cfg: &ExperimentConfig| {
+        let (mut scored, mut steps) = (0, 0);
+        let report = run(cfg, &paths, &ctx, &mut |e| match e {
+            Event::Score(ScoreEvent::Done(_)) => scored += 1,
+            Event::TrainStep { .. } => steps += 1,
+            _ => {}
+        })
+        .unwrap();
+        (report, scored, steps)
+    };
+
+    let (report, scored, steps) = count(&cfg);
+    // base and 2 LoRAs on 2 targets, then per target 2 generated adapters and the uniform average.
+    assert_eq!(scored, 2 + 2 * 2 + 2 * (2 + 1));
+    assert_eq!(steps, 2 * 3);
+    assert_eq!(report.targets.len(), 2);
+    for (t, other) in [("boolq", "siqa"), ("siqa", "boolq")] {
+        let r = report.targets.iter().find(|r| r.target == t).unwrap();
+        assert_eq!(r.n, 4);
+        assert_eq!(r.dnd.len(), 2);
+        assert_eq!(r.generation_s.len(), 2);
+        assert_eq!(r.oracle.label, format!("lora-{t}"));
+        assert_eq!(r.training_loras.len(), 1);
+        assert_eq!(r.best_lora.label, format!("lora-{other}"));
+        assert_eq!(r.nearest_task, other);
+        assert_eq!(r.uniform_average.label, format!("{t}/uniform-avg"));
+        assert!((0.0..=1.0).contains(&r.dnd_mean));
+        for i in 0..2 {
+            let d = paths.work.join(format!("adapters/{t}/dnd-{i}"));
+            assert!(d.join("adapter_model.safetensors").is_file());
+        }
+    }
+    assert_eq!(report.lora_matrix.len(), 4);
+    // 3 checkpoints per task and 2 generated adapters per target.
+    assert_eq!(report.pca.len(), 2 * 3 + 2 * 2);
+    assert_eq!(report.comparisons().len(), 6);
+    for f in [
+        "report.md",
+        "report.json",
+        "accuracy.png",
+        "curves.png",
+        "pca.png",
+    ] {
+        assert!(paths.results.join(f).is_file(), "{f}");
+    }
+    let md = std::fs::read_to_string(paths.results.join("report.md")).unwrap();
+    assert!(md.contains("first 4 test items"), "{md}");
+    assert!(md.contains("vs best training LoRA"));
+
+    // A rerun reuses every score, generator and adapter, and reports the same numbers.
+    let (again, scored, steps) = count(&cfg);
+    assert_eq!((scored, steps), (0, 0));
+    for (a, b) in report.targets.iter().zip(&again.targets) {
+        assert_eq!(a.dnd, b.dnd);
+        assert_eq!(a.base, b.base);
+        assert_eq!(a.uniform_average, b.uniform_average);
+    }
+}
