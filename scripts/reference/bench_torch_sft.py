@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch+PEFT reference for `dnd bench-finetune`: LoRA SFT training steps on a fixed batch.
+"""PyTorch+PEFT reference for `dnd bench finetune`: LoRA SFT training steps on a fixed batch.
 
     python scripts/reference/bench_torch_sft.py --model ~/.cache/dnd/models/SmolLM2-135M-Instruct.Q4_1.gguf \
         --batch 8 --seq 128 --answer-tokens 8 --steps 3

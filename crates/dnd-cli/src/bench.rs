@@ -1,6 +1,8 @@
 //! `dnd bench ...`: throughput measured side by side with the reference implementation in the same run,
 //! reported as ratios (absolute times on these shared machines are noisy and not comparable across runs).
 
+mod generate;
+
 use crate::common::{python_reference, write_atomic, ModelArg};
 use anyhow::Result;
 use candle_core::{Device, Tensor};
@@ -16,6 +18,11 @@ use std::time::Instant;
 pub enum Bench {
     /// Base-LLM forward and LoRA-training tokens/s against PyTorch (+PEFT) on the same model.
     Llm(LlmArgs),
+    /// LoRA fine-tuning throughput of dnd's trainer against PyTorch+PEFT on the same batch.
+    Finetune(crate::finetune::BenchArgs),
+    /// Generation latency (prompts -> adapter on disk) against the official PyTorch decoder, and
+    /// decoder training steps/s.
+    Generate(generate::GenerateArgs),
 }
 
 #[derive(clap::Args)]
@@ -41,6 +48,8 @@ pub struct LlmArgs {
 pub fn run(b: Bench) -> Result<()> {
     match b {
         Bench::Llm(a) => llm(a),
+        Bench::Finetune(a) => crate::finetune::bench(a),
+        Bench::Generate(a) => generate::run(a),
     }
 }
 
@@ -52,6 +61,24 @@ fn timed(steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
         f()?;
     }
     Ok(t.elapsed().as_secs_f64() / steps as f64)
+}
+
+/// The median of `v` (the upper middle for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Median seconds of `steps` calls after one warm-up call, with each timed call's seconds.
+fn median_time(steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, Vec<f64>)> {
+    f()?;
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok((median(times.clone()), times))
 }
 
 /// The 1-minute load average: recorded with every result because a loaded 2-core machine distorts

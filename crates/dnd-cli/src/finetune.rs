@@ -1,5 +1,5 @@
 //! `dnd finetune`: one LoRA adapter for one task, with its loss curve and manifest; and
-//! `dnd bench-finetune`: the same training step's throughput side by side with PyTorch+PEFT.
+//! `dnd bench finetune`: the same training step's throughput side by side with PyTorch+PEFT.
 
 use crate::common::{write_atomic, ModelArg};
 use anyhow::{bail, Context, Result};

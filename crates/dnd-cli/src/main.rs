@@ -48,8 +48,6 @@ enum Command {
     Finetune(finetune::FinetuneArgs),
     /// Collect LoRA checkpoints per task (a first phase, then one per step), resumable.
     Collect(collect::CollectArgs),
-    /// LoRA fine-tuning throughput of dnd's trainer against PyTorch+PEFT on the same batch.
-    BenchFinetune(finetune::BenchArgs),
     /// Train the prompt-to-LoRA generator on a checkpoint collection, resumable.
     Train(train::TrainArgs),
     /// Generate LoRA adapter(s) from unlabeled prompts with a trained generator.
@@ -74,7 +72,6 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Finetune(a) => finetune::run(a),
         Command::Collect(a) => collect::run(a),
-        Command::BenchFinetune(a) => finetune::bench(a),
         Command::Train(a) => train::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Experiment(a) => experiment::run(a),

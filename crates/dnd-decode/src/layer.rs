@@ -5,6 +5,7 @@
 //! (Candle's conv1d has a wrong CPU weight gradient; conv2d's is right.)
 
 use crate::config::Stage;
+use crate::im2col::Im2col;
 use crate::Result;
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::Rng;
@@ -132,21 +133,11 @@ impl HyperConvLayer {
 
 /// 'Same' 2-D cross-correlation `[B, C, H, W] * [O, C, k, k] -> [B, O, H, W]` as im2col + matmul.
 /// Candle's own conv2d gives the same values, but its weight gradient on CPU is several times slower than
-/// the forward; here the backward is matmuls and copies (see the bench example for the numbers).
+/// the forward; here the backward is a matmul and col2im (see the bench example for the numbers).
 pub fn conv_same(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let (o, _, k, _) = weight.dims4()?;
-    let p = k / 2;
-    let xp = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
-    let mut shifted = Vec::with_capacity(k * k);
-    for di in 0..k {
-        let rows = xp.narrow(2, di, h)?;
-        for dj in 0..k {
-            shifted.push(rows.narrow(3, dj, w)?);
-        }
-    }
-    // [B, C, k*k, H, W]: column order (c, di, dj) matches the weight's row-major [O, C, k, k].
-    let cols = Tensor::stack(&shifted, 2)?.reshape((b, c * k * k, h * w))?;
+    let cols = x.contiguous()?.apply_op1(Im2col { k })?;
     let out = weight.reshape((o, c * k * k))?.broadcast_matmul(&cols)?;
     Ok(out.reshape((b, o, h, w))?)
 }

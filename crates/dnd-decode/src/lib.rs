@@ -18,6 +18,7 @@
 
 mod config;
 mod decoder;
+mod im2col;
 mod layer;
 
 pub use config::{DecoderConfig, Stage, CPU_DEFAULT_INPUT};

@@ -13,7 +13,8 @@ use std::path::Path;
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
-fn key(layer: usize, target: Target, which: char) -> String {
+/// The PEFT state-dict key of factor `which` ('A' or 'B') of `target` in `layer`, as saved adapters name it.
+pub fn key(layer: usize, target: Target, which: char) -> String {
     format!(
         "base_model.model.model.layers.{layer}.{}.lora_{which}.weight",
         target.path()
