@@ -54,6 +54,10 @@ pub struct ExperimentArgs {
     validate_every: usize,
     #[arg(long, default_value_t = TrainConfig::default().save_every)]
     save_every: usize,
+    /// Also score this many of each oracle's saved checkpoints (evenly spaced) on its target, to
+    /// time when its fine-tuning reaches DnD's accuracy (0: off).
+    #[arg(long, default_value_t = 0)]
+    oracle_trajectory: usize,
     /// Base model (path or asset name); default: the one recorded in the collection.
     #[arg(long)]
     model: Option<String>,
@@ -105,6 +109,7 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
             save_every: a.save_every,
             ..TrainConfig::default()
         },
+        oracle_trajectory: a.oracle_trajectory,
         eval: EvalConfig::default(),
     };
     let paths = Paths {
@@ -146,7 +151,13 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
             step,
             steps,
             loss,
+            val_loss,
         } => {
+            if let Some(v) = val_loss {
+                tracing::info!(
+                    "generator {target}: step {step}/{steps}, loss {loss:.4}, held-out {v:.4}"
+                );
+            }
             if train_bar.as_ref().is_none_or(|(t, _)| t != target) {
                 train_bar = Some((
                     target.to_string(),

@@ -45,6 +45,9 @@ pub struct ExperimentConfig {
     pub prompt_len: usize,
     /// Every generator is trained with this for a fixed number of steps; the final one is used.
     pub train: TrainConfig,
+    /// Score this many of the oracle's saved checkpoints (evenly spaced, first and last included) on
+    /// its target, to see when its fine-tuning reaches DnD's accuracy; 0: only the last.
+    pub oracle_trajectory: usize,
     pub eval: EvalConfig,
 }
 
@@ -76,6 +79,8 @@ pub enum Event<'a> {
         step: usize,
         steps: usize,
         loss: f64,
+        /// Held-out loss, at validation steps.
+        val_loss: Option<f64>,
     },
 }
 
@@ -85,6 +90,7 @@ struct GenerationRecord {
     seed: u64,
     batch: usize,
     prompt_indices: Vec<usize>,
+    generator_sha256: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -102,10 +108,8 @@ pub fn run(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Report> {
     let started = Instant::now();
-    let mut phase_s: BTreeMap<String, f64> = BTreeMap::new();
-    let mut timed = |name: &str, t: Instant| {
-        *phase_s.entry(name.to_string()).or_default() += t.elapsed().as_secs_f64();
-    };
+    let mut phase_s: Vec<(String, f64)> = Vec::new();
+    let mut timed = |name: &str, t: Instant| phase_s.push((name.into(), t.elapsed().as_secs_f64()));
     let index = read_index(&cfg.collection)?;
     let tasks: Vec<String> = index.tasks.iter().map(|t| t.task.clone()).collect();
     if tasks.len() < 2 {
@@ -195,6 +199,8 @@ pub fn run(
 
     let model_cfg = ctx.llm.model.config();
     let mut manifests = BTreeMap::new();
+    let mut generator_wall: BTreeMap<String, f64> = BTreeMap::new();
+    let mut trajectories: BTreeMap<String, Vec<(usize, f64)>> = BTreeMap::new();
     let mut generation_s: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut generated: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for set in sets.chunks(1) {
@@ -204,6 +210,7 @@ pub fn run(
         let t = Instant::now();
         let gen_dir = paths.work.join("generators").join(target);
         let manifest = train_generator(cfg, ctx, &index, &others, &gen_dir, target, on_event)?;
+        generator_wall.insert(target.clone(), read_wall(&gen_dir)?);
         manifests.insert(target.clone(), manifest);
         timed(&format!("train generator {target}"), t);
 
@@ -233,6 +240,21 @@ pub fn run(
         }
         generated.insert(target.clone(), dirs);
         timed(&format!("score dnd {target}"), t);
+
+        if cfg.oracle_trajectory > 0 {
+            on_event(Event::Phase(&format!("{target}: oracle trajectory")));
+            let t = Instant::now();
+            let mut points = Vec::new();
+            for (step, dir) in trajectory(&cfg.collection, target, cfg.oracle_trajectory)? {
+                let label = format!("{}@step-{step}", lora_label(target));
+                let r = score(ctx.llm, &store, &spec, &label, Some(&dir), set, &mut |e| {
+                    on_event(Event::Score(e))
+                })?;
+                points.push((step, r[0].metrics[&r[0].primary].value));
+            }
+            trajectories.insert(target.clone(), points);
+            timed(&format!("oracle trajectory {target}"), t);
+        }
 
         on_event(Event::Phase(&format!("{target}: uniform average")));
         let t = Instant::now();
@@ -300,7 +322,7 @@ pub fn run(
             .map(|i| get(&format!("{target}/dnd-{i}"), target))
             .collect::<Result<Vec<_>>>()?;
         let m = &manifests[target];
-        results.push(TargetResult::new(
+        let mut row = TargetResult::new(
             target,
             get("base", target)?,
             loras,
@@ -310,10 +332,16 @@ pub fn run(
             dnd,
             generation_s[target].clone(),
             oracle_seconds(&index, target),
-            m.steps.iter().map(|s| s.seconds).sum(),
+            (
+                m.steps.iter().map(|s| s.seconds).sum(),
+                generator_wall[target],
+            ),
             m.validations.last().map(|v| v.loss),
             m.baseline_mean_checkpoint,
-        ));
+        );
+        row.oracle_trajectory = trajectories.remove(target).unwrap_or_default();
+        row.oracle_steps = oracle_steps(&cfg.collection, target)?;
+        results.push(row);
     }
     let matrix = tasks
         .iter()
@@ -324,10 +352,7 @@ pub fn run(
         })
         .collect();
     let work_s = runs.values().map(|r| r.wall_s).sum::<f64>();
-    phase_s.insert(
-        "total (this invocation)".into(),
-        started.elapsed().as_secs_f64(),
-    );
+    phase_s.push(("total".into(), started.elapsed().as_secs_f64()));
     let report = Report {
         command: ctx.command.clone(),
         git_rev: ctx.git_rev.clone(),
@@ -364,6 +389,41 @@ fn last_checkpoint(collection: &Path, task: &str) -> Result<PathBuf> {
         .ok_or_else(|| ExperimentError::Config(format!("{task} has no checkpoints")))
 }
 
+/// `k` of a task's saved checkpoints, evenly spaced with the first and the last, as (step, dir).
+fn trajectory(collection: &Path, task: &str, k: usize) -> Result<Vec<(usize, PathBuf)>> {
+    let dirs = task_checkpoints(collection, task)?;
+    let n = dirs.len();
+    let mut picked: Vec<usize> = (0..k.min(n))
+        .map(|i| {
+            if k <= 1 {
+                n - 1
+            } else {
+                (i * (n - 1) + (k - 1) / 2) / (k - 1)
+            }
+        })
+        .collect();
+    picked.dedup();
+    picked
+        .into_iter()
+        .map(|i| {
+            let name = dirs[i].file_name().unwrap_or_default().to_string_lossy();
+            let step = name
+                .trim_start_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .map_err(|_| {
+                    ExperimentError::Config(format!("{}: no step number", dirs[i].display()))
+                })?;
+            Ok((step, dirs[i].clone()))
+        })
+        .collect()
+}
+
+/// Updates in the oracle's collection run.
+fn oracle_steps(collection: &Path, task: &str) -> Result<usize> {
+    let path = collection.join(task).join(dnd_collect::MANIFEST_FILE);
+    Ok(dnd_collect::Manifest::read(&path)?.steps.len())
+}
+
 /// The oracle's fine-tuning cost: the wall time of its collection run (all of its steps).
 fn oracle_seconds(index: &CollectionIndex, task: &str) -> f64 {
     index
@@ -388,6 +448,7 @@ fn train_generator(
             return Ok(m);
         }
     }
+    let started = Instant::now();
     let inputs = TrainingInputs {
         collection: &cfg.collection,
         index,
@@ -401,18 +462,44 @@ fn train_generator(
     let (setup, data) = prepare_training(&inputs, ctx.pool_encoder)?;
     let mut trainer = GeneratorTrainer::open(setup, data, cfg.train.clone())?;
     let steps = cfg.train.steps;
-    Ok(trainer.run(None, &mut |s, _| {
+    let m = trainer.run(None, &mut |s, v| {
         on_event(Event::TrainStep {
             target,
             step: s.step,
             steps,
             loss: s.loss,
+            val_loss: v.map(|v| v.loss),
         })
-    })?)
+    })?;
+    // Wall time (data preparation, updates, validation, saves) summed over the invocations that
+    // trained; an interrupted invocation's share since its last save is lost, as its steps are.
+    let wall = read_wall(dir)? + started.elapsed().as_secs_f64();
+    write_atomic(
+        &wall_path(dir),
+        &serde_json::json!({ "wall_s": wall }).to_string(),
+    )?;
+    Ok(m)
 }
 
-/// The target's generated adapters, generating those not yet on disk from their prompt batches
-/// (drawn reproducibly from the target's `prompts` split: the batches never depend on what exists).
+/// `<generators>/<target>.wall.json`, beside the generator directory so it never disturbs it.
+fn wall_path(dir: &Path) -> PathBuf {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    dir.with_file_name(format!("{name}.wall.json"))
+}
+
+/// The generator's recorded training wall time (0 before any was recorded).
+fn read_wall(dir: &Path) -> Result<f64> {
+    let path = wall_path(dir);
+    if !path.is_file() {
+        return Ok(0.0);
+    }
+    let v: serde_json::Value = read_json(&path)?;
+    Ok(v["wall_s"].as_f64().unwrap_or(0.0))
+}
+
+/// The target's generated adapters, generating those not on disk or made by another generator than
+/// the one in `gen_dir` (each records the sha256 of the decoder weights it came from). The prompt
+/// batches are drawn reproducibly from the target's `prompts` split: they never depend on what exists.
 fn generate_for(
     cfg: &ExperimentConfig,
     ctx: &Context,
@@ -424,7 +511,12 @@ fn generate_for(
     let dirs: Vec<PathBuf> = (0..cfg.adapters)
         .map(|i| dir.join(format!("dnd-{i}")))
         .collect();
-    if dirs.iter().all(|d| d.join(GENERATION_FILE).is_file()) {
+    let generator = generator_hash(gen_dir)?;
+    let current = |d: &Path| {
+        read_json::<GenerationRecord>(&d.join(GENERATION_FILE))
+            .is_ok_and(|r| r.generator_sha256 == generator)
+    };
+    if dirs.iter().all(|d| current(d)) {
         return Ok(dirs);
     }
     let gen = Generator::load(gen_dir, ctx.llm.model.config(), None)?;
@@ -437,7 +529,7 @@ fn generate_for(
         cfg.seed,
     )?;
     for (d, batch) in dirs.iter().zip(batches) {
-        if d.join(GENERATION_FILE).is_file() {
+        if current(d) {
             continue;
         }
         let texts: Vec<&str> = batch.iter().map(|&i| prompts[i].as_str()).collect();
@@ -448,11 +540,31 @@ fn generate_for(
             seed: cfg.seed,
             batch: texts.len(),
             prompt_indices: batch,
+            generator_sha256: generator.clone(),
         };
         let text = serde_json::to_string_pretty(&rec).expect("plain data serialises");
         write_atomic(&d.join(GENERATION_FILE), &text)?;
     }
     Ok(dirs)
+}
+
+/// The sha256 of every weight file (`*.safetensors`) at the top of a generator directory, joined in
+/// name order: which generator an adapter came from.
+fn generator_hash(dir: &Path) -> Result<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    let hashes = files
+        .iter()
+        .map(|f| {
+            dnd_assets::sha256_file(f)
+                .map_err(|e| ExperimentError::Config(format!("hashing {}: {e}", f.display())))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(hashes.join("+"))
 }
 
 /// Mean pooled prompt embedding of every task's `prompts` split, cached in the work directory.

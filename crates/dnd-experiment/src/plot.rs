@@ -225,6 +225,8 @@ pub fn pca(path: &Path, r: &Report) -> Result<()> {
         if r.pca.is_empty() {
             (x0, x1, y0, y1) = (-1.0, 1.0, -1.0, 1.0);
         }
+        // Room on the right for the legend, so it never hides points.
+        x1 += 0.6 * (x1 - x0).max(1e-9);
         let px = 0.05 * (x1 - x0).max(1e-9);
         let py = 0.05 * (y1 - y0).max(1e-9);
         let ex = |i: usize| r.pca_explained.get(i).map_or(0.0, |e| 100.0 * e);

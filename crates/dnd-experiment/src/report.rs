@@ -64,8 +64,15 @@ pub struct TargetResult {
     pub oracle_finetune_s: f64,
     /// Generator training compute (sum of the logged update times).
     pub generator_train_s: f64,
+    /// Generator training wall time: data preparation, updates, validation, saves.
+    pub generator_wall_s: f64,
     pub generator_val_loss: Option<f64>,
     pub generator_val_loss_mean_checkpoint: Option<f64>,
+    /// (step, value) of the oracle's scored checkpoints, when asked for.
+    #[serde(default)]
+    pub oracle_trajectory: Vec<(usize, f64)>,
+    /// Updates of the oracle's whole run.
+    pub oracle_steps: usize,
 }
 
 impl TargetResult {
@@ -80,7 +87,7 @@ impl TargetResult {
         dnd: Vec<Score>,
         generation_s: Vec<f64>,
         oracle_finetune_s: f64,
-        generator_train_s: f64,
+        (generator_train_s, generator_wall_s): (f64, f64),
         generator_val_loss: Option<f64>,
         generator_val_loss_mean_checkpoint: Option<f64>,
     ) -> Self {
@@ -124,9 +131,23 @@ impl TargetResult {
             generation_s,
             oracle_finetune_s,
             generator_train_s,
+            generator_wall_s,
             generator_val_loss,
             generator_val_loss_mean_checkpoint,
+            oracle_trajectory: Vec::new(),
+            oracle_steps: 0,
         }
+    }
+
+    /// The first scored oracle step at or above DnD's mean, and the fine-tuning seconds to get there
+    /// (the run's wall time pro rata of its steps); `None` when no scored step reaches it.
+    pub fn oracle_reaches_dnd(&self) -> Option<(usize, f64)> {
+        let (step, _) = self
+            .oracle_trajectory
+            .iter()
+            .find(|(_, v)| *v >= self.dnd_mean)?;
+        let share = *step as f64 / self.oracle_steps.max(1) as f64;
+        Some((*step, share * self.oracle_finetune_s))
     }
 
     /// The baselines DnD is compared with, in table order.
@@ -257,8 +278,9 @@ pub struct Report {
     pub collection_wall_s: f64,
     /// Compute spent scoring, summed over every stored run (whichever invocation produced it).
     pub scoring_compute_s: f64,
-    /// Wall time of each phase in the invocation that wrote this report (reused work costs ~0).
-    pub phase_wall_s: BTreeMap<String, f64>,
+    /// Wall time of each phase in the invocation that wrote this report, in order (reused work
+    /// costs ~0).
+    pub phase_wall_s: Vec<(String, f64)>,
     pub targets: Vec<TargetResult>,
     /// (LoRA's task, target, primary metric value): every training LoRA on every target.
     pub lora_matrix: Vec<(String, String, f64)>,
@@ -417,25 +439,58 @@ impl Report {
             "Generation: encode the prompt batch (MiniLM, uncached) + one decoder forward + write the \
              PEFT files, measured here per adapter. Oracle: the wall time of the target's collection \
              run (all its fine-tuning steps, checkpoint writes included), from its manifest; its \
-             intermediate checkpoints are not scored, so the time to reach DnD's accuracy is not \
-             measured (it is at most this). One-off costs: the collection (all tasks) and the \
-             generator's training compute (sum of its update times; validation excluded).\n\n",
+             intermediate checkpoints are scored only with `--oracle-trajectory` (below, when \
+             given), otherwise the time to reach DnD's accuracy is at most this. One-off costs: the collection (all tasks) and the \
+             generator's training (wall time of data preparation, updates, validation and saves; and the \
+             updates alone).\n\n",
         );
-        o.push_str("| target | generate one adapter (s) | fine-tune oracle (s) | speed-up | oracle − DnD (points) | generator training (s) |\n|---|---|---|---|---|---|\n");
+        o.push_str("| target | generate one adapter (s) | fine-tune oracle (s) | speed-up | oracle − DnD (points) | generator training: wall (s) | of which updates (s) |\n|---|---|---|---|---|---|---|\n");
         for t in &self.targets {
             let g = t.generation_s.iter().sum::<f64>() / t.generation_s.len().max(1) as f64;
             let _ = writeln!(
                 o,
-                "| {} | {:.2} | {:.0} | {:.0}x | {:+.1} | {:.0} |",
+                "| {} | {:.2} | {:.0} | {:.0}x | {:+.1} | {:.0} | {:.0} |",
                 t.target,
                 g,
                 t.oracle_finetune_s,
                 t.oracle_finetune_s / g.max(1e-9),
                 100.0 * (t.oracle.value - t.dnd_mean),
+                t.generator_wall_s,
                 t.generator_train_s
             );
         }
-        let gen_total: f64 = self.targets.iter().map(|t| t.generator_train_s).sum();
+        let reached: Vec<String> = self
+            .targets
+            .iter()
+            .filter(|t| !t.oracle_trajectory.is_empty())
+            .map(|t| {
+                let curve: Vec<String> = t
+                    .oracle_trajectory
+                    .iter()
+                    .map(|(s, v)| format!("step {s}: {:.1}", 100.0 * v))
+                    .collect();
+                let first = t.oracle_trajectory[0].0;
+                let reach = match t.oracle_reaches_dnd() {
+                    Some((s, secs)) if s == first => format!(
+                        "already at or above DnD at its first saved step {s} (within {secs:.0} s; \
+                         earlier steps were not saved)"
+                    ),
+                    Some((s, secs)) => format!("reaches DnD at step {s}, about {secs:.0} s"),
+                    None => "never reaches DnD among the scored steps".into(),
+                };
+                format!("- {}: {reach} ({}).", t.target, curve.join(", "))
+            })
+            .collect();
+        if !reached.is_empty() {
+            let _ = writeln!(
+                o,
+                "\nWhen the oracle's fine-tuning reaches DnD's mean accuracy (its saved checkpoints \
+                 scored on the same items; seconds pro rata of the run's {} steps):\n\n{}",
+                self.targets.first().map_or(0, |t| t.oracle_steps),
+                reached.join("\n")
+            );
+        }
+        let gen_total: f64 = self.targets.iter().map(|t| t.generator_wall_s).sum();
         let _ = writeln!(
             o,
             "\nOne-off: collecting the checkpoints took {:.0} s (all tasks), training the {} generators \

@@ -127,6 +127,7 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
             save_every: 1,
             ..TrainConfig::default()
         },
+        oracle_trajectory: 2,
         eval: EvalConfig::default(),
     };
     let paths = Paths {
@@ -153,8 +154,9 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
     };
 
     let (report, scored, steps) = count(&cfg);
-    // base and 2 LoRAs on 2 targets, then per target 2 generated adapters and the uniform average.
-    assert_eq!(scored, 2 + 2 * 2 + 2 * (2 + 1));
+    // base and 2 LoRAs on 2 targets, then per target 2 generated adapters, 2 steps of the oracle's
+    // trajectory (its first and last saved checkpoints) and the uniform average.
+    assert_eq!(scored, 2 + 2 * 2 + 2 * (2 + 2 + 1));
     assert_eq!(steps, 2 * 3);
     assert_eq!(report.targets.len(), 2);
     for (t, other) in [("boolq", "siqa"), ("siqa", "boolq")] {
@@ -168,6 +170,13 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
         assert_eq!(r.nearest_task, other);
         assert_eq!(r.uniform_average.label, format!("{t}/uniform-avg"));
         assert!((0.0..=1.0).contains(&r.dnd_mean));
+        let steps: Vec<usize> = r.oracle_trajectory.iter().map(|p| p.0).collect();
+        assert_eq!(steps, [4, 6]);
+        assert_eq!(
+            r.oracle_trajectory[1].1, r.oracle.value,
+            "the last step is the oracle"
+        );
+        assert_eq!(r.oracle_steps, 6);
         for i in 0..2 {
             let d = paths.work.join(format!("adapters/{t}/dnd-{i}"));
             assert!(d.join("adapter_model.safetensors").is_file());
