@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const INFO_FILE: &str = "generator.json";
+/// The fixed offset added to the decoder's output (see [`Generator::generate`]); absent for a generator
+/// that predicts whole tokens, as the paper's does.
+pub const OFFSET_FILE: &str = "offset.safetensors";
+const OFFSET_KEY: &str = "offset";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
@@ -52,14 +56,29 @@ pub struct GeneratorInfo {
     pub base_model: String,
 }
 
-/// Write a generator directory: decoder files, then `generator.json`, each atomically.
+/// Write a generator directory: decoder files, the offset (if any), then `generator.json`, each
+/// atomically.
 pub fn save(
     dir: &Path,
     decoder: &HyperConvDecoder,
     meta: &GeneratorMeta,
     info: &GeneratorInfo,
+    offset: Option<&Tensor>,
 ) -> Result<()> {
     decoder.save(dir, meta)?;
+    let path = dir.join(OFFSET_FILE);
+    match offset {
+        Some(o) => {
+            let tmp = dir.join(format!(".{OFFSET_FILE}.tmp"));
+            let map = [(OFFSET_KEY.to_string(), o.clone())].into();
+            candle_core::safetensors::save(&map, &tmp)?;
+            std::fs::rename(&tmp, &path).map_err(|source| GenerateError::Io { path, source })?;
+        }
+        None if path.exists() => {
+            std::fs::remove_file(&path).map_err(|source| GenerateError::Io { path, source })?
+        }
+        None => {}
+    }
     let json = serde_json::to_string_pretty(info).expect("plain data serialises");
     write_atomic(&dir.join(INFO_FILE), json.as_bytes())
 }
@@ -81,6 +100,7 @@ pub struct Generator {
     decoder: HyperConvDecoder,
     tokenizer: LoraTokenizer,
     info: GeneratorInfo,
+    offset: Option<Tensor>,
 }
 
 impl Generator {
@@ -118,10 +138,12 @@ impl Generator {
             path,
             reason: e.to_string(),
         })?;
+        let offset = load_offset(dir, out)?;
         Ok(Self {
             decoder,
             tokenizer,
             info,
+            offset,
         })
     }
 
@@ -147,12 +169,46 @@ impl Generator {
         self.decoder.config().input()[1]
     }
 
-    /// One adapter from per-prompt hidden states (`[len_i, C]`, exactly N of them).
+    /// One adapter from per-prompt hidden states (`[len_i, C]`, exactly N of them): the decoder's
+    /// tokens plus the generator's offset, de-tokenized.
     pub fn generate(&self, states: &[&Tensor]) -> Result<Lora> {
         let cond = condition(states, self.prompt_len())?.unsqueeze(0)?;
-        let tokens = self.decoder.forward(&cond)?.squeeze(0)?;
+        let tokens = with_offset(self.decoder.forward(&cond)?, self.offset.as_ref())?.squeeze(0)?;
         Ok(self.tokenizer.decode(&tokens)?)
     }
+}
+
+/// `tokens [B, N_w, H, W]` plus `offset [N_w, H, W]` when there is one. Training and generation both
+/// go through here, so a generator emits exactly what it was trained to emit.
+pub fn with_offset(tokens: Tensor, offset: Option<&Tensor>) -> Result<Tensor> {
+    Ok(match offset {
+        Some(o) => tokens.broadcast_add(o)?,
+        None => tokens,
+    })
+}
+
+/// The offset in `dir`, if the generator has one; it must have the decoder's output shape.
+fn load_offset(dir: &Path, shape: [usize; 3]) -> Result<Option<Tensor>> {
+    let path = dir.join(OFFSET_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bad = |reason: String| GenerateError::File {
+        path: path.clone(),
+        reason,
+    };
+    let mut map = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
+        .map_err(|e| bad(e.to_string()))?;
+    let t = map
+        .remove(OFFSET_KEY)
+        .ok_or_else(|| bad(format!("no `{OFFSET_KEY}` tensor")))?;
+    if t.dims() != shape {
+        return Err(bad(format!(
+            "offset of shape {:?}, the decoder emits {shape:?}",
+            t.dims()
+        )));
+    }
+    Ok(Some(t.to_dtype(DType::F32)?))
 }
 
 /// The condition `[N, L, C]`: each prompt's states `[len, C]` cut or zero-padded to `len` rows (the

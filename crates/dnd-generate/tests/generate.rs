@@ -28,6 +28,11 @@ fn tiny_model() -> ModelConfig {
 }
 
 fn saved_generator(dir: &Path) {
+    saved_generator_with(dir, |_| None)
+}
+
+/// A saved generator with the offset `offset(output shape)` (see `dnd_generate::OFFSET_FILE`).
+fn saved_generator_with(dir: &Path, offset: impl Fn([usize; 3]) -> Option<Tensor>) {
     let model = tiny_model();
     let lora = LoraConfig::new(2, 4.0, &Target::ALL);
     let tok = LoraTokenizer::with_default_width(&model, &lora).unwrap();
@@ -44,6 +49,7 @@ fn saved_generator(dir: &Path) {
         &dec,
         &GeneratorMeta::new(&model, &lora, tok.chunk_width()),
         &info,
+        offset([tok.num_tokens(), h, w]).as_ref(),
     )
     .unwrap();
 }
@@ -65,6 +71,44 @@ fn a_generated_adapter_loads_as_peft_for_the_base_config() {
     let back = dnd_llm::peft::load(&out, &model, DType::F32).unwrap();
     assert_eq!(back.modules().count(), 2 * 7);
     assert_eq!(back.config().rank, 2);
+}
+
+#[test]
+fn the_offset_is_added_to_the_decoder_output() {
+    let (plain, shifted) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    saved_generator(plain.path());
+    let offset = |shape: [usize; 3]| Tensor::randn(0f32, 1.0, &shape, &Device::Cpu).unwrap();
+    let model = tiny_model();
+    let g0 = Generator::load(plain.path(), &model, None).unwrap();
+    let o = offset(g0.decoder().config().output());
+    saved_generator_with(shifted.path(), |_| Some(o.clone()));
+    let g1 = Generator::load(shifted.path(), &model, None).unwrap();
+    let states: Vec<Tensor> = (0..4)
+        .map(|i| Tensor::randn(0f32, 1.0, (5 + i, 16), &Device::Cpu).unwrap())
+        .collect();
+    let refs: Vec<&Tensor> = states.iter().collect();
+    let cond = dnd_generate::condition(&refs, g0.prompt_len())
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let raw = g0.decoder().forward(&cond).unwrap().squeeze(0).unwrap();
+    let expected = g0.tokenizer().decode(&(raw + &o).unwrap()).unwrap();
+    let got = g1.generate(&refs).unwrap();
+    for ((l, t, a0, b0), (_, _, a1, b1)) in expected.modules().zip(got.modules()) {
+        for (x, y) in [(a0, a1), (b0, b1)] {
+            let diff = (x - y).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-6, "layer {l} {t:?}");
+        }
+    }
+
+    // An offset of the wrong shape is refused with the file named.
+    let bad = tempfile::tempdir().unwrap();
+    saved_generator_with(bad.path(), |_| Some(offset([1, 2, 3])));
+    let err = Generator::load(bad.path(), &model, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("offset.safetensors") && err.contains("shape"), "{err}");
 }
 
 #[test]
