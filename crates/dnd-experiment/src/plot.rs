@@ -151,8 +151,17 @@ pub fn curves(path: &Path, manifests: &BTreeMap<String, TrainManifest>) -> Resul
             })
             .filter(|v| v.is_finite() && *v > 0.0)
             .collect();
-        let hi = values.iter().copied().fold(1e-6, f64::max) * 1.5;
-        let lo = values.iter().copied().fold(hi, f64::min) / 1.5;
+        // log10 of the loss on a linear axis, labelled with the loss: plotters' log axis draws no
+        // labels on a range narrower than a decade.
+        let hi = values.iter().copied().fold(1e-6, f64::max).log10() + 0.1;
+        let lo = values
+            .iter()
+            .copied()
+            .fold(f64::MAX, f64::min)
+            .min(1e300)
+            .log10()
+            - 0.1;
+        let lo = lo.min(hi - 0.2);
         let mut chart = ChartBuilder::on(root)
             .caption(
                 "generator training per held-out target (line: train, trailing mean; dots: held-out)",
@@ -161,11 +170,12 @@ pub fn curves(path: &Path, manifests: &BTreeMap<String, TrainManifest>) -> Resul
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d(0f64..last, (lo..hi).log_scale())?;
+            .build_cartesian_2d(0f64..last, lo..hi)?;
         chart
             .configure_mesh()
             .x_desc("step")
-            .y_desc("weighted MSE (log)")
+            .y_desc("weighted MSE (log scale)")
+            .y_label_formatter(&|y| format!("{:.3}", 10f64.powf(*y)))
             .label_style(("sans-serif", 14))
             .draw()?;
         for (i, (target, m)) in manifests.iter().enumerate() {
@@ -177,10 +187,8 @@ pub fn curves(path: &Path, manifests: &BTreeMap<String, TrainManifest>) -> Resul
                 .enumerate()
                 .map(|(k, s)| {
                     let part = &m.steps[(k + 1).saturating_sub(window)..=k];
-                    (
-                        s.step as f64,
-                        part.iter().map(|p| p.loss).sum::<f64>() / part.len() as f64,
-                    )
+                    let mean = part.iter().map(|p| p.loss).sum::<f64>() / part.len() as f64;
+                    (s.step as f64, mean.max(1e-300).log10())
                 })
                 .collect();
             chart
@@ -189,11 +197,13 @@ pub fn curves(path: &Path, manifests: &BTreeMap<String, TrainManifest>) -> Resul
                 .legend(move |(x, y)| {
                     PathElement::new([(x, y), (x + 15, y)], color.stroke_width(2))
                 });
-            chart.draw_series(
-                m.validations
-                    .iter()
-                    .map(|v| Circle::new((v.step as f64, v.loss), 4, color.filled())),
-            )?;
+            chart.draw_series(m.validations.iter().map(|v| {
+                Circle::new(
+                    (v.step as f64, v.loss.max(1e-300).log10()),
+                    4,
+                    color.filled(),
+                )
+            }))?;
         }
         chart
             .configure_series_labels()
