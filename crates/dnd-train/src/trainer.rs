@@ -29,7 +29,10 @@ const PROGRESS_FILE: &str = "progress.json";
 /// Stream offset for validation draws, far from any step's stream.
 const VALIDATION_STREAM: u64 = 1 << 62;
 
-/// Hyper-parameters; defaults are the paper's (METHOD.md step 6) with a CPU-sized step count.
+/// Hyper-parameters; defaults are the paper's (METHOD.md step 6) except the step count and the learning
+/// rate, sized for a 2-core CPU: 300 updates at the paper's lr of 3e-5 barely move the CPU decoder
+/// (held-out loss 0.84 after 60 steps against 0.51 for the mean checkpoint), while lr 1e-3 trains
+/// stably with clipping at 1.0 (see results/generator/ for the measured curves).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub steps: usize,
@@ -60,9 +63,9 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            steps: 1000,
+            steps: 300,
             batch: 1,
-            lr: 3e-5,
+            lr: 1e-3,
             weight_decay: 0.1,
             warmup: 1,
             clip: 1.0,
