@@ -155,12 +155,27 @@ pub fn run(
         git_rev: ctx.git_rev.clone(),
         command: ctx.command.clone(),
     };
+    tracing::info!(
+        "{} target(s) ({}), {} training LoRAs: {} scored runs of at most {} test items each \
+         (stored ones are reused), {} generator(s) of {} steps",
+        targets.len(),
+        targets.join(", "),
+        tasks.len(),
+        targets.len() * (1 + tasks.len() + cfg.adapters + 1 + cfg.oracle_trajectory),
+        cfg.limit.map_or("all".into(), |l| l.to_string()),
+        targets.len(),
+        cfg.train.steps
+    );
     let store = Store::new(&paths.work.join("scores"));
     let mut runs: BTreeMap<(String, String), RunResult> = BTreeMap::new();
-    let mut keep = |rs: Vec<RunResult>| {
+    // Every new batch of scores also refreshes the store's `results.md`: a partial table to read
+    // while the experiment runs.
+    let mut keep = |rs: Vec<RunResult>| -> Result<()> {
         for r in rs {
             runs.insert((r.label.clone(), r.settings.task.clone()), r);
         }
+        let all: Vec<RunResult> = runs.values().cloned().collect();
+        Ok(store.write_summary(&all, &ctx.command)?)
     };
 
     on_event(Event::Phase("base model"));
@@ -173,7 +188,7 @@ pub fn run(
         None,
         &sets,
         &mut |e| on_event(Event::Score(e)),
-    )?);
+    )?)?;
     timed("score base", t);
 
     on_event(Event::Phase("training LoRAs on every target"));
@@ -188,7 +203,7 @@ pub fn run(
             Some(&last),
             &sets,
             &mut |e| on_event(Event::Score(e)),
-        )?);
+        )?)?;
     }
     timed("score training LoRAs", t);
 
@@ -236,7 +251,7 @@ pub fn run(
                 Some(d),
                 set,
                 &mut |e| on_event(Event::Score(e)),
-            )?);
+            )?)?;
         }
         generated.insert(target.clone(), dirs);
         timed(&format!("score dnd {target}"), t);
@@ -251,6 +266,7 @@ pub fn run(
                     on_event(Event::Score(e))
                 })?;
                 points.push((step, r[0].metrics[&r[0].primary].value));
+                keep(r)?;
             }
             trajectories.insert(target.clone(), points);
             timed(&format!("oracle trajectory {target}"), t);
@@ -285,7 +301,7 @@ pub fn run(
             Some(&avg),
             set,
             &mut |e| on_event(Event::Score(e)),
-        )?);
+        )?)?;
         timed(&format!("uniform average {target}"), t);
     }
 
