@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The main job on the default model (SmolLM2-135M-Instruct) and data (../shared/data): fetch and verify
-# the assets, then score the base model on the eight common-sense benchmarks' test splits
-# (results/base/results.{json,md}). LIMIT caps examples per task (default 500; LIMIT=0 for all).
-# Resumable: finished (model, task) results are reused.
+# The main job on the default model (SmolLM2-135M-Instruct) and data (../shared/data): the whole
+# Drag-and-Drop loop, leave-one-out over the eight common-sense tasks.
+#   1. fetch and verify the assets;
+#   2. collect LoRA checkpoint trajectories for every task ($DND_CACHE/collections/commonsense);
+#   3. per held-out task: train a generator on the other tasks, generate adapters from the held-out
+#      task's unlabeled prompts, score them and every baseline on its test split;
+#   4. write the report to results/experiment/commonsense/.
+# LIMIT caps the test items scored per task (default 100; 0 for all). Every stage is resumable: rerun
+# after an interruption and finished work (checkpoints, generators, adapters, scores) is reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LIMIT=${LIMIT:-500}
+LIMIT=${LIMIT:-100}
 cargo build --release --locked --bin dnd
 ./target/release/dnd fetch
-limit=()
-[ "$LIMIT" != 0 ] && limit=(--limit "$LIMIT")
-./target/release/dnd eval --tasks arc_easy,arc_challenge,boolq,hellaswag,openbookqa,piqa,winogrande,siqa \
-  --split test "${limit[@]}" --out results/base
+./target/release/dnd collect
+./target/release/dnd experiment --limit "$LIMIT"
