@@ -281,11 +281,8 @@ pub fn run(
                 ckpts.extend(task_checkpoints(&cfg.collection, o)?);
             }
             let lora = baselines::uniform_average(&ckpts, model_cfg)?;
-            let note = format!(
-                "{{\"averaged_checkpoints\": {}, \"tasks\": {:?}}}",
-                ckpts.len(),
-                others
-            );
+            let note = serde_json::json!({ "averaged_checkpoints": ckpts.len(), "tasks": others })
+                .to_string();
             save_adapter(
                 &lora,
                 &ctx.model_path.display().to_string(),

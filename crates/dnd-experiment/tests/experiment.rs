@@ -195,6 +195,7 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
     ] {
         assert!(paths.results.join(f).is_file(), "{f}");
     }
+    assert!(paths.work.join("scores/results.md").is_file());
     let md = std::fs::read_to_string(paths.results.join("report.md")).unwrap();
     assert!(md.contains("first 4 test items"), "{md}");
     assert!(md.contains("vs best training LoRA"));
