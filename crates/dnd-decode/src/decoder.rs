@@ -5,7 +5,7 @@
 use crate::config::DecoderConfig;
 use crate::layer::HyperConvLayer;
 use crate::{DecodeError, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use dnd_llm::{LoraConfig, ModelConfig};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -188,30 +188,34 @@ impl HyperConvDecoder {
                 reason: diffs.join("; "),
             });
         }
+        config.validate()?;
         let path = dir.join(WEIGHTS_FILE);
+        let bad = |reason: String| DecodeError::File {
+            path: path.clone(),
+            reason,
+        };
         let mut tensors =
-            candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| DecodeError::File {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        let fresh = Self::new(config, dtype, 0)?;
-        for (name, var) in fresh.named_vars() {
-            let t = tensors.remove(&name).ok_or_else(|| DecodeError::File {
-                path: path.clone(),
-                reason: format!("tensor `{name}` missing"),
-            })?;
-            if t.dims() != var.dims() {
-                return Err(DecodeError::File {
-                    path: path.clone(),
-                    reason: format!(
-                        "tensor `{name}` is {:?}, expected {:?}",
-                        t.dims(),
-                        var.dims()
-                    ),
-                });
-            }
-            var.set(&t.to_dtype(dtype)?)?;
-        }
-        Ok(fresh)
+            dnd_llm::hf::read_safetensors(&path, dtype).map_err(|e| bad(e.to_string()))?;
+        let layers = config
+            .stages
+            .windows(2)
+            .enumerate()
+            .map(|(i, p)| {
+                HyperConvLayer::build(p[0], p[1], config.kernel, |role, shape, _| {
+                    let name = format!("layers.{i}.{role}");
+                    let t = tensors
+                        .remove(&name)
+                        .ok_or_else(|| bad(format!("tensor `{name}` missing")))?;
+                    if t.dims() != shape {
+                        return Err(bad(format!(
+                            "tensor `{name}` is {:?}, expected {shape:?}",
+                            t.dims()
+                        )));
+                    }
+                    Ok(Var::from_tensor(&t)?)
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { config, layers })
     }
 }

@@ -35,13 +35,12 @@ pub struct HyperConvLayer {
     pub mix_n_bias: Var,
 }
 
-/// PyTorch's default init for a conv/linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
-fn uniform(rng: &mut impl Rng, shape: &[usize], bound: f64, dtype: DType) -> Result<Var> {
-    let n = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| rng.random_range(-bound..=bound)).collect();
-    Ok(Var::from_tensor(
-        &Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)?,
-    )?)
+/// How a tensor of a fresh layer starts: PyTorch's defaults, which the official code keeps.
+pub(crate) enum Init {
+    Ones,
+    Zeros,
+    /// U(-bound, bound); for a conv, bound = 1/sqrt(fan_in) for weight and bias.
+    Uniform(f64),
 }
 
 impl HyperConvLayer {
@@ -53,30 +52,45 @@ impl HyperConvLayer {
         dtype: DType,
         rng: &mut impl Rng,
     ) -> Result<Self> {
+        Self::build(input, output, kernel, |_, shape, init| {
+            let t = match init {
+                Init::Ones => Tensor::ones(shape, dtype, &Device::Cpu)?,
+                Init::Zeros => Tensor::zeros(shape, dtype, &Device::Cpu)?,
+                Init::Uniform(bound) => {
+                    let n = shape.iter().product();
+                    let v: Vec<f64> = (0..n).map(|_| rng.random_range(-bound..=bound)).collect();
+                    Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)?
+                }
+            };
+            Ok(Var::from_tensor(&t)?)
+        })
+    }
+
+    /// A layer whose tensors come from `make(name, shape, init)`, called in a fixed order (so a seeded
+    /// initialisation is reproducible): fresh ones for [`new`](Self::new), stored ones when loading,
+    /// which then never pays for a random initialisation it would overwrite.
+    pub(crate) fn build(
+        input: Stage,
+        output: Stage,
+        kernel: usize,
+        mut make: impl FnMut(&'static str, &[usize], Init) -> Result<Var>,
+    ) -> Result<Self> {
         let ([n, h, w], [n2, h2, w2]) = (input, output);
         let k = kernel;
-        let conv = |rng: &mut _, out: usize, inp: usize| {
-            uniform(
-                rng,
-                &[out, inp, k, k],
-                1.0 / ((inp * k * k) as f64).sqrt(),
-                dtype,
-            )
-        };
-        let bias_bound = 1.0 / (h2 * w2) as f64;
+        let fan_in = |inp: usize| Init::Uniform(1.0 / ((inp * k * k) as f64).sqrt());
         Ok(Self {
             input,
             output,
             kernel,
-            norm_weight: Var::from_tensor(&Tensor::ones((h, w), dtype, &Device::Cpu)?)?,
-            norm_bias: Var::from_tensor(&Tensor::zeros((h, w), dtype, &Device::Cpu)?)?,
-            conv1_w: conv(rng, w2, w)?,
-            conv1_h: conv(rng, h2, h)?,
-            conv2_h: conv(rng, h2, h)?,
-            conv2_w: conv(rng, w2, w)?,
-            bias: uniform(rng, &[h2, w2], bias_bound, dtype)?,
-            mix_n: conv(rng, n2, n)?,
-            mix_n_bias: uniform(rng, &[n2], 1.0 / ((n * k * k) as f64).sqrt(), dtype)?,
+            norm_weight: make("norm.weight", &[h, w], Init::Ones)?,
+            norm_bias: make("norm.bias", &[h, w], Init::Zeros)?,
+            conv1_w: make("conv1_w.weight", &[w2, w, k, k], fan_in(w))?,
+            conv1_h: make("conv1_h.weight", &[h2, h, k, k], fan_in(h))?,
+            conv2_h: make("conv2_h.weight", &[h2, h, k, k], fan_in(h))?,
+            conv2_w: make("conv2_w.weight", &[w2, w, k, k], fan_in(w))?,
+            bias: make("bias", &[h2, w2], Init::Uniform(1.0 / (h2 * w2) as f64))?,
+            mix_n: make("mix_n.weight", &[n2, n, k, k], fan_in(n))?,
+            mix_n_bias: make("mix_n.bias", &[n2], fan_in(n))?,
         })
     }
 

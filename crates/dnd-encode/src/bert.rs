@@ -3,7 +3,7 @@
 //! the forward pass relies on (absolute positions, erf GELU) instead of silently running a different model.
 
 use crate::error::{io_err, EncodeError, Result};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -90,9 +90,10 @@ pub struct Bert {
 }
 
 impl Bert {
-    /// Load `model.safetensors` (HF `BertModel` names, with or without a `bert.` prefix) in f32.
+    /// Load `model.safetensors` (HF `BertModel` names, with or without a `bert.` prefix) in f32,
+    /// memory-mapped (see [`dnd_llm::hf::read_safetensors`]).
     pub fn load(config: BertConfig, weights: &Path) -> Result<Self> {
-        let map = candle_core::safetensors::load(weights, &Device::Cpu)
+        let map = dnd_llm::hf::read_safetensors(weights, DType::F32)
             .map_err(|e| EncodeError::Model {
                 path: weights.into(),
                 reason: e.to_string(),

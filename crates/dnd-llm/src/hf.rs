@@ -37,19 +37,27 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Read a safetensors file into tensors of `dtype`, with errors naming the file.
+///
+/// The file is memory-mapped rather than read: each tensor is then copied once (page cache -> tensor)
+/// instead of twice (-> buffer -> tensor), which halves the memory a load touches (the encoder's 90 MB
+/// were a large part of `dnd generate`'s start-up).
 pub fn read_safetensors(path: &Path, dtype: DType) -> Result<HashMap<String, Tensor>> {
+    use candle_core::safetensors::Load;
     let bad = |reason: String| LlmError::Safetensors {
         path: path.into(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+    std::fs::metadata(path).map_err(io_err(path))?;
+    // SAFETY: the mapping lives only for this call and every tensor is copied out of it; the files
+    // read here (model weights, adapters, generator checkpoints) are written by rename, never in place.
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
         .map_err(|e| bad(e.to_string()))?;
-    tensors
+    st.tensors()
         .into_iter()
-        .map(|(name, t)| {
-            let t = t
-                .to_dtype(dtype)
+        .map(|(name, view)| {
+            let t = view
+                .load(&Device::Cpu)
+                .and_then(|t| t.to_dtype(dtype))
                 .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
             Ok((name, t))
         })
