@@ -260,8 +260,14 @@ pub fn run(
             on_event(Event::Phase(&format!("{target}: oracle trajectory")));
             let t = Instant::now();
             let mut points = Vec::new();
+            let last = last_checkpoint(&cfg.collection, target)?;
             for (step, dir) in trajectory(&cfg.collection, target, cfg.oracle_trajectory)? {
-                let label = format!("{}@step-{step}", lora_label(target));
+                // The last step is the oracle itself, already scored under its own label.
+                let label = if dir == last {
+                    lora_label(target)
+                } else {
+                    format!("{}@step-{step}", lora_label(target))
+                };
                 let r = score(ctx.llm, &store, &spec, &label, Some(&dir), set, &mut |e| {
                     on_event(Event::Score(e))
                 })?;
