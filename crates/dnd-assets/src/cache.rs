@@ -56,13 +56,15 @@ impl Cache {
         }
     }
 
-    /// True when the asset is in the cache and its pinned file hashes to the pin.
+    /// True when the asset is in the cache and its pinned file hashes to the pin (the hash is
+    /// remembered by size and mtime in the root's [`HASH_MEMO`]: a truncated or rewritten copy is
+    /// hashed again).
     pub fn is_valid(&self, asset: &Asset) -> Result<bool> {
         let file = self.pinned_file(asset);
         if !file.is_file() {
             return Ok(false);
         }
-        Ok(sha256_file(&file)? == asset.sha256)
+        Ok(sha256_file_memo(&file, &self.root.join(HASH_MEMO))? == asset.sha256)
     }
 
     /// Return the asset's path, fetching and verifying it first unless a valid copy is cached.
@@ -159,4 +161,56 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher).map_err(io_err(path))?;
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// The memo file of [`sha256_file_memo`] in a cache root.
+pub const HASH_MEMO: &str = "hashes.json";
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct MemoEntry {
+    size: u64,
+    mtime_ns: u128,
+    sha256: String,
+}
+
+/// [`sha256_file`], remembered in the JSON file `memo` under the file's canonical path, size and
+/// modification time: hashing a model takes from 0.05 s (the 90 MB encoder, checked at every
+/// `dnd generate`) to seconds, and a file that changed (size or mtime) is hashed again.
+pub fn sha256_file_memo(path: &Path, memo: &Path) -> Result<String> {
+    let canonical = std::fs::canonicalize(path).map_err(io_err(path))?;
+    let meta = std::fs::metadata(&canonical).map_err(io_err(path))?;
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let key = canonical.to_string_lossy().into_owned();
+    let mut entries: std::collections::BTreeMap<String, MemoEntry> = std::fs::read_to_string(memo)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    if let Some(e) = entries.get(&key) {
+        if e.size == meta.len() && e.mtime_ns == mtime_ns {
+            return Ok(e.sha256.clone());
+        }
+    }
+    let sha256 = sha256_file(&canonical)?;
+    entries.insert(
+        key,
+        MemoEntry {
+            size: meta.len(),
+            mtime_ns,
+            sha256: sha256.clone(),
+        },
+    );
+    if let Some(dir) = memo.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    // A unique temporary name: two processes may refresh the memo at once; the last rename wins
+    // and both entries stay valid.
+    let tmp = memo.with_extension(format!("{}.tmp", std::process::id()));
+    let text = serde_json::to_string_pretty(&entries).expect("hash entries serialise");
+    std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, memo).map_err(io_err(memo))?;
+    Ok(sha256)
 }

@@ -9,7 +9,7 @@
 mod cache;
 mod wheel;
 
-pub use cache::{cache_root, sha256_file, Cache};
+pub use cache::{cache_root, sha256_file, sha256_file_memo, Cache, HASH_MEMO};
 pub use wheel::{Fetcher, Pip};
 
 use std::path::PathBuf;

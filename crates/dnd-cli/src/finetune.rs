@@ -91,7 +91,7 @@ impl TrainArgs {
 /// The base model's path and sha256 (cached under the dnd cache).
 pub fn base_model(model: &ModelArg) -> Result<BaseModel> {
     let path = model.path()?;
-    let cache = dnd_assets::cache_root().join("hashes.json");
+    let cache = dnd_assets::cache_root().join(dnd_assets::HASH_MEMO);
     let sha256 =
         model_sha256(&path, &cache).with_context(|| format!("hashing {}", path.display()))?;
     Ok(BaseModel {
