@@ -18,6 +18,20 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in the `mi_option_e` enum of the mimalloc v3 header that libmimalloc-sys
+/// 0.1.49 (pinned by Cargo.lock) builds; the crate exports no constant for it.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keep freed memory mapped instead of returning it to the OS 1 s later (mimalloc's default). Every
+/// training step and forward pass frees and reallocates tensors of tens of megabytes; returned pages
+/// come back as fresh ones the kernel must zero. Measured with `perf` on `dnd bench finetune`: 25% of
+/// the samples in the kernel's page zeroing, 40 s of 100 s CPU time in the kernel; with purging off,
+/// 7.6 s, and 2.4x the training tokens/s. Peak memory is unchanged (it is the peak either way).
+fn keep_freed_memory() {
+    // SAFETY: sets a plain integer option; mimalloc reads it when it next considers purging.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+}
+
 #[derive(Parser)]
 #[command(
     name = "dnd",
@@ -57,6 +71,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -75,5 +90,23 @@ fn main() -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Experiment(a) => experiment::run(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The enum index is right if it reads purge_delay's default in this mimalloc (1000 ms) and then the value set.
+    #[test]
+    fn the_purge_delay_option_is_the_one_set() {
+        // SAFETY: reads and sets plain integer options.
+        unsafe {
+            if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+                assert_eq!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 1000);
+            }
+            keep_freed_memory();
+            assert_eq!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), -1);
+        }
     }
 }
