@@ -170,7 +170,7 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
             bar.set_message(format!("loss {loss:.4}"));
         }
     })?;
-    for c in report.comparisons() {
+    for c in &report.comparisons {
         println!("{}", c.sentence());
     }
     println!(

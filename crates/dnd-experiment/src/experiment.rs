@@ -388,6 +388,7 @@ pub fn run(
         collection_wall_s: index.wall_time_s,
         scoring_compute_s: work_s,
         phase_wall_s: phase_s,
+        comparisons: Report::compare_all(&results),
         targets: results,
         lora_matrix: matrix,
         pca: pca_points,

@@ -19,6 +19,10 @@ pub struct Score {
     pub stderr: f64,
     pub n: usize,
     pub wall_s: f64,
+    /// The metric per test item, in split order: DnD is compared with each baseline item by item.
+    /// Not written to `report.json` (the store's run files hold every record).
+    #[serde(skip)]
+    pub items: Vec<f64>,
 }
 
 impl Score {
@@ -31,6 +35,11 @@ impl Score {
             stderr: m.stderr,
             n: m.n,
             wall_s: r.wall_s,
+            items: r
+                .records
+                .iter()
+                .map(|rec| rec.scores.get(&r.primary).copied().unwrap_or(0.0))
+                .collect(),
         }
     }
 }
@@ -58,6 +67,9 @@ pub struct TargetResult {
     pub dnd_std: f64,
     /// Mean of the generated adapters' stderrs.
     pub dnd_stderr: f64,
+    /// Per test item, the mean over the generated adapters.
+    #[serde(skip)]
+    pub dnd_items: Vec<f64>,
     /// Seconds to generate each adapter (encode + decode + write), measured.
     pub generation_s: Vec<f64>,
     /// The oracle's fine-tuning wall time (its whole collection run).
@@ -98,6 +110,7 @@ impl TargetResult {
             label: "mean of training LoRAs".into(),
             value: mean(&values),
             stderr: mean(&errs),
+            items: item_means(&training_loras),
             ..base.clone()
         };
         let best_lora = training_loras
@@ -111,6 +124,7 @@ impl TargetResult {
             / dv.len().max(1) as f64)
             .sqrt();
         let dnd_stderr = mean(&dnd.iter().map(|s| s.stderr).collect::<Vec<_>>());
+        let dnd_items = item_means(&dnd);
         TargetResult {
             target: target.into(),
             metric: base.metric.clone(),
@@ -128,6 +142,7 @@ impl TargetResult {
             dnd_mean,
             dnd_std,
             dnd_stderr,
+            dnd_items,
             generation_s,
             oracle_finetune_s,
             generator_train_s,
@@ -186,26 +201,41 @@ impl PcaPoint {
     }
 }
 
+/// Per item, the mean over `scores` (all scored on the same items).
+fn item_means(scores: &[Score]) -> Vec<f64> {
+    let n = scores.iter().map(|s| s.items.len()).min().unwrap_or(0);
+    (0..n)
+        .map(|i| scores.iter().map(|s| s.items[i]).sum::<f64>() / scores.len() as f64)
+        .collect()
+}
+
 /// DnD against one baseline over the targets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
     pub baseline: String,
     pub wins: usize,
-    /// Wins by more than twice the combined stderr.
+    /// Wins by more than twice the paired stderr.
     pub clear_wins: usize,
     pub losses: usize,
     pub clear_losses: usize,
     pub ties: usize,
     /// Mean of DnD minus baseline over the targets, in fractions.
     pub mean_diff: f64,
-    /// Per target: (target, DnD − baseline, combined stderr).
+    /// Per target: (target, DnD − baseline, paired stderr of that difference).
     pub per_target: Vec<(String, f64, f64)>,
 }
 
-/// Count wins and losses of DnD (mean over its adapters) against `baseline`: a difference counts
-/// as clear when it exceeds twice `sqrt(se_dnd² + se_baseline²)`, the stderr of an unpaired
-/// difference (the items are shared, so this is conservative).
-pub fn compare(baseline: &str, rows: &[(String, f64, f64, f64, f64)]) -> Comparison {
+/// DnD and one baseline on one target: per-item metric values on the same test items.
+pub struct Paired<'a> {
+    pub target: &'a str,
+    pub dnd: &'a [f64],
+    pub baseline: &'a [f64],
+}
+
+/// Count wins and losses of DnD against `baseline`. Both are scored on the same items, so the
+/// difference is judged by its paired standard error, `sd(d_i) / sqrt(n)` over the per-item
+/// differences `d_i` (DnD averaged over its adapters per item); it is clear beyond twice that.
+pub fn compare(baseline: &str, rows: &[Paired]) -> Comparison {
     let mut c = Comparison {
         baseline: baseline.into(),
         wins: 0,
@@ -216,9 +246,15 @@ pub fn compare(baseline: &str, rows: &[(String, f64, f64, f64, f64)]) -> Compari
         mean_diff: 0.0,
         per_target: Vec::new(),
     };
-    for (target, dnd, dnd_se, b, b_se) in rows {
-        let diff = dnd - b;
-        let se = (dnd_se.powi(2) + b_se.powi(2)).sqrt();
+    for r in rows {
+        let d: Vec<f64> = r.dnd.iter().zip(r.baseline).map(|(a, b)| a - b).collect();
+        let n = d.len() as f64;
+        let diff = d.iter().sum::<f64>() / n.max(1.0);
+        let se = if d.len() > 1 {
+            (d.iter().map(|x| (x - diff).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() / n.sqrt()
+        } else {
+            0.0
+        };
         let clear = diff.abs() > 2.0 * se;
         if diff > 1e-12 {
             c.wins += 1;
@@ -229,7 +265,7 @@ pub fn compare(baseline: &str, rows: &[(String, f64, f64, f64, f64)]) -> Compari
         } else {
             c.ties += 1;
         }
-        c.per_target.push((target.clone(), diff, se));
+        c.per_target.push((r.target.to_string(), diff, se));
     }
     c.mean_diff = c.per_target.iter().map(|p| p.1).sum::<f64>() / rows.len().max(1) as f64;
     c
@@ -240,7 +276,7 @@ impl Comparison {
     pub fn sentence(&self) -> String {
         let n = self.per_target.len();
         let mut s = format!(
-            "**vs {}**: DnD wins on {}/{n} targets ({} by more than 2 combined stderr), loses on {}/{n} ({} clearly)",
+            "**vs {}**: DnD wins on {}/{n} targets ({} by more than 2 paired stderr), loses on {}/{n} ({} clearly)",
             self.baseline, self.wins, self.clear_wins, self.losses, self.clear_losses
         );
         if self.ties > 0 {
@@ -248,7 +284,7 @@ impl Comparison {
         }
         let _ = write!(
             s,
-            "; mean difference {:+.1} points. Per target (DnD − baseline, ± combined stderr): {}.",
+            "; mean difference {:+.1} points. Per target (DnD − baseline ± paired stderr): {}.",
             100.0 * self.mean_diff,
             self.per_target
                 .iter()
@@ -286,12 +322,14 @@ pub struct Report {
     pub lora_matrix: Vec<(String, String, f64)>,
     pub pca: Vec<PcaPoint>,
     pub pca_explained: Vec<f64>,
+    /// DnD against each baseline over the targets (see [`compare`]).
+    pub comparisons: Vec<Comparison>,
 }
 
 impl Report {
-    /// DnD against each baseline over all targets.
-    pub fn comparisons(&self) -> Vec<Comparison> {
-        let Some(first) = self.targets.first() else {
+    /// DnD against each baseline over `targets`.
+    pub fn compare_all(targets: &[TargetResult]) -> Vec<Comparison> {
+        let Some(first) = targets.first() else {
             return Vec::new();
         };
         first
@@ -299,18 +337,12 @@ impl Report {
             .iter()
             .enumerate()
             .map(|(k, (name, _))| {
-                let rows: Vec<_> = self
-                    .targets
+                let rows: Vec<Paired> = targets
                     .iter()
-                    .map(|t| {
-                        let b = t.baselines()[k].1;
-                        (
-                            t.target.clone(),
-                            t.dnd_mean,
-                            t.dnd_stderr,
-                            b.value,
-                            b.stderr,
-                        )
+                    .map(|t| Paired {
+                        target: &t.target,
+                        dnd: &t.dnd_items,
+                        baseline: &t.baselines()[k].1.items,
                     })
                     .collect();
                 compare(name, &rows)
@@ -396,7 +428,12 @@ impl Report {
             );
         }
         o.push_str("\n![accuracy](accuracy.png)\n\n## Where DnD wins and loses\n\n");
-        for c in self.comparisons() {
+        o.push_str(
+            "DnD (averaged over its adapters per item) against each baseline on the same test items. \
+             A difference is *clear* when it exceeds twice its paired stderr (the stderr of the \
+             per-item differences' mean); otherwise it is within noise at this number of items.\n\n",
+        );
+        for c in &self.comparisons {
             let _ = writeln!(o, "- {}", c.sentence());
         }
         o.push_str("\n## Each generated adapter (%)\n\n| target | adapters |\n|---|---|\n");
@@ -539,21 +576,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wins_and_losses_are_counted_against_the_combined_stderr() {
-        let rows = vec![
-            ("a".to_string(), 0.60, 0.02, 0.50, 0.02), // +10, se 2.8: clear win
-            ("b".to_string(), 0.52, 0.02, 0.50, 0.02), // +2: win, not clear
-            ("c".to_string(), 0.40, 0.02, 0.50, 0.02), // -10: clear loss
-            ("d".to_string(), 0.50, 0.02, 0.50, 0.02), // tie
+    fn wins_and_losses_are_counted_against_the_paired_stderr() {
+        let row = |target, dnd, baseline| Paired {
+            target,
+            dnd,
+            baseline,
+        };
+        let rows = [
+            // Every item +1: a clear win (no spread, so a zero stderr).
+            row("a", &[1.0, 1.0, 1.0, 1.0], &[0.0, 0.0, 0.0, 0.0]),
+            // One item each way: a tie.
+            row("b", &[1.0, 0.0, 1.0, 0.0], &[0.0, 1.0, 1.0, 0.0]),
+            // d = (-1, 0, 0, 0): -0.25 with se sd/sqrt(n) = 0.5/2 = 0.25, a loss within 2 se.
+            row("c", &[0.0, 0.0, 1.0, 1.0], &[1.0, 0.0, 1.0, 1.0]),
+            // d = (0, 1, 0, 0): a win within 2 se.
+            row("d", &[1.0, 1.0, 0.0, 0.0], &[1.0, 0.0, 0.0, 0.0]),
         ];
         let c = compare("x", &rows);
         assert_eq!(
             (c.wins, c.clear_wins, c.losses, c.clear_losses, c.ties),
-            (2, 1, 1, 1, 1)
+            (2, 1, 1, 0, 1)
         );
-        assert!((c.mean_diff - 0.005).abs() < 1e-12);
+        assert!((c.mean_diff - 0.25).abs() < 1e-12);
+        assert!((c.per_target[2].1 + 0.25).abs() < 1e-12);
+        assert!((c.per_target[2].2 - 0.25).abs() < 1e-12);
         let s = c.sentence();
         assert!(s.contains("wins on 2/4 targets (1 by more than 2"), "{s}");
-        assert!(s.contains("loses on 1/4 (1 clearly)"), "{s}");
+        assert!(s.contains("loses on 1/4 (0 clearly), ties on 1"), "{s}");
+    }
+
+    #[test]
+    fn item_means_average_across_scores() {
+        let score = |items: Vec<f64>| Score {
+            label: "x".into(),
+            metric: "acc".into(),
+            value: 0.0,
+            stderr: 0.0,
+            n: items.len(),
+            wall_s: 0.0,
+            items,
+        };
+        let m = item_means(&[score(vec![1.0, 0.0, 1.0]), score(vec![0.0, 0.0, 1.0])]);
+        assert_eq!(m, [0.5, 0.0, 1.0]);
     }
 }

@@ -185,7 +185,7 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
     assert_eq!(report.lora_matrix.len(), 4);
     // 3 checkpoints per task and 2 generated adapters per target.
     assert_eq!(report.pca.len(), 2 * 3 + 2 * 2);
-    assert_eq!(report.comparisons().len(), 6);
+    assert_eq!(report.comparisons.len(), 6);
     for f in [
         "report.md",
         "report.json",
