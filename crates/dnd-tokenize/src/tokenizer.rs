@@ -166,7 +166,9 @@ impl LoraTokenizer {
                 self.tokens.len()
             )));
         }
-        let data: Vec<f64> = tokens.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        // Read as f32, as the decoder emits them (the adapter is f32 and the border is stored in f32),
+        // not widened to an f64 copy: that copy doubled the memory `dnd generate` touched here.
+        let data: Vec<f32> = tokens.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let r = self.lora.rank;
         // Per (layer, target): A [r, in] and B^T [r, out], filled chunk by chunk.
         let mut parts = Vec::new();
@@ -261,20 +263,21 @@ fn encode_chunk(chunk: &[f64], r: usize, width: usize, cw: usize, canvas: &mut [
 }
 
 /// Read one canvas back into a chunk (`r x width`, row-major).
-fn decode_chunk(canvas: &[f64], r: usize, width: usize, cw: usize) -> Vec<f64> {
+fn decode_chunk(canvas: &[f32], r: usize, width: usize, cw: usize) -> Vec<f64> {
     let w = cw + 2;
+    let at = |i: usize| canvas[i] as f64;
     let (mut m_sum, mut s_sum, mut m_n, mut s_n) = (0.0, 0.0, 0.0, 0.0);
     for i in 0..r {
-        m_sum += canvas[i * w + cw];
-        s_sum += canvas[i * w + cw + 1];
+        m_sum += at(i * w + cw);
+        s_sum += at(i * w + cw + 1);
     }
     for i in r..r + 2 {
         for j in 0..w {
             if j % 2 == 0 {
-                m_sum += canvas[i * w + j];
+                m_sum += at(i * w + j);
                 m_n += 1.0;
             } else {
-                s_sum += canvas[i * w + j];
+                s_sum += at(i * w + j);
                 s_n += 1.0;
             }
         }
@@ -282,6 +285,6 @@ fn decode_chunk(canvas: &[f64], r: usize, width: usize, cw: usize) -> Vec<f64> {
     let (m_n, s_n) = (m_n + r as f64, s_n + r as f64);
     let (mean, std) = scales((m_sum / m_n) as f32, (s_sum / s_n) as f32);
     (0..r)
-        .flat_map(|i| (0..width).map(move |j| canvas[i * w + j] * std + mean))
+        .flat_map(|i| (0..width).map(move |j| at(i * w + j) * std + mean))
         .collect()
 }
