@@ -79,7 +79,7 @@ pub fn accuracy(path: &Path, r: &Report) -> Result<()> {
             (t.target.clone(), v)
         })
         .collect();
-    let width = (160 * rows.len().max(1) as u32 + 200).max(800);
+    let width = (160 * rows.len().max(1) as u32 + 360).max(800);
     render(path, (width, 520), |root| {
         let n = rows.len().max(1) as f64;
         let mut chart = ChartBuilder::on(root)
@@ -87,12 +87,13 @@ pub fn accuracy(path: &Path, r: &Report) -> Result<()> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d(0f64..n, 0f64..100f64)?;
+            // One empty group's width on the right keeps the legend off the bars.
+            .build_cartesian_2d(0f64..n + 1.0, 0f64..100f64)?;
         let labels: Vec<String> = rows.iter().map(|(t, _)| t.clone()).collect();
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(rows.len().max(1) * 2 + 1)
+            .x_labels(rows.len().max(1) * 2 + 3)
             .x_label_formatter(&|x| {
                 let i = x.floor() as usize;
                 if (x - i as f64 - 0.5).abs() < 0.01 {
