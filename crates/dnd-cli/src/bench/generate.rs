@@ -92,6 +92,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let dnd = json!({
         "end_to_end_process_s_median": median(e2e.times.clone()),
         "end_to_end_process_s": e2e.times,
+        "end_to_end_process_cpu_s_median": median(e2e.cpu.clone()),
+        "end_to_end_process_cpu_s": e2e.cpu,
         "peak_rss_mb_generate_process": e2e.peak_rss_mb,
         "bench_process_rss_mb_at_spawn": parent_rss_at_spawn,
         "in_process": parts.summary,
@@ -133,6 +135,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         "official": reference,
         "ratio_dnd_over_official": {
             "end_to_end_process": ratio(&["end_to_end_process_s_median"], &["end_to_end_process_s_median"]),
+            "end_to_end_process_cpu": ratio(&["end_to_end_process_cpu_s_median"], &["end_to_end_process_cpu_s_median"]),
             "load": ratio(&["in_process", "load_s"], &["full", "load_s"]),
             "per_adapter": ratio(&["in_process", "per_adapter_s"], &["full", "per_adapter_s_median"]),
             "encode": ratio(&["in_process", "encode_s"], &["full", "parts_median", "encode_s"]),
@@ -182,6 +185,10 @@ fn first_prompts(task: &str, data: &Path, n: usize) -> Result<Vec<String>> {
 
 struct EndToEnd {
     times: Vec<f64>,
+    /// CPU seconds (user + system) of each timed run: less sensitive than wall time to other jobs
+    /// on the machine, and the wall time an idle machine would approach (at most this, with 2 cores
+    /// shared by the threads).
+    cpu: Vec<f64>,
     peak_rss_mb: f64,
 }
 
@@ -190,7 +197,9 @@ struct EndToEnd {
 fn end_to_end(gen: &Path, prompts: &Path, tmp: &Path, repeats: usize) -> Result<EndToEnd> {
     let exe = std::env::current_exe()?;
     let mut times = Vec::new();
+    let mut cpu = Vec::new();
     for i in 0..=repeats {
+        let before = children_usage();
         let t = Instant::now();
         let out = Command::new(&exe)
             .args(["generate", "--generator"])
@@ -211,22 +220,37 @@ fn end_to_end(gen: &Path, prompts: &Path, tmp: &Path, repeats: usize) -> Result<
         }
         if i > 0 {
             times.push(s);
+            cpu.push(children_usage().cpu_s - before.cpu_s);
         }
     }
     Ok(EndToEnd {
         times,
-        peak_rss_mb: children_peak_rss_mb(),
+        cpu,
+        peak_rss_mb: children_usage().peak_rss_mb,
     })
 }
 
-/// The largest peak RSS of the waited-for children (getrusage RUSAGE_CHILDREN).
-fn children_peak_rss_mb() -> f64 {
+/// What the waited-for children used so far (getrusage RUSAGE_CHILDREN): CPU seconds, summed, and the
+/// largest peak RSS among them.
+struct Usage {
+    cpu_s: f64,
+    peak_rss_mb: f64,
+}
+
+fn children_usage() -> Usage {
     // SAFETY: getrusage only writes into the zeroed struct it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) } != 0 {
-        return f64::NAN;
+        return Usage {
+            cpu_s: f64::NAN,
+            peak_rss_mb: f64::NAN,
+        };
     }
-    u.ru_maxrss as f64 / 1024.0
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    Usage {
+        cpu_s: secs(u.ru_utime) + secs(u.ru_stime),
+        peak_rss_mb: u.ru_maxrss as f64 / 1024.0,
+    }
 }
 
 /// Medians of the in-process stages, plus what the reference needs to mirror them.
@@ -415,12 +439,15 @@ fn official(
         ]
     };
     let mut times = Vec::new();
+    let mut cpu = Vec::new();
     let mut rss = Vec::new();
     for i in 0..=a.repeats {
+        let before = children_usage();
         let t = Instant::now();
         let once = python_reference(python, "bench_official_generate.py", &args("once"))?;
         if i > 0 {
             times.push(t.elapsed().as_secs_f64());
+            cpu.push(children_usage().cpu_s - before.cpu_s);
             rss.push(once["peak_rss_mb"].as_f64().unwrap_or(f64::NAN));
         }
     }
@@ -428,6 +455,8 @@ fn official(
     Ok(json!({
         "end_to_end_process_s_median": median(times.clone()),
         "end_to_end_process_s": times,
+        "end_to_end_process_cpu_s_median": median(cpu.clone()),
+        "end_to_end_process_cpu_s": cpu,
         "peak_rss_mb_once_median": median(rss),
         "full": full,
     }))
@@ -448,12 +477,18 @@ fn print_table(r: &Value) {
         r["loadavg_1m_before_after"][0]
     );
     println!("|---|---|---|---|");
-    let rows: [(&str, &Value, &Value, &str); 8] = [
+    let rows: [(&str, &Value, &Value, &str); 9] = [
         (
             "end to end, whole process (s, median)",
             &d["end_to_end_process_s_median"],
             &o["end_to_end_process_s_median"],
             "end_to_end_process",
+        ),
+        (
+            "  its CPU time, user + system (s, median)",
+            &d["end_to_end_process_cpu_s_median"],
+            &o["end_to_end_process_cpu_s_median"],
+            "end_to_end_process_cpu",
         ),
         (
             "load in process (s)",
