@@ -1,16 +1,13 @@
 //! `dnd experiment`: the leave-one-out protocol on a checkpoint collection, every baseline, and the
 //! report (see `dnd_experiment`); resumable, reusing every artifact it has produced.
 
-use crate::common::ModelArg;
 use crate::eval::ScoreProgress;
 use crate::finetune::step_bar;
+use crate::train::GeneratorArgs;
 use anyhow::{Context, Result};
-use dnd_collect::default_collection_dir;
-use dnd_decode::CPU_DEFAULT_INPUT;
-use dnd_encode::{CachedEncoder, Encoder, EncoderConfig};
+use dnd_encode::CachedEncoder;
 use dnd_evaluate::{git_revision, EvalConfig};
 use dnd_experiment::{read_index, Context as Ctx, Event, ExperimentConfig, Paths};
-use dnd_train::TrainConfig;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -19,12 +16,8 @@ pub struct ExperimentArgs {
     /// results/experiment/<name>.
     #[arg(long, default_value = "commonsense")]
     name: String,
-    /// Collection name: $DND_CACHE/collections/<name>.
-    #[arg(long, default_value = "commonsense")]
-    collection: String,
-    /// Collection directory, instead of the one --collection implies.
-    #[arg(long)]
-    collection_dir: Option<PathBuf>,
+    #[command(flatten)]
+    generator: GeneratorArgs,
     /// Comma-separated held-out targets (default: every task of the collection).
     #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
@@ -38,78 +31,38 @@ pub struct ExperimentArgs {
     /// Seed of the prompt batches.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// N: prompts per condition.
-    #[arg(long, default_value_t = CPU_DEFAULT_INPUT[0])]
-    prompts: usize,
-    /// L: word pieces per prompt.
-    #[arg(long, default_value_t = CPU_DEFAULT_INPUT[1])]
-    prompt_len: usize,
-    /// Generator updates per target (the final generator is used).
-    #[arg(long, default_value_t = TrainConfig::default().steps)]
-    steps: usize,
-    #[arg(long, default_value_t = TrainConfig::default().batch)]
-    batch: usize,
-    #[arg(long, default_value_t = TrainConfig::default().lr)]
-    lr: f64,
-    #[arg(long, default_value_t = TrainConfig::default().validate_every)]
-    validate_every: usize,
-    #[arg(long, default_value_t = TrainConfig::default().save_every)]
-    save_every: usize,
     /// Also score this many of each oracle's saved checkpoints (evenly spaced) on its target, to
     /// time when its fine-tuning reaches DnD's accuracy (0: off).
     #[arg(long, default_value_t = 0)]
     oracle_trajectory: usize,
-    /// Base model (path or asset name); default: the one recorded in the collection.
-    #[arg(long)]
-    model: Option<String>,
     /// Artifact directory, instead of $DND_CACHE/experiments/<name>.
     #[arg(long)]
     work_dir: Option<PathBuf>,
     /// Report directory, instead of results/experiment/<name>.
     #[arg(long)]
     results: Option<PathBuf>,
-    /// Data root.
-    #[arg(long, env = "DND_DATA", default_value = dnd_tasks::DEFAULT_DATA_DIR)]
-    data: PathBuf,
 }
 
 pub fn run(a: ExperimentArgs) -> Result<()> {
-    let collection = a
-        .collection_dir
-        .clone()
-        .unwrap_or_else(|| default_collection_dir(&a.collection));
+    let g = &a.generator;
+    let collection = g.collection_dir();
     let index =
         read_index(&collection).with_context(|| format!("collection {}", collection.display()))?;
-    let model = ModelArg {
-        model: a.model.clone().unwrap_or(index.base_model.path.clone()),
-    };
+    let model = g.model(&index);
     let model_path = model.path()?;
     let llm = model.load()?;
-    let encoder = || {
-        Encoder::minilm(EncoderConfig {
-            max_len: a.prompt_len,
-            ..EncoderConfig::default()
-        })
-    };
-    let pool = CachedEncoder::new(encoder()?, CachedEncoder::default_dir());
-    let fresh = encoder()?;
+    let pool = CachedEncoder::new(g.encoder()?, CachedEncoder::default_dir());
+    let fresh = g.encoder()?;
     let cfg = ExperimentConfig {
         collection,
         targets: a.targets.clone(),
-        data: a.data.clone(),
+        data: g.data.clone(),
         limit: (a.limit > 0).then_some(a.limit),
         adapters: a.adapters,
         seed: a.seed,
-        prompts: a.prompts,
-        prompt_len: a.prompt_len,
-        train: TrainConfig {
-            steps: a.steps,
-            batch: a.batch,
-            lr: a.lr,
-            validate_every: a.validate_every,
-            save_every: a.save_every,
-            ..TrainConfig::default()
-        },
+        prompts: g.prompts,
+        prompt_len: g.prompt_len,
+        train: g.train_config(),
         oracle_trajectory: a.oracle_trajectory,
         eval: EvalConfig::default(),
     };

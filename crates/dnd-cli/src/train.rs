@@ -5,20 +5,88 @@ use crate::common::ModelArg;
 use crate::finetune::step_bar;
 use anyhow::{bail, Context, Result};
 use dnd_collect::default_collection_dir;
+use dnd_collect::CollectionIndex;
 use dnd_decode::CPU_DEFAULT_INPUT;
 use dnd_encode::{CachedEncoder, Encoder, EncoderConfig};
 use dnd_experiment::{prepare_training, read_index, TrainingInputs};
 use dnd_train::{GeneratorTrainer, TrainConfig};
 use std::path::PathBuf;
 
+/// The generator-training flags `dnd train` and `dnd experiment` share: the collection, the base
+/// model, the prompt batches and the optimisation schedule.
 #[derive(clap::Args)]
-pub struct TrainArgs {
+pub struct GeneratorArgs {
     /// Collection name: $DND_CACHE/collections/<name>.
     #[arg(long, default_value = "commonsense")]
-    collection: String,
+    pub collection: String,
     /// Collection directory, instead of the one --collection implies.
     #[arg(long)]
-    collection_dir: Option<PathBuf>,
+    pub collection_dir: Option<PathBuf>,
+    /// Base model (path or asset name); default: the one recorded in the collection.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// N: prompts per condition.
+    #[arg(long, default_value_t = CPU_DEFAULT_INPUT[0])]
+    pub prompts: usize,
+    /// L: word pieces per prompt (also the encoder's limit).
+    #[arg(long, default_value_t = CPU_DEFAULT_INPUT[1])]
+    pub prompt_len: usize,
+    /// Generator updates (per target in `dnd experiment`; the final generator is used).
+    #[arg(long, default_value_t = TrainConfig::default().steps)]
+    pub steps: usize,
+    #[arg(long, default_value_t = TrainConfig::default().batch)]
+    pub batch: usize,
+    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    pub lr: f64,
+    #[arg(long, default_value_t = TrainConfig::default().validate_every)]
+    pub validate_every: usize,
+    #[arg(long, default_value_t = TrainConfig::default().save_every)]
+    pub save_every: usize,
+    /// Data root.
+    #[arg(long, env = "DND_DATA", default_value = dnd_tasks::DEFAULT_DATA_DIR)]
+    pub data: PathBuf,
+}
+
+impl GeneratorArgs {
+    /// --collection-dir, or the directory --collection names.
+    pub fn collection_dir(&self) -> PathBuf {
+        self.collection_dir
+            .clone()
+            .unwrap_or_else(|| default_collection_dir(&self.collection))
+    }
+
+    /// --model, or the base model the collection `index` records.
+    pub fn model(&self, index: &CollectionIndex) -> ModelArg {
+        ModelArg {
+            model: self.model.clone().unwrap_or(index.base_model.path.clone()),
+        }
+    }
+
+    /// The prompt encoder, truncating at --prompt-len word pieces.
+    pub fn encoder(&self) -> Result<Encoder> {
+        Ok(Encoder::minilm(EncoderConfig {
+            max_len: self.prompt_len,
+            ..EncoderConfig::default()
+        })?)
+    }
+
+    /// The schedule these flags set; every other setting as `TrainConfig::default()`.
+    pub fn train_config(&self) -> TrainConfig {
+        TrainConfig {
+            steps: self.steps,
+            batch: self.batch,
+            lr: self.lr,
+            validate_every: self.validate_every,
+            save_every: self.save_every,
+            ..TrainConfig::default()
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    generator: GeneratorArgs,
     /// Comma-separated tasks to train on (default: every task of the collection), e.g. all but the
     /// held-out one.
     #[arg(long, value_delimiter = ',')]
@@ -29,21 +97,6 @@ pub struct TrainArgs {
     /// Delete --out first instead of resuming.
     #[arg(long)]
     fresh: bool,
-    /// Base model (path or asset name); default: the one recorded in the collection.
-    #[arg(long)]
-    model: Option<String>,
-    /// N: prompts per condition.
-    #[arg(long, default_value_t = CPU_DEFAULT_INPUT[0])]
-    prompts: usize,
-    /// L: word pieces per prompt (also the encoder's limit).
-    #[arg(long, default_value_t = CPU_DEFAULT_INPUT[1])]
-    prompt_len: usize,
-    #[arg(long, default_value_t = TrainConfig::default().steps)]
-    steps: usize,
-    #[arg(long, default_value_t = TrainConfig::default().batch)]
-    batch: usize,
-    #[arg(long, default_value_t = TrainConfig::default().lr)]
-    lr: f64,
     #[arg(long, default_value_t = TrainConfig::default().weight_decay)]
     weight_decay: f64,
     #[arg(long, default_value_t = TrainConfig::default().clip)]
@@ -59,23 +112,14 @@ pub struct TrainArgs {
     /// Hold out every k-th checkpoint of each task for the validation loss (0: none).
     #[arg(long, default_value_t = TrainConfig::default().holdout_every)]
     holdout_every: usize,
-    #[arg(long, default_value_t = TrainConfig::default().validate_every)]
-    validate_every: usize,
-    #[arg(long, default_value_t = TrainConfig::default().save_every)]
-    save_every: usize,
     /// Stop after this many updates in this invocation (time-boxing; rerun to continue).
     #[arg(long)]
     stop_after: Option<usize>,
-    /// Data root.
-    #[arg(long, env = "DND_DATA", default_value = dnd_tasks::DEFAULT_DATA_DIR)]
-    data: PathBuf,
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let dir = a
-        .collection_dir
-        .clone()
-        .unwrap_or_else(|| default_collection_dir(&a.collection));
+    let g = &a.generator;
+    let dir = g.collection_dir();
     let index = read_index(&dir).with_context(|| format!("collection {}", dir.display()))?;
     let tasks: Vec<String> = if a.tasks.is_empty() {
         index.tasks.iter().map(|t| t.task.clone()).collect()
@@ -85,25 +129,16 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if tasks.is_empty() {
         bail!("{} lists no tasks", dir.display());
     }
-    let model_path = ModelArg {
-        model: a.model.clone().unwrap_or(index.base_model.path.clone()),
-    }
-    .path()?;
-    let enc = CachedEncoder::new(
-        Encoder::minilm(EncoderConfig {
-            max_len: a.prompt_len,
-            ..EncoderConfig::default()
-        })?,
-        CachedEncoder::default_dir(),
-    );
+    let model_path = g.model(&index).path()?;
+    let enc = CachedEncoder::new(g.encoder()?, CachedEncoder::default_dir());
     let inputs = TrainingInputs {
         collection: &dir,
         index: &index,
         tasks: &tasks,
         model_path: &model_path,
-        data: &a.data,
-        prompts: a.prompts,
-        prompt_len: a.prompt_len,
+        data: &g.data,
+        prompts: g.prompts,
+        prompt_len: g.prompt_len,
         out: a.out.clone(),
     };
     let (setup, data) = prepare_training(&inputs, &enc)?;
@@ -111,18 +146,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
         std::fs::remove_dir_all(&a.out).with_context(|| format!("removing {}", a.out.display()))?;
     }
     let config = TrainConfig {
-        steps: a.steps,
-        batch: a.batch,
-        lr: a.lr,
         weight_decay: a.weight_decay,
         clip: a.clip,
         min_weight: a.min_weight,
         seed: a.seed,
         residual: !a.no_residual,
         holdout_every: a.holdout_every,
-        validate_every: a.validate_every,
-        save_every: a.save_every,
-        ..TrainConfig::default()
+        ..g.train_config()
     };
     let mut trainer = GeneratorTrainer::open(setup, data, config)?;
     let (mean, own) = trainer.baseline_losses();
@@ -130,7 +160,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         "{} decoder parameters; held-out loss of the mean checkpoint {mean:?}, of the own task's mean {own:?}",
         trainer.decoder().num_parameters()
     );
-    let bar = step_bar(a.steps, "train");
+    let bar = step_bar(g.steps, "train");
     bar.set_position(trainer.step_count() as u64);
     let mut last_val = String::new();
     let m = trainer.run(a.stop_after, &mut |s, v| {

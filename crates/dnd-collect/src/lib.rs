@@ -24,7 +24,7 @@ mod data;
 mod defaults;
 mod error;
 mod hash;
-mod plot;
+pub mod plot;
 mod run;
 mod stats;
 mod trainer;
@@ -37,7 +37,7 @@ pub use data::{batch_indices, encode, micro_batches, EncodeStats, Sequence};
 pub use defaults::{default_collection_dir, CollectDefaults, COMMONSENSE_TASKS, DEFAULT_SEED};
 pub use error::{CollectError, Result};
 pub use hash::model_sha256;
-pub use plot::loss_png;
+pub use plot::{loss_png, render_png};
 pub use run::{
     peak_rss_mb, run, BaseModel, DataInfo, Manifest, RunOptions, RunOutcome, RunSpec, Saves,
     Session, CHECKPOINTS_DIR, LOSS_PNG, MANIFEST_FILE, STATE_FILE,

@@ -3,6 +3,7 @@
 
 use crate::error::{io_err, CollectError, Result};
 use crate::trainer::StepRecord;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 use std::path::Path;
@@ -10,14 +11,22 @@ use std::sync::Once;
 
 static FONT: Once = Once::new();
 
-/// Plot loss per step to `path` (written under a temporary name, then renamed), shading the steps
-/// from `first_checkpoint` on, where every step is saved.
-pub fn loss_png(
+/// The drawing area of a bitmap figure.
+pub type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+/// What a figure's drawing code returns.
+pub type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+/// Draw a `size` PNG into `path` under a temporary name, then rename it, so no half-written image is
+/// ever left: the one helper behind every figure of the workspace. Registers the embedded font once,
+/// fills the background white and runs `draw`. A drawing failure becomes `plot_err(reason)`, a
+/// failed rename `io_err(error)`.
+pub fn render_png<E>(
     path: &Path,
-    title: &str,
-    records: &[StepRecord],
-    first_checkpoint: Option<usize>,
-) -> Result<()> {
+    size: (u32, u32),
+    draw: impl FnOnce(&Area) -> DrawResult,
+    plot_err: impl FnOnce(String) -> E,
+    io_err: impl FnOnce(std::io::Error) -> E,
+) -> std::result::Result<(), E> {
     FONT.call_once(|| {
         // A font that failed to parse surfaces below as a drawing error naming the file.
         let _ = plotters::style::register_font(
@@ -29,27 +38,49 @@ pub fn loss_png(
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     // The image encoder picks the format from the extension, so the temporary name keeps `.png`.
     let tmp = path.with_file_name(format!(".tmp-{name}"));
-    draw(&tmp, title, records, first_checkpoint).map_err(|e| CollectError::Plot {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    {
+        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+        root.fill(&WHITE)
+            .map_err(|e| e.to_string())
+            .and_then(|_| draw(&root).map_err(|e| e.to_string()))
+            .and_then(|_| root.present().map_err(|e| e.to_string()))
+            .map_err(plot_err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io_err)
 }
 
-fn draw(
+/// Plot loss per step to `path` (written under a temporary name, then renamed), shading the steps
+/// from `first_checkpoint` on, where every step is saved.
+pub fn loss_png(
     path: &Path,
     title: &str,
     records: &[StepRecord],
     first_checkpoint: Option<usize>,
-) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
-    root.fill(&WHITE)?;
+) -> Result<()> {
+    render_png(
+        path,
+        (800, 480),
+        |root| draw(root, title, records, first_checkpoint),
+        |reason| CollectError::Plot {
+            path: path.into(),
+            reason,
+        },
+        io_err(path),
+    )
+}
+
+fn draw(
+    root: &Area,
+    title: &str,
+    records: &[StepRecord],
+    first_checkpoint: Option<usize>,
+) -> DrawResult {
     let last = records.last().map_or(1, |r| r.step).max(2);
     let finite = || records.iter().map(|r| r.loss).filter(|l| l.is_finite());
     let hi = finite().fold(f64::MIN, f64::max).max(1e-3);
     let lo = finite().fold(f64::MAX, f64::min).min(hi);
     let pad = 0.05 * (hi - lo).max(1e-3);
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(root)
         .caption(
             format!("{title}: answer-token loss per step"),
             ("sans-serif", 22),
@@ -105,6 +136,5 @@ fn draw(
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
         .draw()?;
-    root.present()?;
     Ok(())
 }

@@ -2,18 +2,11 @@
 
 use crate::report::Report;
 use crate::{io_err, ExperimentError, Result};
+use dnd_collect::plot::{render_png, Area, DrawResult};
 use dnd_train::TrainManifest;
-use plotters::coord::Shift;
 use plotters::prelude::*;
-use plotters::style::FontStyle;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Once;
-
-static FONT: Once = Once::new();
-
-type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
-type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
 const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
@@ -28,31 +21,18 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-/// Draw into `path` (a temporary name, then renamed): one helper for every figure, registering the
-/// font once and never leaving a half-written image.
+/// Draw into `path` (a temporary name, then renamed; see [`render_png`]).
 fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area) -> DrawResult) -> Result<()> {
-    FONT.call_once(|| {
-        // Another crate registering the same name only replaces the entry.
-        let _ = plotters::style::register_font(
-            "sans-serif",
-            FontStyle::Normal,
-            dejavu::sans::regular(),
-        );
-    });
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".tmp-{name}"));
-    {
-        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
-        root.fill(&WHITE)
-            .map_err(|e| e.to_string())
-            .and_then(|_| draw(&root).map_err(|e| e.to_string()))
-            .and_then(|_| root.present().map_err(|e| e.to_string()))
-            .map_err(|reason| ExperimentError::Plot {
-                path: path.into(),
-                reason,
-            })?;
-    }
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    render_png(
+        path,
+        size,
+        draw,
+        |reason| ExperimentError::Plot {
+            path: path.into(),
+            reason,
+        },
+        io_err(path),
+    )
 }
 
 /// Grouped bars per target: every baseline and DnD (mean, with its std over adapters as error bar).

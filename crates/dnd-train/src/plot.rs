@@ -5,35 +5,25 @@
 
 use crate::trainer::TrainManifest;
 use crate::{io_err, Result, TrainError};
+use dnd_collect::plot::{render_png, Area, DrawResult};
 use plotters::prelude::*;
-use plotters::style::FontStyle;
 use std::path::Path;
-use std::sync::Once;
-
-static FONT: Once = Once::new();
 
 /// Draw `m`'s curves to `path` (under a temporary name, then renamed).
 pub fn loss_png(path: &Path, m: &TrainManifest) -> Result<()> {
-    FONT.call_once(|| {
-        // Registering the same name twice (dnd-collect does too) only replaces the entry.
-        let _ = plotters::style::register_font(
-            "sans-serif",
-            FontStyle::Normal,
-            dejavu::sans::regular(),
-        );
-    });
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".tmp-{name}"));
-    draw(&tmp, m).map_err(|e| TrainError::Plot {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    render_png(
+        path,
+        (800, 480),
+        |root| draw(root, m),
+        |reason| TrainError::Plot {
+            path: path.into(),
+            reason,
+        },
+        io_err(path),
+    )
 }
 
-fn draw(path: &Path, m: &TrainManifest) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
-    root.fill(&WHITE)?;
+fn draw(root: &Area, m: &TrainManifest) -> DrawResult {
     let last = m.steps.last().map_or(1, |s| s.step).max(2) as f64;
     let values: Vec<f64> = m
         .steps
@@ -46,7 +36,7 @@ fn draw(path: &Path, m: &TrainManifest) -> std::result::Result<(), Box<dyn std::
         .collect();
     let hi = values.iter().copied().fold(1e-6, f64::max) * 1.5;
     let lo = values.iter().copied().fold(hi, f64::min) / 1.5;
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(root)
         .caption("generator: weighted token MSE", ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
@@ -113,6 +103,5 @@ fn draw(path: &Path, m: &TrainManifest) -> std::result::Result<(), Box<dyn std::
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
         .draw()?;
-    root.present()?;
     Ok(())
 }
