@@ -1,65 +1,28 @@
 //! End to end on the tiny model and a synthetic BoolQ: a collection's layout, manifests, spread and
 //! index; finetune's PEFT output; encoding; the base-model hash cache; clear errors for bad input.
 
-mod common;
-
 use dnd_collect::{
-    collect, encode, finetune, model_sha256, task_checkpoints, BaseModel, CollectError,
-    CollectPlan, CollectionIndex, Event, Manifest, TrainConfig, INDEX_FILE, STD_FILE,
+    collect, encode, finetune, model_sha256, task_checkpoints, CollectError, CollectionIndex,
+    Event, Manifest, INDEX_FILE, STD_FILE,
 };
 use dnd_tasks::SplitConfig;
-use std::path::Path;
-
-fn train(steps: usize) -> TrainConfig {
-    TrainConfig {
-        rank: 2,
-        alpha: 4.0,
-        targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
-        seed: 5,
-        lr: 1e-2,
-        warmup_steps: 1,
-        min_lr_ratio: 0.1,
-        weight_decay: 0.0,
-        max_grad_norm: 1.0,
-        batch: 4,
-        micro_batch_tokens: 128,
-        max_len: 64,
-        steps,
-    }
-}
-
-fn base() -> BaseModel {
-    BaseModel {
-        path: "tiny".into(),
-        sha256: "ab".repeat(32),
-    }
-}
-
-fn plan(dir: &Path, root: &Path, tasks: &[&str]) -> CollectPlan {
-    CollectPlan {
-        dir: dir.into(),
-        tasks: tasks.iter().map(|t| t.to_string()).collect(),
-        train: train(6),
-        first_phase: 3,
-        data_root: root.into(),
-        split: SplitConfig::default(),
-        state_every: 2,
-    }
-}
+use dnd_testkit::{
+    boolq_root, files, test_base_model, tiny_collect_config, tiny_collect_plan, tiny_llm,
+};
 
 #[test]
 fn a_collection_has_checkpoints_manifests_spread_and_an_index() {
     let tmp = tempfile::tempdir().unwrap();
-    let llm = common::tiny_llm(tmp.path());
+    let llm = tiny_llm(tmp.path());
     let root = tmp.path().join("data");
-    common::boolq_root(&root, 80);
+    boolq_root(&root, 80);
     let dir = tmp.path().join("coll");
     let mut events = Vec::new();
     let index = collect(
         &llm.model,
         &llm.tokenizer,
-        &base(),
-        &plan(&dir, &root, &["boolq"]),
+        &test_base_model("tiny"),
+        &tiny_collect_plan(&dir, &root, &["boolq"]),
         &mut |e| {
             events.push(match e {
                 Event::TaskStart { task, steps } => format!("start {task} {steps}"),
@@ -80,7 +43,7 @@ fn a_collection_has_checkpoints_manifests_spread_and_an_index() {
     assert!(e.mean_std_lora_a > 0.0 && e.mean_std_lora_b > 0.0, "{e:?}");
     let m = Manifest::read(&dir.join("boolq/manifest.json")).unwrap();
     assert!(m.complete);
-    assert_eq!(m.spec.base_model, base());
+    assert_eq!(m.spec.base_model, test_base_model("tiny"));
     assert_eq!(m.spec.data.part, "adapter-train");
     assert!(m.spec.data.encoded.sequences > 0);
     assert_eq!(m.steps.len(), 6);
@@ -99,12 +62,12 @@ fn a_collection_has_checkpoints_manifests_spread_and_an_index() {
 
     // Collecting again resumes nothing and rewrites nothing but the index; the same seed gives the
     // same bytes in another directory.
-    let before = common::files(&dir.join("boolq/checkpoints"));
+    let before = files(&dir.join("boolq/checkpoints"));
     let again = collect(
         &llm.model,
         &llm.tokenizer,
-        &base(),
-        &plan(&dir, &root, &["boolq"]),
+        &test_base_model("tiny"),
+        &tiny_collect_plan(&dir, &root, &["boolq"]),
         &mut |_| {},
     )
     .unwrap();
@@ -113,26 +76,26 @@ fn a_collection_has_checkpoints_manifests_spread_and_an_index() {
     collect(
         &llm.model,
         &llm.tokenizer,
-        &base(),
-        &plan(&other, &root, &["boolq"]),
+        &test_base_model("tiny"),
+        &tiny_collect_plan(&other, &root, &["boolq"]),
         &mut |_| {},
     )
     .unwrap();
-    assert_eq!(before, common::files(&other.join("boolq/checkpoints")));
+    assert_eq!(before, files(&other.join("boolq/checkpoints")));
 }
 
 #[test]
 fn bad_input_gives_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
-    let llm = common::tiny_llm(tmp.path());
+    let llm = tiny_llm(tmp.path());
     let root = tmp.path().join("data");
-    common::boolq_root(&root, 80);
+    boolq_root(&root, 80);
     let dir = tmp.path().join("coll");
     let err = collect(
         &llm.model,
         &llm.tokenizer,
-        &base(),
-        &plan(&dir, &root, &["boolq", "nope"]),
+        &test_base_model("tiny"),
+        &tiny_collect_plan(&dir, &root, &["boolq", "nope"]),
         &mut |_| {},
     )
     .unwrap_err();
@@ -147,8 +110,8 @@ fn bad_input_gives_clear_errors() {
     let err = collect(
         &llm.model,
         &llm.tokenizer,
-        &base(),
-        &plan(&dir, &root, &["piqa"]),
+        &test_base_model("tiny"),
+        &tiny_collect_plan(&dir, &root, &["piqa"]),
         &mut |_| {},
     )
     .unwrap_err();
@@ -156,9 +119,16 @@ fn bad_input_gives_clear_errors() {
         err.to_string().contains("piqa"),
         "a missing data file names itself: {err}"
     );
-    let mut p = plan(&dir, &root, &["boolq"]);
+    let mut p = tiny_collect_plan(&dir, &root, &["boolq"]);
     p.first_phase = 6;
-    let err = collect(&llm.model, &llm.tokenizer, &base(), &p, &mut |_| {}).unwrap_err();
+    let err = collect(
+        &llm.model,
+        &llm.tokenizer,
+        &test_base_model("tiny"),
+        &p,
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("no checkpoint"), "{err}");
     let err = encode(&llm.tokenizer, "t", &[], 16).unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
@@ -167,17 +137,17 @@ fn bad_input_gives_clear_errors() {
 #[test]
 fn finetune_writes_a_peft_adapter_with_its_manifest_and_curve() {
     let tmp = tempfile::tempdir().unwrap();
-    let llm = common::tiny_llm(tmp.path());
+    let llm = tiny_llm(tmp.path());
     let root = tmp.path().join("data");
-    common::boolq_root(&root, 80);
+    boolq_root(&root, 80);
     let out = tmp.path().join("adapter");
     let mut steps = 0;
     let m = finetune(
         &llm.model,
         &llm.tokenizer,
-        &base(),
+        &test_base_model("tiny"),
         "boolq",
-        &train(4),
+        &tiny_collect_config(4),
         &root,
         &SplitConfig::default(),
         &out,
@@ -199,7 +169,7 @@ fn finetune_writes_a_peft_adapter_with_its_manifest_and_curve() {
 #[test]
 fn encoding_keeps_the_answer_and_cuts_the_context_from_the_left() {
     let tmp = tempfile::tempdir().unwrap();
-    let llm = common::tiny_llm(tmp.path());
+    let llm = tiny_llm(tmp.path());
     let pairs = vec![
         ("abcdefghij".to_string(), " yes".to_string()),
         ("ab".to_string(), " no".to_string()),

@@ -2,8 +2,6 @@
 //! the same bytes as an uninterrupted one; same seed, same bytes; finished runs are not redone; runs
 //! with other settings are refused; micro-batching leaves the update unchanged; training learns.
 
-mod common;
-
 use dnd_collect::{
     run, BaseModel, CollectError, DataInfo, EncodeStats, Manifest, RunOptions, RunOutcome, RunSpec,
     Saves, Sequence, TrainConfig, Trainer, CHECKPOINTS_DIR, LOSS_PNG, STATE_FILE,
@@ -110,13 +108,13 @@ fn outputs(dir: &Path) -> Outputs {
         .iter()
         .map(|r| (r.loss, r.lr, r.grad_norm))
         .collect();
-    (common::files(&dir.join(CHECKPOINTS_DIR)), steps)
+    (dnd_testkit::files(&dir.join(CHECKPOINTS_DIR)), steps)
 }
 
 #[test]
 fn an_interrupted_run_ends_with_the_same_bytes() {
     let tmp = tempfile::tempdir().unwrap();
-    let llm = common::tiny_llm(tmp.path());
+    let llm = dnd_testkit::tiny_llm(tmp.path());
     let spec = spec(config(), Saves::EveryStepFrom(4));
     let straight = tmp.path().join("straight");
     let m = complete(go(&llm.model, &spec, &straight, None, &mut Vec::new()).unwrap());
@@ -165,7 +163,7 @@ fn an_interrupted_run_ends_with_the_same_bytes() {
 #[test]
 fn finished_runs_are_kept_and_other_settings_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let llm = common::tiny_llm(tmp.path());
+    let llm = dnd_testkit::tiny_llm(tmp.path());
     let dir = tmp.path().join("run");
     let spec = spec(config(), Saves::Final);
     let m = complete(go(&llm.model, &spec, &dir, None, &mut Vec::new()).unwrap());
@@ -196,7 +194,7 @@ fn finished_runs_are_kept_and_other_settings_refused() {
 #[test]
 fn the_seed_decides_the_bytes() {
     let tmp = tempfile::tempdir().unwrap();
-    let llm = common::tiny_llm(tmp.path());
+    let llm = dnd_testkit::tiny_llm(tmp.path());
     let mut short = config();
     short.steps = 3;
     let run_with = |seed: u64, name: &str| {
@@ -211,7 +209,7 @@ fn the_seed_decides_the_bytes() {
             &mut Vec::new(),
         )
         .unwrap();
-        common::files(&dir.join(CHECKPOINTS_DIR))
+        dnd_testkit::files(&dir.join(CHECKPOINTS_DIR))
     };
     let a = run_with(1, "a");
     assert_eq!(a, run_with(1, "b"));
@@ -221,7 +219,7 @@ fn the_seed_decides_the_bytes() {
 #[test]
 fn micro_batching_leaves_the_update_unchanged() {
     let tmp = tempfile::tempdir().unwrap();
-    let llm = common::tiny_llm(tmp.path());
+    let llm = dnd_testkit::tiny_llm(tmp.path());
     let data = seqs();
     let batch: Vec<&Sequence> = data.iter().take(6).collect();
     let mut params = Vec::new();
@@ -261,7 +259,7 @@ fn micro_batching_leaves_the_update_unchanged() {
 #[test]
 fn training_lowers_the_answer_loss() {
     let tmp = tempfile::tempdir().unwrap();
-    let llm = common::tiny_llm(tmp.path());
+    let llm = dnd_testkit::tiny_llm(tmp.path());
     let mut c = config();
     c.steps = 40;
     let m = complete(

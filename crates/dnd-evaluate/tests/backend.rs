@@ -10,25 +10,10 @@ use dnd_evaluate::{truncate_at_stop, LanguageModel, LlmBackend};
 use dnd_llm::score::{encode_pair, loglikelihood};
 use dnd_llm::{ModelConfig, Target, Tokenizer, Transformer};
 use dnd_tasks::{Context, PromptStyle};
+use dnd_testkit::byte_chars;
 
 const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 const MERGES: [&str; 4] = ["h e", "l l", "Ġ w", "Ġ Ġ"];
-
-/// GPT-2's byte alphabet in byte order, so that every byte has a token.
-fn byte_chars() -> Vec<String> {
-    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-    let mut next = 256;
-    (0..=255u8)
-        .map(|b| {
-            if printable(b) {
-                char::from(b).to_string()
-            } else {
-                next += 1;
-                char::from_u32(next - 1).unwrap().to_string()
-            }
-        })
-        .collect()
-}
 
 /// Ids 0-2 specials (`<|endoftext|>`, `<|im_start|>`, `<|im_end|>`), 3-258 bytes, then merges.
 fn tokenizer() -> Tokenizer {

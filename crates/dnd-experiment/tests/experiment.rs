@@ -2,14 +2,10 @@
 //! two-task collection collected here (synthetic BoolQ and SIQA), a synthetic prompt encoder. Checks
 //! the report's shape and files, and that a second run reuses everything (no scoring, no training).
 
-#[path = "../../dnd-collect/tests/common/mod.rs"]
-mod common;
-
 use candle_core::{Device, Tensor};
-use dnd_collect::{collect, BaseModel, CollectPlan, TrainConfig as CollectConfig};
+use dnd_collect::collect;
 use dnd_evaluate::{EvalConfig, ScoreEvent};
 use dnd_experiment::{run, Context, Event, ExperimentConfig, Paths, PromptEncoder};
-use dnd_tasks::SplitConfig;
 use dnd_train::TrainConfig;
 use std::path::Path;
 
@@ -76,38 +72,13 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
     let tmp = tempfile::tempdir().unwrap();
     let model_dir = tmp.path().join("model");
     std::fs::create_dir_all(&model_dir).unwrap();
-    let llm = common::tiny_llm(&model_dir);
+    let llm = dnd_testkit::tiny_llm(&model_dir);
     let root = tmp.path().join("data");
-    common::boolq_root(&root, 80);
+    dnd_testkit::boolq_root(&root, 80);
     siqa_root(&root, 80);
     let coll = tmp.path().join("collection");
-    let plan = CollectPlan {
-        dir: coll.clone(),
-        tasks: vec!["boolq".into(), "siqa".into()],
-        train: CollectConfig {
-            rank: 2,
-            alpha: 4.0,
-            targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
-            seed: 5,
-            lr: 1e-2,
-            warmup_steps: 1,
-            min_lr_ratio: 0.1,
-            weight_decay: 0.0,
-            max_grad_norm: 1.0,
-            batch: 4,
-            micro_batch_tokens: 128,
-            max_len: 64,
-            steps: 6,
-        },
-        first_phase: 3,
-        data_root: root.clone(),
-        split: SplitConfig::default(),
-        state_every: 2,
-    };
-    let base = BaseModel {
-        path: model_dir.display().to_string(),
-        sha256: "ab".repeat(32),
-    };
+    let plan = dnd_testkit::tiny_collect_plan(&coll, &root, &["boolq", "siqa"]);
+    let base = dnd_testkit::test_base_model(&model_dir.display().to_string());
     collect(&llm.model, &llm.tokenizer, &base, &plan, &mut |_| {}).unwrap();
 
     let cfg = ExperimentConfig {

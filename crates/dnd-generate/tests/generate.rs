@@ -4,28 +4,11 @@
 use candle_core::{DType, Device, Tensor};
 use dnd_decode::{DecoderConfig, GeneratorMeta, HyperConvDecoder};
 use dnd_generate::{draw, draw_batches, Generator, GeneratorInfo};
-use dnd_llm::{Arch, LoraConfig, ModelConfig, Target};
+use dnd_llm::{LoraConfig, ModelConfig, Target};
+use dnd_testkit::tiny_model_config;
 use dnd_tokenize::LoraTokenizer;
 use rand::SeedableRng;
 use std::path::Path;
-
-fn tiny_model() -> ModelConfig {
-    ModelConfig {
-        arch: Arch::Llama,
-        vocab_size: 100,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 8,
-        rope_theta: 10000.0,
-        rms_norm_eps: 1e-6,
-        tie_word_embeddings: true,
-        qkv_bias: false,
-        max_position_embeddings: 128,
-    }
-}
 
 fn saved_generator(dir: &Path) {
     saved_generator_with(dir, |_| None)
@@ -33,7 +16,7 @@ fn saved_generator(dir: &Path) {
 
 /// A saved generator with the offset `offset(output shape)` (see `dnd_generate::OFFSET_FILE`).
 fn saved_generator_with(dir: &Path, offset: impl Fn([usize; 3]) -> Option<Tensor>) {
-    let model = tiny_model();
+    let model = tiny_model_config();
     let lora = LoraConfig::new(2, 4.0, &Target::ALL);
     let tok = LoraTokenizer::with_default_width(&model, &lora).unwrap();
     let (h, w) = tok.token_shape();
@@ -58,7 +41,7 @@ fn saved_generator_with(dir: &Path, offset: impl Fn([usize; 3]) -> Option<Tensor
 fn a_generated_adapter_loads_as_peft_for_the_base_config() {
     let dir = tempfile::tempdir().unwrap();
     saved_generator(dir.path());
-    let model = tiny_model();
+    let model = tiny_model_config();
     let g = Generator::load(dir.path(), &model, None).unwrap();
     assert_eq!((g.prompts_per_batch(), g.prompt_len()), (4, 8));
     // Prompts of different lengths, some longer than L.
@@ -78,7 +61,7 @@ fn the_offset_is_added_to_the_decoder_output() {
     let (plain, shifted) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     saved_generator(plain.path());
     let offset = |shape: [usize; 3]| Tensor::randn(0f32, 1.0, &shape, &Device::Cpu).unwrap();
-    let model = tiny_model();
+    let model = tiny_model_config();
     let g0 = Generator::load(plain.path(), &model, None).unwrap();
     let o = offset(g0.decoder().config().output());
     saved_generator_with(shifted.path(), |_| Some(o.clone()));
@@ -108,7 +91,10 @@ fn the_offset_is_added_to_the_decoder_output() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("offset.safetensors") && err.contains("shape"), "{err}");
+    assert!(
+        err.contains("offset.safetensors") && err.contains("shape"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -117,7 +103,7 @@ fn another_base_model_or_rank_is_refused() {
     saved_generator(dir.path());
     let other = ModelConfig {
         hidden_size: 48,
-        ..tiny_model()
+        ..tiny_model_config()
     };
     let err = Generator::load(dir.path(), &other, None)
         .err()
@@ -127,7 +113,7 @@ fn another_base_model_or_rank_is_refused() {
         err.contains("another adapter layout") && err.contains("base model"),
         "{err}"
     );
-    let err = Generator::load(dir.path(), &tiny_model(), Some(8))
+    let err = Generator::load(dir.path(), &tiny_model_config(), Some(8))
         .err()
         .unwrap()
         .to_string();
@@ -141,14 +127,14 @@ fn a_corrupt_generator_is_a_clear_error() {
     let weights = dir.path().join(dnd_decode::WEIGHTS_FILE);
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
-    let err = Generator::load(dir.path(), &tiny_model(), None)
+    let err = Generator::load(dir.path(), &tiny_model_config(), None)
         .err()
         .unwrap()
         .to_string();
     assert!(err.contains("unreadable generator file"), "{err}");
 
     std::fs::write(dir.path().join(dnd_decode::CONFIG_FILE), "{ not json").unwrap();
-    let err = Generator::load(dir.path(), &tiny_model(), None)
+    let err = Generator::load(dir.path(), &tiny_model_config(), None)
         .err()
         .unwrap()
         .to_string();

@@ -5,29 +5,12 @@
 use candle_core::{DType, Device, Tensor};
 use dnd_decode::{DecoderConfig, GeneratorMeta};
 use dnd_generate::GeneratorInfo;
-use dnd_llm::{Arch, Lora, LoraConfig, ModelConfig, Target};
+use dnd_llm::{Lora, LoraConfig, Target};
+use dnd_testkit::tiny_model_config;
 use dnd_tokenize::LoraTokenizer;
 use dnd_train::{GeneratorTrainer, Setup, TaskData, TrainConfig, MANIFEST_FILE};
 use rand::{Rng, SeedableRng};
 use std::path::Path;
-
-fn tiny_model() -> ModelConfig {
-    ModelConfig {
-        arch: Arch::Llama,
-        vocab_size: 100,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 8,
-        rope_theta: 10000.0,
-        rms_norm_eps: 1e-6,
-        tie_word_embeddings: true,
-        qkv_bias: false,
-        max_position_embeddings: 128,
-    }
-}
 
 const C: usize = 16;
 
@@ -81,7 +64,7 @@ fn task(tok: &LoraTokenizer, name: &str, seed: u64, shift: f32, k: usize) -> Tas
 }
 
 fn setup(out: &Path) -> (Setup, Vec<TaskData>) {
-    let model = tiny_model();
+    let model = tiny_model_config();
     let lora = LoraConfig::new(2, 4.0, &Target::ALL);
     let tok = LoraTokenizer::with_default_width(&model, &lora).unwrap();
     let (h, w) = tok.token_shape();

@@ -1,15 +1,41 @@
-//! A tiny Llama with pseudo-random weights and a byte-level tokenizer, written as a Hugging Face directory,
-//! so tests train real LoRA adapters in well under a second per step without any downloaded model.
-#![allow(dead_code)]
+//! Test fixtures shared by the workspace's tests, so that no test file carries its own copy: a tiny
+//! base-model config, a tiny Llama with pseudo-random weights and a byte-level tokenizer written as a
+//! Hugging Face directory (tests train real LoRA adapters in well under a second per step without any
+//! downloaded model), synthetic benchmark data and the settings of a tiny checkpoint collection.
+//!
+//! A dev-dependency only (`publish = false`); helpers panic on failure, as tests want.
 
 use candle_core::{DType, Device, Tensor};
-use dnd_llm::{Llm, ModelConfig, Target};
+use dnd_collect::{BaseModel, CollectPlan, TrainConfig};
+use dnd_llm::{Arch, Llm, ModelConfig, Target};
+use dnd_tasks::SplitConfig;
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-/// GPT-2's byte-to-character map: byte b is token b.
-fn byte_chars() -> Vec<String> {
+/// A 2-layer Llama config (hidden 32, 4 heads, 2 KV heads, vocabulary 100), for tests that need only
+/// the shapes of a base model.
+pub fn tiny_model_config() -> ModelConfig {
+    ModelConfig {
+        arch: Arch::Llama,
+        vocab_size: 100,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 8,
+        rope_theta: 10000.0,
+        rms_norm_eps: 1e-6,
+        tie_word_embeddings: true,
+        qkv_bias: false,
+        max_position_embeddings: 128,
+    }
+}
+
+/// GPT-2's byte alphabet in byte order (its byte-to-character map), so that every byte has a token:
+/// in the tiny tokenizer, byte b is token b.
+pub fn byte_chars() -> Vec<String> {
     let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
     let mut next = 256;
     (0..=255u8)
@@ -118,8 +144,8 @@ pub fn boolq_root(dir: &Path, n: usize) {
 }
 
 /// Every file under `dir` (relative path -> bytes), for byte-for-byte comparisons.
-pub fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let mut out = std::collections::BTreeMap::new();
+pub fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
@@ -133,4 +159,46 @@ pub fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
         }
     }
     out
+}
+
+/// LoRA fine-tuning settings small enough for the tiny model: rank 2 on q/v/down, batches of 4, `steps`
+/// updates.
+pub fn tiny_collect_config(steps: usize) -> TrainConfig {
+    TrainConfig {
+        rank: 2,
+        alpha: 4.0,
+        targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+        seed: 5,
+        lr: 1e-2,
+        warmup_steps: 1,
+        min_lr_ratio: 0.1,
+        weight_decay: 0.0,
+        max_grad_norm: 1.0,
+        batch: 4,
+        micro_batch_tokens: 128,
+        max_len: 64,
+        steps,
+    }
+}
+
+/// A collection of `tasks` into `dir` from the data under `root`: 6 steps of [`tiny_collect_config`],
+/// the first 3 a first phase, run state every 2 steps.
+pub fn tiny_collect_plan(dir: &Path, root: &Path, tasks: &[&str]) -> CollectPlan {
+    CollectPlan {
+        dir: dir.into(),
+        tasks: tasks.iter().map(|t| t.to_string()).collect(),
+        train: tiny_collect_config(6),
+        first_phase: 3,
+        data_root: root.into(),
+        split: SplitConfig::default(),
+        state_every: 2,
+    }
+}
+
+/// The base model of a test collection: `path` with a made-up sha256.
+pub fn test_base_model(path: &str) -> BaseModel {
+    BaseModel {
+        path: path.into(),
+        sha256: "ab".repeat(32),
+    }
 }
