@@ -2,11 +2,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] dnd_assets::PathIoError),
     #[error("{path}: invalid JSON: {reason}")]
     Json { path: PathBuf, reason: String },
     #[error(transparent)]
@@ -35,8 +32,5 @@ pub enum CollectError {
 pub type Result<T> = std::result::Result<T, CollectError>;
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> CollectError + '_ {
-    move |source| CollectError::Io {
-        path: path.into(),
-        source,
-    }
+    dnd_assets::io_err(path)
 }

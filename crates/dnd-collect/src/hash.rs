@@ -2,7 +2,7 @@
 //! hashes are remembered (by [`dnd_assets::sha256_file_memo`], in `$DND_CACHE/hashes.json`) under the
 //! file's canonical path, size and modification time; a changed file is hashed again.
 
-use crate::error::{io_err, CollectError, Result};
+use crate::error::{io_err, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -31,8 +31,6 @@ pub fn model_sha256(path: &Path, cache: &Path) -> Result<String> {
 }
 
 fn file_sha256(path: &Path, cache: &Path) -> Result<String> {
-    dnd_assets::sha256_file_memo(path, cache).map_err(|e| CollectError::Io {
-        path: path.into(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    dnd_assets::sha256_file_memo(path, cache)
+        .map_err(|e| io_err(path)(std::io::Error::other(e.to_string())))
 }

@@ -346,9 +346,7 @@ fn write_manifest(
 
 /// Write `bytes` to `path` through a temporary file in the same directory and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    Ok(dnd_assets::write_atomic(path, bytes)?)
 }
 
 fn tmp_path(path: &Path) -> PathBuf {

@@ -46,12 +46,8 @@ pub enum EvalError {
     Tasks(#[from] dnd_tasks::Error),
     #[error(transparent)]
     Tokenizer(#[from] dnd_llm::tokenizer::TokenizerError),
-    #[error("{path}: {source}")]
-    Io {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] dnd_assets::PathIoError),
     #[error("{path}: {source}")]
     Json {
         path: std::path::PathBuf,
@@ -66,8 +62,5 @@ pub type Result<T> = std::result::Result<T, EvalError>;
 
 /// Shorthand for an I/O error on a path.
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
-    move |source| EvalError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    dnd_assets::io_err(path)
 }

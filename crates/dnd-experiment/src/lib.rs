@@ -42,12 +42,8 @@ pub enum ExperimentError {
     Json { path: PathBuf, reason: String },
     #[error("{path}: cannot draw: {reason}")]
     Plot { path: PathBuf, reason: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] dnd_assets::PathIoError),
     #[error(transparent)]
     Llm(#[from] dnd_llm::LlmError),
     #[error(transparent)]
@@ -71,10 +67,7 @@ pub enum ExperimentError {
 pub type Result<T> = std::result::Result<T, ExperimentError>;
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExperimentError + '_ {
-    move |source| ExperimentError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    dnd_assets::io_err(path)
 }
 
 /// Write `text` through a temporary file and a rename, so a killed run leaves no half-written file.

@@ -85,14 +85,10 @@ pub fn save(
 
 /// Write `bytes` under a temporary name in the same directory, then rename over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let io = |p: &Path| {
-        let path = p.to_path_buf();
-        move |source| GenerateError::Io { path, source }
-    };
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    dnd_assets::write_atomic(path, bytes).map_err(|e| GenerateError::Io {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// A loaded generator: decoder, the tokenizer of the adapter layout it emits, and its encoder settings.

@@ -41,12 +41,8 @@ pub enum TrainError {
     State { path: PathBuf, reason: String },
     #[error("{path}: cannot draw the loss curve: {reason}")]
     Plot { path: PathBuf, reason: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] dnd_assets::PathIoError),
     #[error(transparent)]
     Collect(#[from] dnd_collect::CollectError),
     #[error(transparent)]
@@ -66,8 +62,5 @@ pub enum TrainError {
 pub type Result<T> = std::result::Result<T, TrainError>;
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    dnd_assets::io_err(path)
 }
