@@ -6,7 +6,7 @@ use crate::{ExperimentError, Result};
 use candle_core::{DType, Tensor};
 use dnd_collect::{CollectionIndex, INDEX_FILE};
 use dnd_decode::{DecoderConfig, GeneratorMeta};
-use dnd_encode::{CachedEncoder, Encoder};
+use dnd_encode::{CachedEncoder, Encoder, PromptStates};
 use dnd_generate::{Generator, GeneratorInfo};
 use dnd_llm::{Lora, ModelConfig};
 use dnd_tasks::{find_task, Part, SplitConfig};
@@ -26,13 +26,14 @@ pub trait PromptEncoder {
     fn max_len(&self) -> usize;
 }
 
+/// The per-prompt hidden states of an `encode_each` result.
+fn hidden_states(states: Vec<PromptStates>) -> Vec<Tensor> {
+    states.into_iter().map(|s| s.hidden).collect()
+}
+
 impl PromptEncoder for Encoder {
     fn encode(&self, prompts: &[&str]) -> Result<Vec<Tensor>> {
-        Ok(self
-            .encode_each(prompts)?
-            .into_iter()
-            .map(|s| s.hidden)
-            .collect())
+        Ok(hidden_states(self.encode_each(prompts)?))
     }
     fn hidden_size(&self) -> usize {
         Encoder::hidden_size(self)
@@ -45,22 +46,19 @@ impl PromptEncoder for Encoder {
     }
 }
 
+/// The cached encoder is its encoder: same states (from the cache when present), same description.
 impl PromptEncoder for CachedEncoder {
     fn encode(&self, prompts: &[&str]) -> Result<Vec<Tensor>> {
-        Ok(self
-            .encode_each(prompts)?
-            .into_iter()
-            .map(|s| s.hidden)
-            .collect())
+        Ok(hidden_states(self.encode_each(prompts)?))
     }
     fn hidden_size(&self) -> usize {
-        self.encoder().hidden_size()
+        PromptEncoder::hidden_size(self.encoder())
     }
     fn model_hash(&self) -> String {
-        self.encoder().model_hash().to_string()
+        PromptEncoder::model_hash(self.encoder())
     }
     fn max_len(&self) -> usize {
-        self.encoder().config().max_len
+        PromptEncoder::max_len(self.encoder())
     }
 }
 
