@@ -3,7 +3,8 @@
 
 use crate::error::{io_err, CollectError, Result};
 use crate::trainer::StepRecord;
-use plotters::coord::Shift;
+use plotters::chart::SeriesLabelStyle;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 use std::path::Path;
@@ -47,6 +48,20 @@ pub fn render_png<E>(
             .map_err(plot_err)?;
     }
     std::fs::rename(&tmp, path).map_err(io_err)
+}
+
+/// The legend of every figure: a translucent white box with a black frame and `font_px` text, ready
+/// for a position and `draw()`.
+pub fn legend<'a, 'b, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &'b mut ChartContext<'a, DB, CT>,
+    font_px: u32,
+) -> SeriesLabelStyle<'a, 'b, DB, CT> {
+    let mut style = chart.configure_series_labels();
+    style
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", font_px));
+    style
 }
 
 /// Plot loss per step to `path` (written under a temporary name, then renamed), shading the steps
@@ -130,11 +145,6 @@ fn draw(
         .draw_series(LineSeries::new(smooth, RED.stroke_width(2)))?
         .label(format!("mean of the last {window} steps"))
         .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], RED.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()?;
+    legend(&mut chart, 14).draw()?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use crate::report::Report;
 use crate::{io_err, ExperimentError, Result};
-use dnd_collect::plot::{render_png, Area, DrawResult};
+use dnd_collect::plot::{legend, render_png, Area, DrawResult};
 use dnd_train::TrainManifest;
 use plotters::prelude::*;
 use std::collections::BTreeMap;
@@ -102,12 +102,8 @@ pub fn accuracy(path: &Path, r: &Report) -> Result<()> {
             });
             chart.draw_series(errs)?;
         }
-        chart
-            .configure_series_labels()
+        legend(&mut chart, 13)
             .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
             .draw()?;
         Ok(())
     })
@@ -186,12 +182,7 @@ pub fn curves(path: &Path, manifests: &BTreeMap<String, TrainManifest>) -> Resul
                 )
             }))?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
-            .draw()?;
+        legend(&mut chart, 13).draw()?;
         Ok(())
     })
 }
@@ -255,12 +246,7 @@ pub fn pca(path: &Path, r: &Report) -> Result<()> {
                     .legend(move |(x, y)| Cross::new((x + 6, y), 5, color.stroke_width(3)));
             }
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 12))
-            .draw()?;
+        legend(&mut chart, 12).draw()?;
         Ok(())
     })
 }

@@ -5,7 +5,7 @@
 
 use crate::trainer::TrainManifest;
 use crate::{io_err, Result, TrainError};
-use dnd_collect::plot::{render_png, Area, DrawResult};
+use dnd_collect::plot::{legend, render_png, Area, DrawResult};
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -97,11 +97,6 @@ fn draw(root: &Area, m: &TrainManifest) -> DrawResult {
                 });
         }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()?;
+    legend(&mut chart, 14).draw()?;
     Ok(())
 }
