@@ -62,6 +62,7 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
         seed: a.seed,
         prompts: g.prompts,
         prompt_len: g.prompt_len,
+        decoder_hidden: g.decoder_hidden,
         train: g.train_config(),
         oracle_trajectory: a.oracle_trajectory,
         eval: EvalConfig::default(),

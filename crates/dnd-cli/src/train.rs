@@ -31,6 +31,9 @@ pub struct GeneratorArgs {
     /// L: word pieces per prompt (also the encoder's limit).
     #[arg(long, default_value_t = CPU_DEFAULT_INPUT[1])]
     pub prompt_len: usize,
+    /// Maps before the decoder's last layer: every output token is mixed from these.
+    #[arg(long, default_value_t = dnd_decode::CPU_DEFAULT_HIDDEN)]
+    pub decoder_hidden: usize,
     /// Generator updates (per target in `dnd experiment`; the final generator is used).
     #[arg(long, default_value_t = TrainConfig::default().steps)]
     pub steps: usize,
@@ -140,6 +143,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         prompts: g.prompts,
         prompt_len: g.prompt_len,
         out: a.out.clone(),
+        decoder_hidden: g.decoder_hidden,
     };
     let (setup, data) = prepare_training(&inputs, &enc)?;
     if a.fresh && a.out.exists() {

@@ -11,6 +11,9 @@ pub type Stage = [usize; 3];
 /// The CPU default condition: 32 prompts of at most 32 word pieces, MiniLM's 384 hidden units.
 pub const CPU_DEFAULT_INPUT: Stage = [32, 32, 384];
 
+/// The CPU default's N before the last layer: the number of maps every output token is mixed from.
+pub const CPU_DEFAULT_HIDDEN: usize = 64;
+
 /// A cascade of hyper-convolutional layers, one between each pair of consecutive stages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecoderConfig {
@@ -44,7 +47,13 @@ impl DecoderConfig {
     /// count only in the last layer, whose N-mixing conv (`H' W' N_w hidden_n k^2` multiply-adds) is the
     /// largest single term. Meant for [`CPU_DEFAULT_INPUT`]; see the crate docs for the measurements.
     pub fn cpu_default(input: Stage, output: Stage) -> Self {
-        Self::geometric(input, output, 3, 64, 3)
+        Self::cpu(input, output, CPU_DEFAULT_HIDDEN)
+    }
+
+    /// The CPU default's shape with `hidden` maps before the last layer: the decoder's capacity to
+    /// emit distinct per-token patterns grows with it (and the last layer's cost linearly).
+    pub fn cpu(input: Stage, output: Stage, hidden: usize) -> Self {
+        Self::geometric(input, output, 3, hidden, 3)
     }
 
     /// `depth` layers from `input` to `output`: H and W interpolated geometrically over all layers, N

@@ -26,7 +26,7 @@ mod decoder;
 mod im2col;
 mod layer;
 
-pub use config::{DecoderConfig, Stage, CPU_DEFAULT_INPUT};
+pub use config::{DecoderConfig, Stage, CPU_DEFAULT_HIDDEN, CPU_DEFAULT_INPUT};
 pub use decoder::{config_hash, GeneratorMeta, HyperConvDecoder, CONFIG_FILE, WEIGHTS_FILE};
 pub use layer::{conv_same, HyperConvLayer};
 

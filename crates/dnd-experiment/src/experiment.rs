@@ -43,6 +43,8 @@ pub struct ExperimentConfig {
     /// N and L of the generator's condition.
     pub prompts: usize,
     pub prompt_len: usize,
+    /// Maps before the decoder's last layer (`DecoderConfig::cpu`).
+    pub decoder_hidden: usize,
     /// Every generator is trained with this for a fixed number of steps; the final one is used.
     pub train: TrainConfig,
     /// Score this many of the oracle's saved checkpoints (evenly spaced, first and last included) on
@@ -478,11 +480,27 @@ fn train_generator(
         prompts: cfg.prompts,
         prompt_len: cfg.prompt_len,
         out: dir.to_path_buf(),
+        decoder_hidden: cfg.decoder_hidden,
     };
     let (setup, data) = prepare_training(&inputs, ctx.pool_encoder)?;
     let mut trainer = GeneratorTrainer::open(setup, data, cfg.train.clone())?;
     let steps = cfg.train.steps;
+    // Wall time (data preparation, updates, validation, saves) summed over the invocations that
+    // trained, recorded at every save: an interrupted invocation loses only its share since its
+    // last save, as it loses those steps.
+    let before = read_wall(dir)?;
+    let record = |extra: f64| {
+        write_atomic(
+            &wall_path(dir),
+            &serde_json::json!({ "wall_s": before + extra }).to_string(),
+        )
+    };
     let m = trainer.run(None, &mut |s, v| {
+        if s.step.is_multiple_of(cfg.train.save_every) {
+            if let Err(e) = record(started.elapsed().as_secs_f64()) {
+                tracing::warn!("generator {target}: wall time not recorded: {e}");
+            }
+        }
         on_event(Event::TrainStep {
             target,
             step: s.step,
@@ -491,13 +509,7 @@ fn train_generator(
             val_loss: v.map(|v| v.loss),
         })
     })?;
-    // Wall time (data preparation, updates, validation, saves) summed over the invocations that
-    // trained; an interrupted invocation's share since its last save is lost, as its steps are.
-    let wall = read_wall(dir)? + started.elapsed().as_secs_f64();
-    write_atomic(
-        &wall_path(dir),
-        &serde_json::json!({ "wall_s": wall }).to_string(),
-    )?;
+    record(started.elapsed().as_secs_f64())?;
     Ok(m)
 }
 

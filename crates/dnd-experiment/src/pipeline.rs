@@ -104,6 +104,8 @@ pub struct TrainingInputs<'a> {
     pub prompt_len: usize,
     /// The generator directory.
     pub out: PathBuf,
+    /// Maps before the decoder's last layer ([`DecoderConfig::cpu`]).
+    pub decoder_hidden: usize,
 }
 
 /// The trainer's [`Setup`] and per-task data: each task's checkpoints as LoRA tokens and its `prompts`
@@ -147,9 +149,10 @@ pub fn prepare_training(
         .1;
     let setup = Setup {
         out: inp.out.clone(),
-        decoder: DecoderConfig::cpu_default(
+        decoder: DecoderConfig::cpu(
             [inp.prompts, inp.prompt_len, enc.hidden_size()],
             [tok.num_tokens(), h, w],
+            inp.decoder_hidden,
         ),
         meta: GeneratorMeta::new(&model, &lora, tok.chunk_width()),
         info: GeneratorInfo {

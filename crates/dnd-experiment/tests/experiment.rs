@@ -90,6 +90,7 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
         seed: 0,
         prompts: 4,
         prompt_len: 8,
+        decoder_hidden: 64,
         train: TrainConfig {
             steps: 3,
             lr: 1e-3,
