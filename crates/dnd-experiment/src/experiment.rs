@@ -386,6 +386,10 @@ pub fn run(
         prompts: cfg.prompts,
         prompt_len: cfg.prompt_len,
         train: cfg.train.clone(),
+        decoder: manifests
+            .values()
+            .next()
+            .map(|m: &TrainManifest| (m.decoder.clone(), m.parameters)),
         protocol: cfg.eval.protocol.name().into(),
         collection_wall_s: index.wall_time_s,
         scoring_compute_s: work_s,

@@ -310,6 +310,8 @@ pub struct Report {
     pub prompts: usize,
     pub prompt_len: usize,
     pub train: TrainConfig,
+    /// The decoder every generator was built with, and its parameter count (none without generators).
+    pub decoder: Option<(dnd_decode::DecoderConfig, usize)>,
     pub protocol: String,
     pub collection_wall_s: f64,
     /// Compute spent scoring, summed over every stored run (whichever invocation produced it).
@@ -386,8 +388,9 @@ impl Report {
             o,
             "Protocol. For each held-out target a generator is trained on the other tasks' checkpoints \
              and prompts only, for a fixed {} steps (batch {}, lr {:e}, N={} prompts of L={} word \
-             pieces); the **final generator is used: no checkpoint selection, and no target data is \
-             touched before generation besides its unlabeled `prompts` split**. {} adapters are \
+             pieces; decoder {}; it predicts {}); the **final generator is used: no checkpoint \
+             selection, and no target data is touched before generation besides its unlabeled \
+             `prompts` split**. {} adapters are \
              generated per target, each from its own batch of the target's `prompts` split (seed {}), \
              disjoint from the scored `test` split. Baselines are scored on the same test items:\n\
              - *training LoRAs*: the last checkpoint of each other task's collection run; their mean \
@@ -398,6 +401,15 @@ impl Report {
              over its `prompts` split) has the highest cosine with the target's;\n\
              - *oracle*: the target's own LoRA, fine-tuned on its adapter-train split (its collection run).\n",
             self.train.steps, self.train.batch, self.train.lr, self.prompts, self.prompt_len,
+            self.decoder.as_ref().map_or("unknown".into(), |(d, p)| format!(
+                "stages {:?}, kernel {}, {p} parameters",
+                d.stages, d.kernel
+            )),
+            if self.train.residual {
+                "the offset of each checkpoint from the mean training checkpoint"
+            } else {
+                "whole checkpoints, as the paper"
+            },
             self.adapters, self.seed
         );
         o.push_str("## Accuracy (%)\n\n");
