@@ -5,24 +5,9 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value, VersionedMagic};
 use dnd_llm::tokenizer::{ChatMessage, Tokenizer, TokenizerError, CHATML_TEMPLATE};
+use dnd_testkit::byte_chars;
 
 const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
-
-/// GPT-2's byte alphabet in byte order, so that every byte has a token.
-fn byte_chars() -> Vec<String> {
-    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-    let mut next = 256;
-    (0..=255u8)
-        .map(|b| {
-            if printable(b) {
-                char::from(b).to_string()
-            } else {
-                next += 1;
-                char::from_u32(next - 1).unwrap().to_string()
-            }
-        })
-        .collect()
-}
 
 const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 const MERGES: [&str; 6] = ["h e", "l l", "he ll", "hell o", "Ġ w", "Ġ Ġ"];
