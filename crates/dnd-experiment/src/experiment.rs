@@ -470,6 +470,17 @@ fn train_generator(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<TrainManifest> {
     if let Ok(m) = read_json::<TrainManifest>(&dir.join(MANIFEST_FILE)) {
+        // The maps before the last layer are the one decoder setting the experiment varies; a
+        // generator built with another number must not be taken for this experiment's.
+        let hidden = m.decoder.stages.iter().rev().nth(1).map(|s| s[0]);
+        if hidden != Some(cfg.decoder_hidden) {
+            return Err(ExperimentError::Config(format!(
+                "{} holds a generator with {hidden:?} maps before its last layer, not {}: give this \
+                 setting its own --name",
+                dir.display(),
+                cfg.decoder_hidden
+            )));
+        }
         if m.complete && m.config == cfg.train {
             return Ok(m);
         }

@@ -180,4 +180,18 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
         assert_eq!(a.base, b.base);
         assert_eq!(a.uniform_average, b.uniform_average);
     }
+
+    // A bigger decoder in the same work directory is refused, not served the cached generators.
+    let bigger = ExperimentConfig {
+        decoder_hidden: 96,
+        ..cfg.clone()
+    };
+    let err = run(&bigger, &paths, &ctx, &mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("maps before its last layer") && err.contains("--name"),
+        "{err}"
+    );
 }
