@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use dnd_decode::{DecodeError, DecoderConfig, GeneratorMeta, HyperConvDecoder};
 use dnd_llm::{Arch, LoraConfig, ModelConfig, Target};
+use dnd_testkit::max_abs_diff;
 
 fn tiny() -> DecoderConfig {
     // Layer 0 keeps the shape (residual); layer 1 changes N, H and W.
@@ -173,14 +174,7 @@ fn generator_files_round_trip_and_reject_other_layouts() {
     dec.save(dir.path(), &meta).unwrap();
     let back = HyperConvDecoder::load(dir.path(), &meta, DType::F32).unwrap();
     let x = Tensor::randn(0f32, 1.0, (1, 3, 5, 6), &Device::Cpu).unwrap();
-    let diff = (dec.forward(&x).unwrap() - back.forward(&x).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&dec.forward(&x).unwrap(), &back.forward(&x).unwrap());
     assert_eq!(diff, 0.0);
 
     let mut other_base = smollm2();
@@ -214,14 +208,7 @@ fn im2col_conv_matches_candle_conv2d() {
         let w = randn(&[4, 3, k, k], 4);
         let ours = dnd_decode::conv_same(&x, &w).unwrap();
         let theirs = x.conv2d(&w, k / 2, 1, 1, 1).unwrap();
-        let d = (ours - theirs)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let d = max_abs_diff(&ours, &theirs);
         assert!(d < 1e-12, "kernel {k}: {d}");
     }
 }
@@ -247,14 +234,7 @@ fn matches_the_pytorch_reference_layer() {
             .unwrap();
     }
     let out = dec.forward(&t["input"]).unwrap();
-    let d = (out - &t["output"])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
+    let d = max_abs_diff(&out, &t["output"]);
     eprintln!("max |diff| vs PyTorch: {d:.2e}");
     assert!(d < 1e-10, "{d}");
 }

@@ -209,14 +209,7 @@ fn padding_and_batching_do_not_change_a_prompt() {
     let batch = enc
         .encode(&[LONG, "x", "A man is eating food.", LONG])
         .unwrap();
-    let d = (batch.hidden.get(2).unwrap() - alone.hidden.get(0).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = dnd_testkit::max_abs_diff(&batch.hidden.get(2).unwrap(), &alone.hidden.get(0).unwrap());
     assert!(d < 1e-5, "batch composition changed a prompt by {d}");
 }
 
@@ -236,18 +229,11 @@ fn cache_serves_repeated_prompts_without_encoding() {
     assert_eq!(cached.computed(), 2, "a prompt drawn twice is encoded once");
     let second = cached.encode(&prompts).unwrap();
     assert_eq!(cached.computed(), 2, "second call is served from disk");
-    let same = |a: &Tensor, b: &Tensor| {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    assert_eq!(same(&first.hidden, &second.hidden), 0.0);
-    assert_eq!(same(&first.mask, &second.mask), 0.0);
+    assert_eq!(
+        dnd_testkit::max_abs_diff(&first.hidden, &second.hidden),
+        0.0
+    );
+    assert_eq!(dnd_testkit::max_abs_diff(&first.mask, &second.mask), 0.0);
     cached.encode(&["Name a mammal.", "A new one."]).unwrap();
     assert_eq!(cached.computed(), 3);
     // A fresh encoder over the same directory (a new training run) hits too.
@@ -257,7 +243,7 @@ fn cache_serves_repeated_prompts_without_encoding() {
     );
     let third = again.encode(&prompts).unwrap();
     assert_eq!(again.computed(), 0);
-    assert_eq!(same(&first.hidden, &third.hidden), 0.0);
+    assert_eq!(dnd_testkit::max_abs_diff(&first.hidden, &third.hidden), 0.0);
     // A different length limit is a different key.
     let short = CachedEncoder::new(
         encoder(EncoderConfig {

@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor, D};
 use common::*;
 use dnd_llm::score::{generate_greedy, loglikelihood};
 use dnd_llm::{LoraConfig, Target};
+use dnd_testkit::max_abs_diff;
 
 #[test]
 fn kv_cache_continuation_equals_full_forward() {
@@ -25,14 +26,7 @@ fn kv_cache_continuation_equals_full_forward() {
         .unwrap();
     assert_eq!(cache.len(), 7);
     let inc = Tensor::cat(&[a, b, c], 0).unwrap();
-    let d = (full - inc)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&full, &inc);
     assert!(d < 1e-5, "cached vs full: {d}");
 }
 

@@ -202,3 +202,17 @@ pub fn test_base_model(path: &str) -> BaseModel {
         sha256: "ab".repeat(32),
     }
 }
+
+/// The largest absolute element-wise difference of two tensors of one shape, in f64 (so f32 and f64
+/// comparisons read the same).
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
+    let f = |t: &candle_core::Tensor| t.to_dtype(candle_core::DType::F64).unwrap();
+    (f(a) - f(b))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
