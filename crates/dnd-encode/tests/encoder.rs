@@ -2,7 +2,7 @@
 //! policy, bad input and the disk cache. Tests needing the cached MiniLM skip with a message when it is
 //! absent, unless DND_REQUIRE_ASSETS=1.
 
-use candle_core::{Tensor, D};
+use candle_core::D;
 use dnd_encode::{mean_pool_normalized, CachedEncoder, EncodeError, Encoder, EncoderConfig};
 use std::path::{Path, PathBuf};
 
