@@ -195,17 +195,16 @@ impl GeneratorTrainer {
             .collect();
         let weights = token_weights(&tasks, &setup.mask, config.min_weight)?;
         let (wmask, cells) = weighted_mask(&weights, &setup.mask)?;
-        let offset = if config.residual {
-            let tasks = &tasks;
-            let all: Vec<Tensor> = train
+        // The mean training checkpoint: the offset the decoder predicts from (when `residual`) and
+        // the paper's baseline prediction.
+        let checkpoints = &tasks;
+        let train_mean = mean_of(
+            train
                 .iter()
                 .enumerate()
-                .flat_map(|(t, idx)| idx.iter().map(move |&i| tasks[t].checkpoints[i].clone()))
-                .collect();
-            Some(Tensor::stack(&all, 0)?.mean(0)?)
-        } else {
-            None
-        };
+                .flat_map(|(t, idx)| idx.iter().map(move |&i| &checkpoints[t].checkpoints[i])),
+        )?;
+        let offset = config.residual.then(|| train_mean.clone());
         let latest = setup.out.join(STATE_DIR).join(LATEST);
         let (decoder, opt, steps, validations) = if latest.is_file() {
             let name = std::fs::read_to_string(&latest).map_err(io_err(&latest))?;
@@ -243,7 +242,7 @@ impl GeneratorTrainer {
             validations,
             baselines: (None, None),
         };
-        me.baselines = me.baselines()?;
+        me.baselines = me.baselines(&train_mean)?;
         Ok(me)
     }
 
@@ -485,29 +484,37 @@ impl GeneratorTrainer {
         Ok(Some(sum / self.held.len() as f64))
     }
 
-    /// Held-out losses of predicting the mean of all training checkpoints, and of the own task's.
-    fn baselines(&self) -> Result<(Option<f64>, Option<f64>)> {
-        let mean = |list: Vec<&Tensor>| -> Result<Tensor> {
-            let owned: Vec<Tensor> = list.into_iter().cloned().collect();
-            Ok(Tensor::stack(&owned, 0)?.mean_keepdim(0)?)
-        };
+    /// Held-out losses of predicting `train_mean` (the mean of all training checkpoints), and the
+    /// mean of the own task's.
+    fn baselines(&self, train_mean: &Tensor) -> Result<(Option<f64>, Option<f64>)> {
         let per_task = self
             .train
             .iter()
             .enumerate()
-            .map(|(t, idx)| mean(idx.iter().map(|&i| &self.tasks[t].checkpoints[i]).collect()))
+            .map(|(t, idx)| {
+                mean_of(idx.iter().map(|&i| &self.tasks[t].checkpoints[i]))?
+                    .unsqueeze(0)
+                    .map_err(Into::into)
+            })
             .collect::<Result<Vec<_>>>()?;
-        let all = mean(
-            self.train
-                .iter()
-                .enumerate()
-                .flat_map(|(t, idx)| idx.iter().map(move |&i| &self.tasks[t].checkpoints[i]))
-                .collect(),
-        )?;
+        let all = train_mean.unsqueeze(0)?;
         let global = self.held_out_loss(|_, _, _, _| Ok(all.clone()))?;
         let own = self.held_out_loss(|_, task, _, _| Ok(per_task[task].clone()))?;
         Ok((global, own))
     }
+}
+
+/// Element-wise mean of `tensors`, summed one at a time: stacked, a collection's training
+/// checkpoints take gigabytes.
+fn mean_of<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Result<Tensor> {
+    let mut it = tensors.into_iter();
+    let first = it
+        .next()
+        .ok_or_else(|| TrainError::Data("no training checkpoints to average".into()))?;
+    let (sum, n) = it.try_fold((first.clone(), 1usize), |(sum, n), t| {
+        Ok::<_, TrainError>(((sum + t)?, n + 1))
+    })?;
+    Ok((sum / n as f64)?)
 }
 
 fn adamw(c: &TrainConfig) -> AdamWConfig {
