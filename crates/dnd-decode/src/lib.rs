@@ -7,7 +7,7 @@
 //!
 //! | input (N, L, C) | layers | params | GMAC | forward (s) | forward+backward (s) |
 //! |---|---|---|---|---|---|
-//! | 32, 32, 384 (default) | 3 | 5.35 M | 5.8 | 0.28-0.83 | 3.8-4.2 |
+//! | 32, 32, 384 (then the default) | 3 | 5.35 M | 5.8 | 0.28-0.83 | 3.8-4.2 |
 //! | 32, 64, 384 | 3 | 5.42 M | 8.4 | 1.4-1.9 | 8.1 |
 //! | 64, 32, 384 | 3 | 5.38 M | 8.5 | 0.9-1.8 | 5.8 |
 //! | 32, 64, 384, N up to 128 | 4 | 7.94 M | 14.9 | 1.0-4.0 | 8.4 |
@@ -20,6 +20,10 @@
 //! same cascade in the same `dnd bench generate` run, the forward went from 2.60x PyTorch's time to
 //! 0.35-0.64x, and a training step from 1.43x to 0.48-0.70x (three runs at load 4.6-6.2; see
 //! results/bench/README.md).
+//!
+//! The table's default had 64 maps before the last layer. The default is now 128
+//! ([`CPU_DEFAULT_HIDDEN`]; `DecoderConfig::cpu` for others), 6.32 M parameters. Capacity, not input
+//! size, limits how well the generator fits real checkpoints (results/generator/README.md).
 
 mod config;
 mod decoder;
