@@ -236,6 +236,24 @@ pub fn builtin_tasks() -> Vec<Task> {
             "Gauntlet CommonsenseQA, split. The Gauntlet keeps 4 of the 5 options, so the \
              rendering lists 4 (lm-eval lists 5). Not shipped in ../shared/data.",
         ),
+        gauntlet_mc(
+            "math_qa",
+            "symbolic_problem_solving/math_qa.jsonl",
+            "Gauntlet MathQA (2983 items, 4 options), split. An extra training task for the \
+             generator (more tasks to interpolate between); scored as the Gauntlet file is written.",
+        ),
+        gauntlet_mc(
+            "logical_deduction",
+            "symbolic_problem_solving/bigbench_logical_deduction.jsonl",
+            "Gauntlet BIG-bench logical deduction (1500 items), split. An extra training task for \
+             the generator; scored as the Gauntlet file is written.",
+        ),
+        gauntlet_mc(
+            "pii_classification",
+            "safety/enterprise_pii_classification.jsonl",
+            "Gauntlet enterprise PII classification (3395 items, 2 options), split. An extra \
+             training task for the generator; scored as the Gauntlet file is written.",
+        ),
         task(
             "gsm8k",
             T::Gsm8k,
@@ -262,6 +280,17 @@ pub fn builtin_tasks() -> Vec<Task> {
 }
 
 /// A built-in task by name.
+/// A Gauntlet multiple-choice file used as it is written (query, then each choice), split as a pool.
+fn gauntlet_mc(name: &str, file: &str, notes: &str) -> Task {
+    task(
+        name,
+        Template::Gauntlet,
+        Metric::AccAndAccNorm,
+        &[(&format!("gauntlet/{file}"), Layout::GauntletMc, Role::Pool)],
+        notes,
+    )
+}
+
 pub fn find_task(name: &str) -> Result<Task> {
     builtin_tasks()
         .into_iter()
