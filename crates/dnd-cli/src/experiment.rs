@@ -7,8 +7,8 @@ use crate::train::GeneratorArgs;
 use anyhow::{Context, Result};
 use dnd_encode::CachedEncoder;
 use dnd_evaluate::{git_revision, EvalConfig};
-use dnd_experiment::{read_index, Context as Ctx, Event, ExperimentConfig, Paths};
-use std::path::PathBuf;
+use dnd_experiment::{read_index, Context as Ctx, DndDiff, Event, ExperimentConfig, Paths, Report};
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct ExperimentArgs {
@@ -131,5 +131,43 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
         "report written to {}",
         paths.results.join("report.md").display()
     );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct CompareArgs {
+    /// The first experiment: its results directory or its report.json.
+    first: PathBuf,
+    /// The second; differences are second − first, paired per test item.
+    second: PathBuf,
+}
+
+/// `dnd compare`: the second report's DnD against the first's on every target both have, from the
+/// per-item values in their `report.json` (no model is loaded).
+pub fn compare(a: CompareArgs) -> Result<()> {
+    let load = |p: &Path| -> Result<(String, Report)> {
+        let file = if p.is_dir() {
+            p.join("report.json")
+        } else {
+            p.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let report = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not an experiment report", file.display()))?;
+        let dir = file.parent().and_then(Path::file_name);
+        let name = dir.map_or(file.display().to_string(), |d| d.to_string_lossy().into());
+        Ok((name, report))
+    };
+    let (na, ra) = load(&a.first)?;
+    let (nb, rb) = load(&a.second)?;
+    let diff = DndDiff::new(&ra.dnd_rows(), &rb.dnd_rows()).with_context(|| {
+        format!(
+            "comparing {} with {}",
+            a.first.display(),
+            a.second.display()
+        )
+    })?;
+    print!("{}", diff.markdown(&na, &nb));
     Ok(())
 }

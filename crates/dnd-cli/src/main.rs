@@ -90,6 +90,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Leave-one-out DnD vs every baseline on a collection, with its report; resumable.
     Experiment(experiment::ExperimentArgs),
+    /// Compare the DnD rows of two experiment reports item by item (e.g. two decoder sizes).
+    Compare(experiment::CompareArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -117,6 +119,7 @@ fn main() -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Experiment(a) => experiment::run(a),
+        Command::Compare(a) => experiment::compare(a),
     }
 }
 
