@@ -45,6 +45,9 @@ pub struct GeneratorArgs {
     pub validate_every: usize,
     #[arg(long, default_value_t = TrainConfig::default().save_every)]
     pub save_every: usize,
+    /// Share of training pairs that mix two tasks' prompts and interpolate their checkpoints.
+    #[arg(long, default_value_t = TrainConfig::default().mix)]
+    pub mix: f64,
     /// Data root.
     #[arg(long, env = "DND_DATA", default_value = dnd_tasks::DEFAULT_DATA_DIR)]
     pub data: PathBuf,
@@ -81,6 +84,7 @@ impl GeneratorArgs {
             lr: self.lr,
             validate_every: self.validate_every,
             save_every: self.save_every,
+            mix: self.mix,
             ..TrainConfig::default()
         }
     }

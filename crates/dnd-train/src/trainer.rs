@@ -13,6 +13,7 @@ use dnd_decode::{DecoderConfig, GeneratorMeta, HyperConvDecoder};
 use dnd_generate::{condition, draw, with_offset, write_atomic, GeneratorInfo};
 use dnd_optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
 use dnd_tokenize::{Factor, TokenInfo};
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,13 @@ pub struct TrainConfig {
     pub residual: bool,
     /// Every k-th checkpoint of each task is held out for validation (0 or 1: none).
     pub holdout_every: usize,
+    /// Share of training pairs that mix two tasks (0: none, the paper's pairs only). A mixed pair
+    /// conditions on k prompts of one task and N−k of another and targets the same interpolation,
+    /// (k/N)·checkpoint + (1−k/N)·checkpoint, of one checkpoint of each (in token space). With a
+    /// handful of training tasks the decoder otherwise sees a few isolated conditions; mixing asks it
+    /// to respond smoothly to where a prompt batch lies between tasks, which a held-out task needs.
+    #[serde(default)]
+    pub mix: f64,
     pub validate_every: usize,
     pub save_every: usize,
 }
@@ -75,6 +83,7 @@ impl Default for TrainConfig {
             seed: 0,
             residual: true,
             holdout_every: 5,
+            mix: 0.0,
             validate_every: 50,
             save_every: 50,
         }
@@ -246,6 +255,15 @@ impl GeneratorTrainer {
         Ok(me)
     }
 
+    /// The tokens the generator emits for conditions `[B, N, L, C]`: the decoder's output, plus the
+    /// mean training checkpoint when it predicts offsets.
+    pub fn predict(&self, cond: &Tensor) -> Result<Tensor> {
+        Ok(with_offset(
+            self.decoder.forward(cond)?,
+            self.offset.as_ref(),
+        )?)
+    }
+
     pub fn step_count(&self) -> usize {
         self.steps.len()
     }
@@ -301,8 +319,18 @@ impl GeneratorTrainer {
         for _ in 0..self.config.batch {
             let task = rng.random_range(0..self.tasks.len());
             let ck = self.train[task][rng.random_range(0..self.train[task].len())];
-            conds.push(self.condition(task, &mut rng)?);
-            targets.push(self.tasks[task].checkpoints[ck].clone());
+            // Without mixing no extra number is drawn: runs stay as they were before the option.
+            if self.config.mix > 0.0
+                && self.tasks.len() > 1
+                && rng.random::<f64>() < self.config.mix
+            {
+                let (cond, target) = self.mixed_pair(task, ck, &mut rng)?;
+                conds.push(cond);
+                targets.push(target);
+            } else {
+                conds.push(self.condition(task, &mut rng)?);
+                targets.push(self.tasks[task].checkpoints[ck].clone());
+            }
         }
         let cond = add_noise(
             &Tensor::stack(&conds, 0)?,
@@ -314,7 +342,7 @@ impl GeneratorTrainer {
             self.config.target_noise,
             &mut rng,
         )?;
-        let pred = with_offset(self.decoder.forward(&cond)?, self.offset.as_ref())?;
+        let pred = self.predict(&cond)?;
         let loss = weighted_mse(&pred, &target, &self.wmask, self.cells)?;
         let store = loss.backward()?;
         let vars = self.opt.vars().to_vec();
@@ -344,7 +372,7 @@ impl GeneratorTrainer {
     pub fn validate(&mut self) -> Result<Option<ValLog>> {
         let Some(loss) = self.held_out_loss(|me, task, rng, _| {
             let cond = me.condition(task, rng)?.unsqueeze(0)?;
-            Ok(with_offset(me.decoder.forward(&cond)?, me.offset.as_ref())?.detach())
+            Ok(me.predict(&cond)?.detach())
         })?
         else {
             return Ok(None);
@@ -464,6 +492,23 @@ impl GeneratorTrainer {
         Ok(condition(&states, l)?)
     }
 
+    /// A pair mixing `task` (checkpoint `ck`) with another task: k of the N prompts from `task`
+    /// (1 <= k < N), the rest from the other, shuffled; the target interpolated with weight k/N.
+    fn mixed_pair(&self, task: usize, ck: usize, rng: &mut ChaCha8Rng) -> Result<(Tensor, Tensor)> {
+        let [n, l, _] = self.decoder.config().input();
+        let other = (task + rng.random_range(1..self.tasks.len())) % self.tasks.len();
+        let ck2 = self.train[other][rng.random_range(0..self.train[other].len())];
+        let k = if n > 1 { rng.random_range(1..n) } else { n };
+        let (a, b) = (&self.tasks[task].prompts, &self.tasks[other].prompts);
+        let mut states: Vec<&Tensor> = draw(a.len(), k, rng)?.into_iter().map(|i| &a[i]).collect();
+        states.extend(draw(b.len(), n - k, rng)?.into_iter().map(|i| &b[i]));
+        states.shuffle(rng);
+        let w = k as f64 / n as f64;
+        let target = ((&self.tasks[task].checkpoints[ck] * w)?
+            + (&self.tasks[other].checkpoints[ck2] * (1.0 - w))?)?;
+        Ok((condition(&states, l)?, target))
+    }
+
     /// Mean over the held-out checkpoints of the loss of `predict(self, task, rng, checkpoint)`.
     fn held_out_loss(
         &self,
@@ -531,6 +576,12 @@ fn validate(setup: &Setup, tasks: &[TaskData], c: &TrainConfig) -> Result<()> {
     }
     if c.steps == 0 || c.batch == 0 || c.validate_every == 0 || c.save_every == 0 {
         return bad("steps, batch, validate_every and save_every must be positive".into());
+    }
+    if !(0.0..=1.0).contains(&c.mix) {
+        return bad(format!(
+            "mix must be a share between 0 and 1, not {}",
+            c.mix
+        ));
     }
     let [_, _, ch] = setup.decoder.input();
     let out = setup.decoder.output();

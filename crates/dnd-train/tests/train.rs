@@ -8,7 +8,7 @@ use dnd_generate::GeneratorInfo;
 use dnd_llm::{Lora, LoraConfig, Target};
 use dnd_testkit::tiny_model_config;
 use dnd_tokenize::LoraTokenizer;
-use dnd_train::{GeneratorTrainer, Setup, TaskData, TrainConfig, MANIFEST_FILE};
+use dnd_train::{weighted_mse, GeneratorTrainer, Setup, TaskData, TrainConfig, MANIFEST_FILE};
 use rand::{Rng, SeedableRng};
 use std::path::Path;
 
@@ -199,4 +199,41 @@ fn resuming_with_other_settings_is_refused() {
     .err()
     .unwrap();
     assert!(err.to_string().contains("other settings"), "{err}");
+}
+
+/// Half the prompts of each task: without mixed pairs the decoder never sees such a condition; with
+/// them it learns to answer it with the midpoint of the two tasks' checkpoints.
+#[test]
+fn mixed_pairs_teach_the_midpoint_between_tasks() {
+    let err = |mix: f64| {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, tasks) = setup(dir.path());
+        let (h, w) = (s.mask.dim(1).unwrap(), s.mask.dim(2).unwrap());
+        let wmask = s.mask.to_dtype(DType::F32).unwrap();
+        let cells = wmask.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+        let mean = |t: &TaskData| {
+            (Tensor::stack(&t.checkpoints, 0).unwrap().mean(0).unwrap())
+                .reshape((1, t.checkpoints[0].dim(0).unwrap(), h, w))
+                .unwrap()
+        };
+        let midpoint = ((mean(&tasks[0]) + mean(&tasks[1])).unwrap() * 0.5).unwrap();
+        let states: Vec<&Tensor> = tasks[0].prompts[..2]
+            .iter()
+            .chain(&tasks[1].prompts[..2])
+            .collect();
+        let cond = dnd_generate::condition(&states, 8)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let mut t = GeneratorTrainer::open(s, tasks, TrainConfig { mix, ..config(120) }).unwrap();
+        t.run(None, &mut |_, _| {}).unwrap();
+        let pred = t.predict(&cond).unwrap();
+        weighted_mse(&pred, &midpoint, &wmask, cells)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let (plain, mixed) = (err(0.0), err(0.5));
+    eprintln!("distance to the midpoint: without mixing {plain:.5}, with {mixed:.5}");
+    assert!(mixed < 0.5 * plain, "{plain} -> {mixed}");
 }
