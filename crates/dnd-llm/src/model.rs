@@ -189,12 +189,12 @@ impl Transformer {
         for (l, block) in self.blocks.iter().enumerate() {
             let proj = |target: Target, input: &Tensor| -> Result<Tensor> {
                 let p = &block.proj[target.index()];
-                let mut y = p.weight.forward(input)?;
+                let mut y = match lora.and_then(|lo| lo.get(l, target)) {
+                    Some((a, bm, s)) => p.weight.forward_lora(input, a, bm, s)?,
+                    None => p.weight.forward(input)?,
+                };
                 if let Some(bias) = &p.bias {
                     y = y.broadcast_add(bias)?;
-                }
-                if let Some((a, bm, s)) = lora.and_then(|lo| lo.get(l, target)) {
-                    y = (y + (input.matmul(&a.t()?)?.matmul(&bm.t()?)? * s)?)?;
                 }
                 Ok(y)
             };
