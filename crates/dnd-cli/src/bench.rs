@@ -63,10 +63,14 @@ fn timed(steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64() / steps as f64)
 }
 
-/// The median of `v` (the upper middle for an even count).
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (the mean of the two middle values for an even count; NaN when empty).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Median seconds of `steps` calls after one warm-up call, with each timed call's seconds.
@@ -248,4 +252,16 @@ fn reference_args(model: &std::path::Path, a: &LlmArgs) -> Vec<String> {
         v.extend([k.to_string(), x.to_string()]);
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_even_and_empty_sets() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
+    }
 }

@@ -195,6 +195,10 @@ pub struct BenchArgs {
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     steps: usize,
+    /// Rounds of (dnd, then each PyTorch mode), each with --steps timed steps: the load on a shared
+    /// machine drifts, so ratios are taken per round and the median is reported.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Python with torch/transformers/peft (scripts/reference/README.md); without it only dnd runs.
     #[arg(long, env = "DND_REF_PYTHON")]
     python: Option<PathBuf>,
@@ -225,85 +229,112 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             },
         })
         .collect();
+    if a.rounds == 0 || a.steps == 0 {
+        bail!("--rounds and --steps must be positive");
+    }
     let mut config = CollectDefaults::collection();
     config.rank = a.rank;
     config.alpha = a.alpha;
     config.batch = a.batch;
     config.max_len = a.seq;
     config.micro_batch_tokens = a.batch * a.seq;
-    config.steps = a.steps + 1;
+    config.steps = a.steps * a.rounds + 1;
     let init = Lora::init(config.lora_config()?, &cfg, config.seed, llm.model.dtype())?;
     let mut trainer = Trainer::new(&llm.model, &init, &config)?;
     let batch: Vec<&Sequence> = seqs.iter().collect();
-    let mut times = Vec::new();
-    let mut loss_first = f64::NAN;
-    for i in 0..=a.steps {
-        let t = Instant::now();
-        let r = trainer.step(&batch)?;
-        if i == 0 {
-            loss_first = r.loss;
-        } else {
+    let ntok = (a.batch * a.seq) as f64;
+    let loss_first = trainer.step(&batch)?.loss;
+    let mut all_times = Vec::new();
+    let mut rounds = Vec::new();
+    for _ in 0..a.rounds {
+        let mut times = Vec::new();
+        for _ in 0..a.steps {
+            let t = Instant::now();
+            trainer.step(&batch)?;
             times.push(t.elapsed().as_secs_f64());
         }
+        let dnd_tok_s = ntok * times.len() as f64 / times.iter().sum::<f64>();
+        all_times.extend(times);
+        let mut torch = serde_json::Map::new();
+        if let Some(py) = &a.python {
+            for mode in ["full_logits", "target_logits"] {
+                torch.insert(mode.into(), torch_sft(py, &path, &a, mode)?);
+            }
+        }
+        let ratios: serde_json::Map<String, Value> = torch
+            .iter()
+            .filter_map(|(m, t)| Some((m.clone(), json!(dnd_tok_s / t["tok_s"].as_f64()?))))
+            .collect();
+        rounds
+            .push(json!({"dnd_tok_s": dnd_tok_s, "torch": torch, "ratio_dnd_over_torch": ratios}));
     }
-    let ntok = (a.batch * a.seq) as f64;
-    let mean = times.iter().sum::<f64>() / times.len() as f64;
-    let best = times.iter().cloned().fold(f64::MAX, f64::min);
+    let mean = all_times.iter().sum::<f64>() / all_times.len() as f64;
+    let best = all_times.iter().cloned().fold(f64::MAX, f64::min);
     let dnd = json!({
         "tok_s": ntok / mean, "tok_s_best": ntok / best, "step_s_mean": mean,
         "loss_first": loss_first, "peak_rss_mb": peak_rss_mb(),
     });
     drop(trainer);
     drop(llm);
-    let mut torch = serde_json::Map::new();
-    if let Some(py) = &a.python {
-        for mode in ["full_logits", "target_logits"] {
-            torch.insert(mode.into(), torch_sft(py, &path, &a, mode)?);
-        }
-    }
-    let ratio = |mode: &str, key: &str| -> Value {
-        match (
-            dnd[key].as_f64(),
-            torch.get(mode).and_then(|t| t[key].as_f64()),
-        ) {
-            (Some(d), Some(t)) if t > 0.0 => json!(d / t),
-            _ => Value::Null,
+    // Per PyTorch mode: the median over rounds of its tok/s, and of dnd's per-round ratio to it.
+    let med = |mode: &str, key: &str| -> Value {
+        let v: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| match key {
+                "ratio" => r["ratio_dnd_over_torch"][mode].as_f64(),
+                _ => r["torch"][mode][key].as_f64(),
+            })
+            .collect();
+        if v.is_empty() {
+            Value::Null
+        } else {
+            json!(crate::bench::median(v))
         }
     };
+    let mut torch = serde_json::Map::new();
+    for mode in ["full_logits", "target_logits"] {
+        if !med(mode, "tok_s").is_null() {
+            torch.insert(
+                mode.into(),
+                json!({"tok_s": med(mode, "tok_s"), "peak_rss_mb": med(mode, "peak_rss_mb")}),
+            );
+        }
+    }
     let result = json!({
         "bench": "finetune",
         "model": path.display().to_string(),
         "batch": a.batch, "seq": a.seq, "answer_tokens": a.answer_tokens, "steps": a.steps,
+        "rounds": a.rounds,
         "lora": {"rank": a.rank, "alpha": a.alpha, "targets": "q,k,v,o,gate,up,down"},
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "dnd": dnd,
         "torch": torch,
         "ratio_dnd_over_torch": {
-            "vs_full_logits": ratio("full_logits", "tok_s"),
-            "vs_full_logits_best": ratio("full_logits", "tok_s_best"),
-            "vs_target_logits": ratio("target_logits", "tok_s"),
-            "vs_target_logits_best": ratio("target_logits", "tok_s_best"),
+            "vs_full_logits": med("full_logits", "ratio"),
+            "vs_target_logits": med("target_logits", "ratio"),
         },
+        "per_round": rounds,
     });
     write_atomic(&a.out, &serde_json::to_string_pretty(&result)?)?;
     let f = |v: &Value, k: &str| v[k].as_f64().map_or("-".into(), |x| format!("{x:.1}"));
     println!(
-        "| LoRA SFT step, batch {} x {}, {} answer tokens | tok/s (mean) | tok/s (best) | peak RSS MiB |",
-        a.batch, a.seq, a.answer_tokens
+        "| LoRA SFT step, batch {} x {}, {} answer tokens, {} round(s) | tok/s | peak RSS MiB | dnd / this (median of rounds) |",
+        a.batch, a.seq, a.answer_tokens, a.rounds
     );
     println!("|---|---|---|---|");
     println!(
-        "| dnd | {} | {} | {} |",
+        "| dnd | {} | {} | |",
         f(&dnd, "tok_s"),
-        f(&dnd, "tok_s_best"),
         f(&dnd, "peak_rss_mb")
     );
+    let ratios = &result["ratio_dnd_over_torch"];
     for (mode, t) in &torch {
+        let r = ratios[format!("vs_{mode}")].as_f64();
         println!(
             "| torch+peft ({mode}) | {} | {} | {} |",
             f(t, "tok_s"),
-            f(t, "tok_s_best"),
-            f(t, "peak_rss_mb")
+            f(t, "peak_rss_mb"),
+            r.map_or("-".into(), |x| format!("{x:.2}x"))
         );
     }
     println!("results written to {}", a.out.display());
