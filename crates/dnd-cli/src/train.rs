@@ -48,6 +48,9 @@ pub struct GeneratorArgs {
     /// Share of training pairs that mix two tasks' prompts and interpolate their checkpoints.
     #[arg(long, default_value_t = TrainConfig::default().mix)]
     pub mix: f64,
+    /// Weight every token of the loss alike (default: by how much it moves within a task).
+    #[arg(long)]
+    pub uniform_weights: bool,
     /// Data root.
     #[arg(long, env = "DND_DATA", default_value = dnd_tasks::DEFAULT_DATA_DIR)]
     pub data: PathBuf,
@@ -85,6 +88,7 @@ impl GeneratorArgs {
             validate_every: self.validate_every,
             save_every: self.save_every,
             mix: self.mix,
+            uniform_weights: self.uniform_weights,
             ..TrainConfig::default()
         }
     }

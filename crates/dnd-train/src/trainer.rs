@@ -64,6 +64,9 @@ pub struct TrainConfig {
     /// to respond smoothly to where a prompt batch lies between tasks, which a held-out task needs.
     #[serde(default)]
     pub mix: f64,
+    /// Weight every token alike instead of by how much it moves within a task (METHOD.md step 6).
+    #[serde(default)]
+    pub uniform_weights: bool,
     pub validate_every: usize,
     pub save_every: usize,
 }
@@ -84,6 +87,7 @@ impl Default for TrainConfig {
             residual: true,
             holdout_every: 5,
             mix: 0.0,
+            uniform_weights: false,
             validate_every: 50,
             save_every: 50,
         }
@@ -202,7 +206,11 @@ impl GeneratorTrainer {
             .flat_map(|(ti, t)| (0..t.checkpoints.len()).map(move |i| (ti, i)))
             .filter(|&(ti, i)| !train[ti].contains(&i))
             .collect();
-        let weights = token_weights(&tasks, &setup.mask, config.min_weight)?;
+        let weights = if config.uniform_weights {
+            Tensor::ones(setup.mask.dim(0)?, DType::F32, setup.mask.device())?
+        } else {
+            token_weights(&tasks, &setup.mask, config.min_weight)?
+        };
         let (wmask, cells) = weighted_mask(&weights, &setup.mask)?;
         // The mean training checkpoint: the offset the decoder predicts from (when `residual`) and
         // the paper's baseline prediction.

@@ -180,6 +180,21 @@ fn an_interrupted_run_resumes_to_the_same_bytes() {
 }
 
 #[test]
+fn uniform_weights_weigh_a_and_b_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, tasks) = setup(dir.path());
+    let c = TrainConfig {
+        uniform_weights: true,
+        ..config(2)
+    };
+    let m = GeneratorTrainer::open(s, tasks, c)
+        .unwrap()
+        .run(None, &mut |_, _| {})
+        .unwrap();
+    assert!((m.weight_a - 1.0).abs() < 1e-6 && (m.weight_b - 1.0).abs() < 1e-6);
+}
+
+#[test]
 fn resuming_with_other_settings_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (s, tasks) = setup(dir.path());
