@@ -7,6 +7,7 @@ use crate::pipeline::{
     check_encoder, generate_adapter, prepare_training, read_index, read_json, save_adapter,
     task_prompts, PromptEncoder, TrainingInputs,
 };
+use crate::position::Position;
 use crate::report::{PcaPoint, Report, Score, TargetResult};
 use crate::{baselines, io_err, write_atomic, ExperimentError, Result};
 use candle_core::DType;
@@ -314,7 +315,12 @@ pub fn run(
         "PCA of training checkpoints and generated adapters",
     ));
     let t = Instant::now();
-    let (pca_points, explained) = pca_points(cfg, &tasks, &generated, model_cfg)?;
+    let mut flat = Flattener {
+        model: model_cfg,
+        stride: None,
+    };
+    let (pca_points, explained) = pca_points(cfg, &tasks, &generated, &mut flat)?;
+    let mut positions = positions(cfg, paths, &tasks, &generated, &mut flat)?;
     timed("pca", t);
 
     let get = |label: &str, task: &str| -> Result<Score> {
@@ -362,6 +368,7 @@ pub fn run(
         );
         row.oracle_trajectory = trajectories.remove(target).unwrap_or_default();
         row.oracle_steps = oracle_steps(&cfg.collection, target)?;
+        row.dnd_position = positions.remove(target);
         results.push(row);
     }
     let matrix = tasks
@@ -652,25 +659,34 @@ fn task_embeddings(
     Ok(cached.tasks)
 }
 
+/// Adapters flattened alike (every module's A then B, one strided subset of coordinates for all), so
+/// that the PCA and the weight-space positions compare like with like.
+struct Flattener<'a> {
+    model: &'a dnd_llm::ModelConfig,
+    stride: Option<usize>,
+}
+
+impl Flattener<'_> {
+    fn load(&mut self, dir: &Path) -> Result<Vec<f32>> {
+        let lora = dnd_llm::peft::load(dir, self.model, DType::F32)?;
+        let s = *self.stride.get_or_insert_with(|| stride_for(&lora));
+        flatten(&lora, s)
+    }
+}
+
 /// Every training checkpoint of every task and every generated adapter, projected on the top two
 /// principal components of the training checkpoints; and the variance share of each component.
 fn pca_points(
     cfg: &ExperimentConfig,
     tasks: &[String],
     generated: &BTreeMap<String, Vec<PathBuf>>,
-    model: &dnd_llm::ModelConfig,
+    flat: &mut Flattener,
 ) -> Result<(Vec<PcaPoint>, Vec<f64>)> {
     let mut rows = Vec::new();
     let mut labels = Vec::new();
-    let mut stride = None;
-    let mut load = |dir: &Path| -> Result<Vec<f32>> {
-        let lora = dnd_llm::peft::load(dir, model, DType::F32)?;
-        let s = *stride.get_or_insert_with(|| stride_for(&lora));
-        flatten(&lora, s)
-    };
     for t in tasks {
         for (step, d) in task_checkpoints(&cfg.collection, t)?.iter().enumerate() {
-            rows.push(load(d)?);
+            rows.push(flat.load(d)?);
             labels.push((t.clone(), "checkpoint".to_string(), step));
         }
     }
@@ -682,9 +698,41 @@ fn pca_points(
         .collect();
     for (target, dirs) in generated {
         for (i, d) in dirs.iter().enumerate() {
-            let p = pca.project(&load(d)?);
+            let p = pca.project(&flat.load(d)?);
             points.push(PcaPoint::new(target.clone(), "generated".into(), i, &p));
         }
     }
     Ok((points, pca.explained.clone()))
+}
+
+/// Per target, where its generated adapters lie against the uniform average of the other tasks'
+/// checkpoints and against each other task's LoRA (its last checkpoint).
+fn positions(
+    cfg: &ExperimentConfig,
+    paths: &Paths,
+    tasks: &[String],
+    generated: &BTreeMap<String, Vec<PathBuf>>,
+    flat: &mut Flattener,
+) -> Result<BTreeMap<String, Position>> {
+    let mut loras = BTreeMap::new();
+    for t in tasks {
+        loras.insert(t.clone(), flat.load(&last_checkpoint(&cfg.collection, t)?)?);
+    }
+    let mut out = BTreeMap::new();
+    for (target, dirs) in generated {
+        let average = flat.load(&paths.work.join("adapters").join(target).join("uniform-avg"))?;
+        let gen = dirs
+            .iter()
+            .map(|d| flat.load(d))
+            .collect::<Result<Vec<_>>>()?;
+        let others: Vec<(String, Vec<f32>)> = loras
+            .iter()
+            .filter(|(t, _)| *t != target)
+            .map(|(t, v)| (t.clone(), v.clone()))
+            .collect();
+        if let Some(p) = Position::measure(&gen, &average, &others) {
+            out.insert(target.clone(), p);
+        }
+    }
+    Ok(out)
 }

@@ -22,6 +22,7 @@ mod experiment;
 pub mod pca;
 pub mod pipeline;
 mod plot;
+pub mod position;
 pub mod report;
 
 pub use baselines::{cosine, mean_pooled, uniform_average};

@@ -2,6 +2,7 @@
 //! win/loss summary against every baseline, the efficiency table and the figures, as `report.md`,
 //! `report.json`, `accuracy.png`, `curves.png` and `pca.png` in the results directory.
 
+use crate::position::Position;
 use crate::{plot, write_atomic, ExperimentError, Result};
 use dnd_evaluate::report::RunResult;
 use dnd_train::{TrainConfig, TrainManifest};
@@ -86,6 +87,9 @@ pub struct TargetResult {
     pub oracle_trajectory: Vec<(usize, f64)>,
     /// Updates of the oracle's whole run.
     pub oracle_steps: usize,
+    /// Where the generated adapters lie in weight space; absent in reports written before it was kept.
+    #[serde(default)]
+    pub dnd_position: Option<Position>,
 }
 
 impl TargetResult {
@@ -152,6 +156,7 @@ impl TargetResult {
             generator_val_loss_mean_checkpoint,
             oracle_trajectory: Vec::new(),
             oracle_steps: 0,
+            dnd_position: None,
         }
     }
 
@@ -662,11 +667,56 @@ impl Report {
             crate::pca::MAX_COORDS,
             ex.join(", ")
         );
+        self.positions_markdown(&mut o);
         o.push_str("## Wall time of this invocation (s)\n\n| phase | s |\n|---|---|\n");
         for (p, s) in &self.phase_wall_s {
             let _ = writeln!(o, "| {p} | {s:.1} |");
         }
         o
+    }
+}
+
+impl Report {
+    /// The weight-space positions of the generated adapters, when measured.
+    fn positions_markdown(&self, o: &mut String) {
+        if self.targets.iter().all(|t| t.dnd_position.is_none()) {
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "## Where the generated adapters lie (weight space)\n\nThe mean of a target's generated \
+             adapters, g, against the uniform average u of the training checkpoints and each training \
+             LoRA L (flattened as for the PCA). *From average*: |g − u| / mean |L − u| (0: at the \
+             average; 1: as far from it as a training LoRA is). *Toward X*: the projection of g − u on \
+             L_X − u, as a fraction of it (0: at the average; 1: at X's LoRA).\n\n| target | from \
+             average | toward the nearest-prompt task | toward the best LoRA's task | strongest pull |\n\
+             |---|---|---|---|---|"
+        );
+        for t in &self.targets {
+            let Some(p) = &t.dnd_position else { continue };
+            let toward = |task: &str| {
+                p.toward(task)
+                    .map_or("-".into(), |v| format!("{v:.3} ({task})"))
+            };
+            let best = t
+                .best_lora
+                .label
+                .strip_prefix("lora-")
+                .unwrap_or(&t.best_lora.label);
+            let strongest = p
+                .strongest()
+                .map_or("-".into(), |(task, v)| format!("{v:.3} ({task})"));
+            let _ = writeln!(
+                o,
+                "| {} | {:.3} | {} | {} | {} |",
+                t.target,
+                p.from_average,
+                toward(&t.nearest_task),
+                toward(best),
+                strongest
+            );
+        }
+        o.push('\n');
     }
 }
 

@@ -149,6 +149,10 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
             "the last step is the oracle"
         );
         assert_eq!(r.oracle_steps, 6);
+        let p = r.dnd_position.as_ref().expect("a weight-space position");
+        assert!(p.from_average.is_finite() && p.from_average >= 0.0, "{p:?}");
+        assert_eq!(p.toward.len(), 1);
+        assert!(p.toward(other).is_some_and(f64::is_finite), "{p:?}");
         for i in 0..2 {
             let d = paths.work.join(format!("adapters/{t}/dnd-{i}"));
             assert!(d.join("adapter_model.safetensors").is_file());
@@ -171,12 +175,14 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
     let md = std::fs::read_to_string(paths.results.join("report.md")).unwrap();
     assert!(md.contains("first 4 test items"), "{md}");
     assert!(md.contains("vs best training LoRA"));
+    assert!(md.contains("## Where the generated adapters lie (weight space)"));
 
     // A rerun reuses every score, generator and adapter, and reports the same numbers.
     let (again, scored, steps) = count(&cfg);
     assert_eq!((scored, steps), (0, 0));
     for (a, b) in report.targets.iter().zip(&again.targets) {
         assert_eq!(a.dnd, b.dnd);
+        assert_eq!(a.dnd_position, b.dnd_position);
         assert_eq!(a.base, b.base);
         assert_eq!(a.uniform_average, b.uniform_average);
     }

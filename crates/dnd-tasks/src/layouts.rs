@@ -99,6 +99,16 @@ fn split_csqa(query: &str) -> std::result::Result<(&str, Vec<String>), String> {
     Ok((question, options))
 }
 
+/// Gauntlet PubMedQA context `"Context: {abstract}\nQuestion: {q}\nA. yes\nB. no\nC. maybe\nAnswer: "`
+/// -> (abstract, question).
+fn split_pubmedqa(context: &str) -> std::result::Result<(&str, &str), String> {
+    let body = strip(context, "Context: ")?
+        .strip_suffix("\nA. yes\nB. no\nC. maybe\nAnswer: ")
+        .ok_or("context does not end with the yes/no/maybe options and `Answer: `")?;
+    body.rsplit_once("\nQuestion: ")
+        .ok_or_else(|| "context has no `Question:` line".to_string())
+}
+
 /// Read `path` (relative name `name`, used in ids) as `layout` and render it with `template`.
 /// Fails on the first malformed record, never returning part of a file; an unsupported pairing
 /// fails before the file is opened.
@@ -241,6 +251,10 @@ pub fn import(template: Template, layout: Layout, path: &Path, name: &str) -> Re
                 r.continuation,
                 Vec::new(),
             )
+        }),
+        (Layout::GauntletLm, T::PubmedQa) => jsonl(&src, |r: LmRecord| {
+            let (abstract_, question) = split_pubmedqa(&r.context)?;
+            t::pubmedqa(abstract_, question, &r.continuation)
         }),
         (Layout::GauntletGen, T::Gauntlet) => jsonl(&src, |r: GenRecord| {
             t::gauntlet_generative(&r.context, r.answer.clone(), r.answer, r.aliases)

@@ -255,6 +255,19 @@ pub fn builtin_tasks() -> Vec<Task> {
              training task for the generator; scored as the Gauntlet file is written.",
         ),
         task(
+            "pubmedqa",
+            T::PubmedQa,
+            M::Acc,
+            &[(
+                "gauntlet/reading_comprehension/pubmed_qa_labeled.jsonl",
+                L::GauntletLm,
+                R::Pool,
+            )],
+            "Gauntlet PubMedQA (the 1000 labelled items), re-rendered with lm-eval's template \
+             (the Gauntlet's abstract text, its section labels kept), split. A yes/no reading task: \
+             an extra training task near BoolQ for the generator.",
+        ),
+        task(
             "gsm8k",
             T::Gsm8k,
             M::ExactMatch,

@@ -25,6 +25,8 @@ pub enum Template {
     CommonsenseQa,
     Gsm8k,
     HumanEval,
+    /// PubMedQA (lm-eval `pubmedqa`): an abstract, a question, yes / no / maybe.
+    PubmedQa,
     /// Any MosaicML Gauntlet (or LLM-Adapters) file taken as it is: the query is the context.
     Gauntlet,
 }
@@ -43,6 +45,7 @@ impl Template {
             Template::CommonsenseQa => "commonsense_qa",
             Template::Gsm8k => "gsm8k",
             Template::HumanEval => "humaneval",
+            Template::PubmedQa => "pubmedqa",
             Template::Gauntlet => "gauntlet",
         }
     }
@@ -71,6 +74,9 @@ impl Template {
                 r#""Question: {question}\nAnswer:" => generate; exact match on the number after ####"#
             }
             Template::HumanEval => r#""{prompt}" => generate, run {test}"#,
+            Template::PubmedQa => {
+                r#""Abstract: {abstract}\nQuestion: {question}\nAnswer:" => " yes" | " no" | " maybe""#
+            }
             Template::Gauntlet => r#""{query}" => " {choice}" (as in the file)"#,
         }
     }
@@ -155,6 +161,18 @@ pub(crate) fn boolq(passage: &str, question: &str, label: bool) -> Rendered {
         &stem,
         prompt,
     )
+}
+
+/// lm-eval `pubmedqa`: the abstract and question, answered yes, no or maybe.
+pub(crate) fn pubmedqa(abstract_: &str, question: &str, answer: &str) -> Rendered {
+    let choices: Vec<String> = ["yes", "no", "maybe"].map(String::from).into();
+    let gold = choices
+        .iter()
+        .position(|c| c == answer)
+        .ok_or_else(|| format!("answer `{answer}` is not yes, no or maybe"))?;
+    let prompt = format!("Abstract: {abstract_}\nQuestion: {question}");
+    let stem = format!("{abstract_}\n{question}");
+    mc(format!("{prompt}\nAnswer:"), choices, gold, &stem, prompt)
 }
 
 /// lm-eval `hellaswag` with its `preprocess` of the query and of every ending.

@@ -17,6 +17,34 @@ fn record_error(r: dnd_tasks::Result<Vec<dnd_tasks::Example>>) -> (PathBuf, Loc,
     }
 }
 
+#[test]
+fn pubmedqa_records_must_be_yes_no_maybe_with_the_gauntlet_framing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = r#"{"context": "Context: A.\nQuestion: Q?\nA. yes\nB. no\nC. maybe\nAnswer: ", "continuation": "no"}"#;
+    let path = write(dir.path(), "ok.jsonl", ok);
+    let all = import(Template::PubmedQa, Layout::GauntletLm, &path, "ok").unwrap();
+    assert_eq!(all[0].prompt, "Abstract: A.\nQuestion: Q?");
+
+    let answer = write(
+        dir.path(),
+        "answer.jsonl",
+        &format!("{ok}\n{}", ok.replace("\"no\"", "\"perhaps\"")),
+    );
+    let (_, at, msg) = record_error(import(Template::PubmedQa, Layout::GauntletLm, &answer, "a"));
+    assert_eq!(at, Loc::Line(2));
+    assert!(msg.contains("`perhaps` is not yes, no or maybe"), "{msg}");
+
+    let framing = write(dir.path(), "framing.jsonl", &ok.replace("C. maybe\\n", ""));
+    let (_, at, msg) = record_error(import(
+        Template::PubmedQa,
+        Layout::GauntletLm,
+        &framing,
+        "f",
+    ));
+    assert_eq!(at, Loc::Line(1));
+    assert!(msg.contains("yes/no/maybe options"), "{msg}");
+}
+
 const MC_OK: &str = r#"{"query": "Question: q?", "choices": ["a", "b"], "gold": 1}"#;
 
 #[test]

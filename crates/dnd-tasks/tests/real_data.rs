@@ -260,6 +260,34 @@ fn superglue_boolq() {
 }
 
 #[test]
+fn gauntlet_pubmedqa_as_lm_eval() {
+    let Some(root) = data_root() else { return };
+    let rel = "gauntlet/reading_comprehension/pubmed_qa_labeled.jsonl";
+    let all = load(&root, Template::PubmedQa, Layout::GauntletLm, rel);
+    assert_eq!(all.len(), 1000);
+    let (context, choices, gold) = mc(&all[0]);
+    assert!(context.starts_with("Abstract: BACKGROUND. Programmed cell death (PCD)"));
+    assert!(context.ends_with(
+        "\nQuestion: Do mitochondria play a role in remodelling lace plant leaves during \
+         programmed cell death?\nAnswer:"
+    ));
+    assert_eq!((choices, gold), (vec!["yes", "no", "maybe"], 0));
+    assert!(
+        !all[0].prompt.contains("Answer"),
+        "the prompt carries no answer"
+    );
+    let mut counts = [0; 3];
+    for ex in &all {
+        counts[mc(ex).2] += 1;
+    }
+    assert_eq!(
+        counts,
+        [552, 338, 110],
+        "the file's yes / no / maybe counts"
+    );
+}
+
+#[test]
 fn hellaswag_bz2_text() {
     let Some(root) = data_root() else { return };
     let rel = "hellaswag/hellaswag_val_full.txt.bz2";
