@@ -137,7 +137,9 @@ pub fn adapter_sha256(dir: &Path) -> Result<Option<String>> {
 }
 
 /// `git rev-parse HEAD`, with `-dirty` when tracked files differ from it; `None` outside a repo.
-/// Recorded next to every result so a number can be traced to the code that produced it.
+/// Recorded next to every result so a number can be traced to the code that produced it. Changes
+/// under `results/` (where reports are written) do not count: they are outputs, not code, and one
+/// report rewritten before the next would otherwise mark every later one dirty.
 pub fn git_revision() -> Option<String> {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
@@ -148,7 +150,14 @@ pub fn git_revision() -> Option<String> {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     let rev = git(&["rev-parse", "HEAD"])?;
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":(exclude)results",
+    ])
+    .is_some_and(|s| !s.is_empty());
     Some(if dirty { format!("{rev}-dirty") } else { rev })
 }
