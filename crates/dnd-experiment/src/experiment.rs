@@ -404,6 +404,15 @@ pub fn run(
         comparisons: Report::compare_all(&results),
         targets: results,
         lora_matrix: matrix,
+        prompt_cosines: tasks
+            .iter()
+            .flat_map(|o| targets.iter().map(move |t| (o, t)))
+            .filter(|(o, t)| o != t)
+            .map(|(o, t)| {
+                let c = baselines::cosine(&embeddings[t.as_str()], &embeddings[o.as_str()]);
+                (o.clone(), t.clone(), c)
+            })
+            .collect(),
         pca: pca_points,
         pca_explained: explained,
     };

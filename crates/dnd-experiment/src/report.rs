@@ -406,6 +406,10 @@ pub struct Report {
     pub targets: Vec<TargetResult>,
     /// (LoRA's task, target, primary metric value): every training LoRA on every target.
     pub lora_matrix: Vec<(String, String, f64)>,
+    /// (training task, target, cosine of their mean pooled prompt embeddings); absent in reports
+    /// written before it was kept.
+    #[serde(default)]
+    pub prompt_cosines: Vec<(String, String, f64)>,
     pub pca: Vec<PcaPoint>,
     pub pca_explained: Vec<f64>,
     /// DnD against each baseline over the targets (see [`compare`]).
@@ -550,30 +554,15 @@ impl Report {
             let _ = writeln!(o, "| {} | {} |", t.target, cells.join(", "));
         }
         o.push_str("\n## Every training LoRA on every target (%)\n\nRows: the LoRA's task; the diagonal is the oracle.\n\n");
-        let targets: Vec<&str> = self.targets.iter().map(|t| t.target.as_str()).collect();
-        let mut loras: Vec<&str> = Vec::new();
-        for (l, _, _) in &self.lora_matrix {
-            if !loras.contains(&l.as_str()) {
-                loras.push(l);
-            }
-        }
-        let _ = writeln!(
-            o,
-            "| LoRA \\ target | {} |\n|---|{}",
-            targets.join(" | "),
-            "---|".repeat(targets.len())
+        o.push_str(
+            &self.matrix_markdown("LoRA", &self.lora_matrix, |v| format!("{:.1}", 100.0 * v)),
         );
-        for l in loras {
-            let cells: Vec<String> = targets
-                .iter()
-                .map(|t| {
-                    self.lora_matrix
-                        .iter()
-                        .find(|(a, b, _)| a == l && b == t)
-                        .map_or("-".into(), |(_, _, v)| format!("{:.1}", 100.0 * v))
-                })
-                .collect();
-            let _ = writeln!(o, "| {l} | {} |", cells.join(" | "));
+        if !self.prompt_cosines.is_empty() {
+            o.push_str(
+                "\n## Prompt similarity\n\nCosine of the mean pooled MiniLM prompt embeddings (each task's \
+                 `prompts` split), which picks the nearest-prompt LoRA. Rows: training tasks.\n\n",
+            );
+            o.push_str(&self.matrix_markdown("task", &self.prompt_cosines, |v| format!("{v:.3}")));
         }
         o.push_str("\n## Efficiency\n\n");
         o.push_str(
@@ -677,6 +666,40 @@ impl Report {
 }
 
 impl Report {
+    /// A (row task, target, value) table with the targets as columns, rows in first-seen order.
+    fn matrix_markdown(
+        &self,
+        corner: &str,
+        cells: &[(String, String, f64)],
+        fmt: impl Fn(f64) -> String,
+    ) -> String {
+        let targets: Vec<&str> = self.targets.iter().map(|t| t.target.as_str()).collect();
+        let mut rows: Vec<&str> = Vec::new();
+        for (r, _, _) in cells {
+            if !rows.contains(&r.as_str()) {
+                rows.push(r);
+            }
+        }
+        let mut o = format!(
+            "| {corner} \\ target | {} |\n|---|{}\n",
+            targets.join(" | "),
+            "---|".repeat(targets.len())
+        );
+        for r in rows {
+            let line: Vec<String> = targets
+                .iter()
+                .map(|t| {
+                    cells
+                        .iter()
+                        .find(|(a, b, _)| a == r && b == t)
+                        .map_or("-".into(), |(_, _, v)| fmt(*v))
+                })
+                .collect();
+            let _ = writeln!(o, "| {r} | {} |", line.join(" | "));
+        }
+        o
+    }
+
     /// The weight-space positions of the generated adapters, when measured.
     fn positions_markdown(&self, o: &mut String) {
         if self.targets.iter().all(|t| t.dnd_position.is_none()) {

@@ -159,6 +159,12 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
         }
     }
     assert_eq!(report.lora_matrix.len(), 4);
+    // Each target against its one training task, the cosine the nearest-prompt pick used.
+    assert_eq!(report.prompt_cosines.len(), 2);
+    for (task, target, c) in &report.prompt_cosines {
+        let r = report.targets.iter().find(|r| &r.target == target).unwrap();
+        assert_eq!((task, *c), (&r.nearest_task, r.nearest_cosine));
+    }
     // 3 checkpoints per task and 2 generated adapters per target.
     assert_eq!(report.pca.len(), 2 * 3 + 2 * 2);
     assert_eq!(report.comparisons.len(), 6);
@@ -176,6 +182,7 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
     assert!(md.contains("first 4 test items"), "{md}");
     assert!(md.contains("vs best training LoRA"));
     assert!(md.contains("## Where the generated adapters lie (weight space)"));
+    assert!(md.contains("| task \\ target | boolq | siqa |"), "{md}");
 
     // A rerun reuses every score, generator and adapter, and reports the same numbers.
     let (again, scored, steps) = count(&cfg);
