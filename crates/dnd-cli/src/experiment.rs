@@ -35,6 +35,10 @@ pub struct ExperimentArgs {
     /// time when its fine-tuning reaches DnD's accuracy (0: off).
     #[arg(long, default_value_t = 0)]
     oracle_trajectory: usize,
+    /// Multiply each generator's predicted departure from the mean training checkpoint by this when
+    /// generating (1: as trained; above 1 extrapolates). Adapters made with another scale are made again.
+    #[arg(long, default_value_t = 1.0)]
+    offset_scale: f64,
     /// Artifact directory, instead of $DND_CACHE/experiments/<name>.
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -65,6 +69,7 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
         decoder_hidden: g.decoder_hidden,
         train: g.train_config(),
         oracle_trajectory: a.oracle_trajectory,
+        offset_scale: a.offset_scale,
         eval: EvalConfig::default(),
     };
     let paths = Paths {

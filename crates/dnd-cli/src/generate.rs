@@ -40,6 +40,10 @@ pub struct GenerateArgs {
     /// Refuse a generator that does not emit adapters of this rank.
     #[arg(long)]
     rank: Option<usize>,
+    /// Multiply the generator's predicted departure from the mean training checkpoint by this (1: as
+    /// trained; 0: the mean checkpoint; above 1 extrapolates away from it).
+    #[arg(long, default_value_t = 1.0)]
+    offset_scale: f64,
     /// Data root (for --task).
     #[arg(long, env = "DND_DATA", default_value = dnd_tasks::DEFAULT_DATA_DIR)]
     data: PathBuf,
@@ -62,7 +66,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     .path()?;
     let model = model_config(&model_path)?;
-    let gen = Generator::load(&a.generator, &model, a.rank)?;
+    let gen = Generator::load(&a.generator, &model, a.rank)?.with_offset_scale(a.offset_scale);
     let enc = Encoder::minilm(EncoderConfig {
         max_len: gen.info().encoder_max_len,
         ..EncoderConfig::default()

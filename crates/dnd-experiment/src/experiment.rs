@@ -51,6 +51,9 @@ pub struct ExperimentConfig {
     /// Score this many of the oracle's saved checkpoints (evenly spaced, first and last included) on
     /// its target, to see when its fine-tuning reaches DnD's accuracy; 0: only the last.
     pub oracle_trajectory: usize,
+    /// Multiply each generator's predicted departure from the mean checkpoint by this at
+    /// generation (1: as trained); see `Generator::with_offset_scale`.
+    pub offset_scale: f64,
     pub eval: EvalConfig,
 }
 
@@ -94,6 +97,13 @@ struct GenerationRecord {
     batch: usize,
     prompt_indices: Vec<usize>,
     generator_sha256: String,
+    /// Absent in records written before the scale existed, which all used 1.
+    #[serde(default = "unit")]
+    offset_scale: f64,
+}
+
+fn unit() -> f64 {
+    1.0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -389,6 +399,7 @@ pub fn run(
         work_dir: paths.work.display().to_string(),
         limit: cfg.limit,
         adapters: cfg.adapters,
+        offset_scale: cfg.offset_scale,
         seed: cfg.seed,
         prompts: cfg.prompts,
         prompt_len: cfg.prompt_len,
@@ -577,12 +588,13 @@ fn generate_for(
     let generator = generator_hash(gen_dir)?;
     let current = |d: &Path| {
         read_json::<GenerationRecord>(&d.join(GENERATION_FILE))
-            .is_ok_and(|r| r.generator_sha256 == generator)
+            .is_ok_and(|r| r.generator_sha256 == generator && r.offset_scale == cfg.offset_scale)
     };
     if dirs.iter().all(|d| current(d)) {
         return Ok(dirs);
     }
-    let gen = Generator::load(gen_dir, ctx.llm.model.config(), None)?;
+    let gen =
+        Generator::load(gen_dir, ctx.llm.model.config(), None)?.with_offset_scale(cfg.offset_scale);
     check_encoder(&gen, ctx.fresh_encoder, gen_dir)?;
     let prompts = task_prompts(target, &cfg.data, Part::Prompts)?;
     let batches = draw_batches(
@@ -604,6 +616,7 @@ fn generate_for(
             batch: texts.len(),
             prompt_indices: batch,
             generator_sha256: generator.clone(),
+            offset_scale: cfg.offset_scale,
         };
         let text = serde_json::to_string_pretty(&rec).expect("plain data serialises");
         write_atomic(&d.join(GENERATION_FILE), &text)?;

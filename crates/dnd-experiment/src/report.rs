@@ -184,6 +184,10 @@ impl TargetResult {
     }
 }
 
+fn unit() -> f64 {
+    1.0
+}
+
 /// One point of the PCA figure.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PcaPoint {
@@ -390,6 +394,10 @@ pub struct Report {
     pub work_dir: String,
     pub limit: Option<usize>,
     pub adapters: usize,
+    /// The generators' offset scale at generation (1: as trained); see
+    /// `dnd_generate::Generator::with_offset_scale`.
+    #[serde(default = "unit")]
+    pub offset_scale: f64,
     pub seed: u64,
     pub prompts: usize,
     pub prompt_len: usize,
@@ -508,6 +516,14 @@ impl Report {
             },
             self.adapters, self.seed
         );
+        if self.offset_scale != 1.0 {
+            let _ = writeln!(
+                o,
+                "**Offset scale {}**: each generator's output (its predicted departure from the mean \
+                 training checkpoint) was multiplied by {} before the mean was added back.\n",
+                self.offset_scale, self.offset_scale
+            );
+        }
         o.push_str("## Accuracy (%)\n\n");
         o.push_str(
             "Cells: value ± bootstrap stderr; DnD: mean ± std over its generated adapters \

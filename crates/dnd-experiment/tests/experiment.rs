@@ -91,6 +91,7 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
         prompts: 4,
         prompt_len: 8,
         decoder_hidden: 64,
+        offset_scale: 1.0,
         train: TrainConfig {
             steps: 3,
             lr: 1e-3,
@@ -192,6 +193,23 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
         assert_eq!(a.dnd_position, b.dnd_position);
         assert_eq!(a.base, b.base);
         assert_eq!(a.uniform_average, b.uniform_average);
+    }
+
+    // Another offset scale generates and scores the adapters again (and only them), and says so.
+    let scaled = ExperimentConfig {
+        offset_scale: 0.0,
+        ..cfg.clone()
+    };
+    let (zero, scored, steps) = count(&scaled);
+    assert_eq!((scored, steps), (2 * 2, 0));
+    assert_eq!(zero.offset_scale, 0.0);
+    let md = std::fs::read_to_string(paths.results.join("report.md")).unwrap();
+    assert!(md.contains("**Offset scale 0**"), "{md}");
+    for t in ["boolq", "siqa"] {
+        let rec = paths.work.join(format!("adapters/{t}/dnd-0/generation.json"));
+        let rec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(rec).unwrap()).unwrap();
+        assert_eq!(rec["offset_scale"], 0.0);
     }
 
     // A bigger decoder in the same work directory is refused, not served the cached generators.

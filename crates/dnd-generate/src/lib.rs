@@ -97,6 +97,7 @@ pub struct Generator {
     tokenizer: LoraTokenizer,
     info: GeneratorInfo,
     offset: Option<Tensor>,
+    offset_scale: f64,
 }
 
 impl Generator {
@@ -140,7 +141,18 @@ impl Generator {
             tokenizer,
             info,
             offset,
+            offset_scale: 1.0,
         })
+    }
+
+    /// Multiply the decoder's output, the predicted departure from the offset (the mean training
+    /// checkpoint), by `scale` before the offset is added: 1 is the trained generator, 0 the mean
+    /// checkpoint, above 1 extrapolates away from it. On held-out tasks the generated adapters move
+    /// only part of the way towards the nearest training task (the experiment report's weight-space
+    /// positions); this asks how much of the rest a larger step recovers.
+    pub fn with_offset_scale(mut self, scale: f64) -> Self {
+        self.offset_scale = scale;
+        self
     }
 
     pub fn info(&self) -> &GeneratorInfo {
@@ -166,10 +178,14 @@ impl Generator {
     }
 
     /// One adapter from per-prompt hidden states (`[len_i, C]`, exactly N of them): the decoder's
-    /// tokens plus the generator's offset, de-tokenized.
+    /// tokens (times the offset scale) plus the generator's offset, de-tokenized.
     pub fn generate(&self, states: &[&Tensor]) -> Result<Lora> {
         let cond = condition(states, self.prompt_len())?.unsqueeze(0)?;
-        let tokens = with_offset(self.decoder.forward(&cond)?, self.offset.as_ref())?.squeeze(0)?;
+        let mut out = self.decoder.forward(&cond)?;
+        if self.offset_scale != 1.0 {
+            out = (out * self.offset_scale)?;
+        }
+        let tokens = with_offset(out, self.offset.as_ref())?.squeeze(0)?;
         Ok(self.tokenizer.decode(&tokens)?)
     }
 }

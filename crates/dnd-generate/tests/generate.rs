@@ -75,14 +75,26 @@ fn the_offset_is_added_to_the_decoder_output() {
         .unsqueeze(0)
         .unwrap();
     let raw = g0.decoder().forward(&cond).unwrap().squeeze(0).unwrap();
-    let expected = g0.tokenizer().decode(&(raw + &o).unwrap()).unwrap();
-    let got = g1.generate(&refs).unwrap();
-    for ((l, t, a0, b0), (_, _, a1, b1)) in expected.modules().zip(got.modules()) {
-        for (x, y) in [(a0, a1), (b0, b1)] {
-            let diff = (x - y).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(diff.to_scalar::<f32>().unwrap() < 1e-6, "layer {l} {t:?}");
+    let same = |expected: &dnd_llm::Lora, got: &dnd_llm::Lora| {
+        for ((l, t, a0, b0), (_, _, a1, b1)) in expected.modules().zip(got.modules()) {
+            for (x, y) in [(a0, a1), (b0, b1)] {
+                let diff = (x - y).unwrap().abs().unwrap().max_all().unwrap();
+                assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "layer {l} {t:?}");
+            }
         }
-    }
+    };
+    let expected = g0.tokenizer().decode(&(&raw + &o).unwrap()).unwrap();
+    same(&expected, &g1.generate(&refs).unwrap());
+
+    // The offset scale multiplies the decoder's part only: 0 leaves the offset, 2.5 steps 2.5 times
+    // as far from it.
+    let g1 = Generator::load(shifted.path(), &model, None).unwrap();
+    let at_offset = g1.with_offset_scale(0.0).generate(&refs).unwrap();
+    same(&g0.tokenizer().decode(&o).unwrap(), &at_offset);
+    let g1 = Generator::load(shifted.path(), &model, None).unwrap();
+    let far = g1.with_offset_scale(2.5).generate(&refs).unwrap();
+    let stepped = ((&raw * 2.5).unwrap() + &o).unwrap();
+    same(&g0.tokenizer().decode(&stepped).unwrap(), &far);
 
     // An offset of the wrong shape is refused with the file named.
     let bad = tempfile::tempdir().unwrap();
