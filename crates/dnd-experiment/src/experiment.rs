@@ -338,6 +338,16 @@ pub fn run(
             .map(Score::from_run)
             .ok_or_else(|| ExperimentError::Config(format!("no score for {label} on {task}")))
     };
+    // Every training task against every target: the nearest-prompt pick and the report's table.
+    let prompt_cosines: Vec<(String, String, f64)> = tasks
+        .iter()
+        .flat_map(|o| targets.iter().map(move |t| (o, t)))
+        .filter(|(o, t)| o != t)
+        .map(|(o, t)| {
+            let c = baselines::cosine(&embeddings[t.as_str()], &embeddings[o.as_str()]);
+            (o.clone(), t.clone(), c)
+        })
+        .collect();
     let mut results = Vec::new();
     for target in &targets {
         let others: Vec<&String> = tasks.iter().filter(|t| *t != target).collect();
@@ -345,14 +355,10 @@ pub fn run(
             .iter()
             .map(|o| get(&lora_label(o), target))
             .collect::<Result<Vec<_>>>()?;
-        let (nearest, cos) = others
+        let (nearest, cos) = prompt_cosines
             .iter()
-            .map(|o| {
-                (
-                    o.to_string(),
-                    baselines::cosine(&embeddings[target], &embeddings[o.as_str()]),
-                )
-            })
+            .filter(|(_, t, _)| t == target)
+            .map(|(o, _, c)| (o.clone(), *c))
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .expect("at least one other task");
         let dnd = (0..cfg.adapters)
@@ -415,15 +421,7 @@ pub fn run(
         comparisons: Report::compare_all(&results),
         targets: results,
         lora_matrix: matrix,
-        prompt_cosines: tasks
-            .iter()
-            .flat_map(|o| targets.iter().map(move |t| (o, t)))
-            .filter(|(o, t)| o != t)
-            .map(|(o, t)| {
-                let c = baselines::cosine(&embeddings[t.as_str()], &embeddings[o.as_str()]);
-                (o.clone(), t.clone(), c)
-            })
-            .collect(),
+        prompt_cosines,
         pca: pca_points,
         pca_explained: explained,
     };
@@ -747,10 +745,10 @@ fn positions(
             .iter()
             .map(|d| flat.load(d))
             .collect::<Result<Vec<_>>>()?;
-        let others: Vec<(String, Vec<f32>)> = loras
+        let others: Vec<(&str, &[f32])> = loras
             .iter()
             .filter(|(t, _)| *t != target)
-            .map(|(t, v)| (t.clone(), v.clone()))
+            .map(|(t, v)| (t.as_str(), v.as_slice()))
             .collect();
         if let Some(p) = Position::measure(&gen, &average, &others) {
             out.insert(target.clone(), p);

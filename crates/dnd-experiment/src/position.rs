@@ -23,7 +23,7 @@ impl Position {
     pub fn measure(
         generated: &[Vec<f32>],
         average: &[f32],
-        loras: &[(String, Vec<f32>)],
+        loras: &[(&str, &[f32])],
     ) -> Option<Position> {
         let d = average.len();
         if generated.is_empty()
@@ -47,7 +47,7 @@ impl Position {
                 spread += len2.sqrt();
                 let dot: f64 = g.iter().zip(&dir).map(|(a, b)| a * b).sum();
                 let t = if len2 > 0.0 { dot / len2 } else { 0.0 };
-                (task.clone(), t)
+                (task.to_string(), t)
             })
             .collect();
         spread /= loras.len() as f64;
@@ -79,10 +79,7 @@ mod tests {
     fn a_point_between_the_average_and_one_lora() {
         let u = vec![1.0f32, 1.0, 1.0];
         // L_a = u + (2, 0, 0), L_b = u + (0, 4, 0): mean distance 3.
-        let loras = vec![
-            ("a".to_string(), vec![3.0f32, 1.0, 1.0]),
-            ("b".to_string(), vec![1.0f32, 5.0, 1.0]),
-        ];
+        let loras: [(&str, &[f32]); 2] = [("a", &[3.0, 1.0, 1.0]), ("b", &[1.0, 5.0, 1.0])];
         // Two generated adapters whose mean is u + (1.5, 0, 0): three quarters of the way to L_a.
         let generated = vec![vec![2.0f32, 1.5, 1.0], vec![3.0f32, 0.5, 1.0]];
         let p = Position::measure(&generated, &u, &loras).unwrap();
@@ -96,7 +93,7 @@ mod tests {
     #[test]
     fn the_average_itself_sits_at_zero() {
         let u = vec![0.5f32, -0.5];
-        let loras = vec![("a".to_string(), vec![1.0f32, 0.0])];
+        let loras: [(&str, &[f32]); 1] = [("a", &[1.0, 0.0])];
         let p = Position::measure(std::slice::from_ref(&u), &u, &loras).unwrap();
         assert_eq!((p.from_average, p.toward("a")), (0.0, Some(0.0)));
     }
@@ -104,7 +101,7 @@ mod tests {
     #[test]
     fn mismatched_or_empty_inputs_give_none() {
         let u = vec![0.0f32; 2];
-        let loras = vec![("a".to_string(), vec![1.0f32, 0.0])];
+        let loras: [(&str, &[f32]); 1] = [("a", &[1.0, 0.0])];
         assert_eq!(Position::measure(&[], &u, &loras), None);
         assert_eq!(Position::measure(&[vec![0.0; 3]], &u, &loras), None);
         assert_eq!(Position::measure(std::slice::from_ref(&u), &u, &[]), None);

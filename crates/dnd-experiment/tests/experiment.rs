@@ -206,7 +206,9 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
     let md = std::fs::read_to_string(paths.results.join("report.md")).unwrap();
     assert!(md.contains("**Offset scale 0**"), "{md}");
     for t in ["boolq", "siqa"] {
-        let rec = paths.work.join(format!("adapters/{t}/dnd-0/generation.json"));
+        let rec = paths
+            .work
+            .join(format!("adapters/{t}/dnd-0/generation.json"));
         let rec: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(rec).unwrap()).unwrap();
         assert_eq!(rec["offset_scale"], 0.0);
