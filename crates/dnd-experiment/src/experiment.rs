@@ -98,12 +98,8 @@ struct GenerationRecord {
     prompt_indices: Vec<usize>,
     generator_sha256: String,
     /// Absent in records written before the scale existed, which all used 1.
-    #[serde(default = "unit")]
+    #[serde(default = "crate::report::unit")]
     offset_scale: f64,
-}
-
-fn unit() -> f64 {
-    1.0
 }
 
 #[derive(Serialize, Deserialize)]

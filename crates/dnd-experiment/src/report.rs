@@ -184,7 +184,8 @@ impl TargetResult {
     }
 }
 
-fn unit() -> f64 {
+/// Serde's default for a scale absent from older files: 1, the value they were all made with.
+pub(crate) fn unit() -> f64 {
     1.0
 }
 
