@@ -39,6 +39,10 @@ pub struct ExperimentArgs {
     /// generating (1: as trained; above 1 extrapolates). Adapters made with another scale are made again.
     #[arg(long, default_value_t = 1.0)]
     offset_scale: f64,
+    /// Comma-separated names of other experiments whose stored scores are adopted where they are the
+    /// same run (same model, test items and adapter weights), instead of scoring again.
+    #[arg(long, value_delimiter = ',')]
+    reuse_scores: Vec<String>,
     /// Artifact directory, instead of $DND_CACHE/experiments/<name>.
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -72,15 +76,17 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
         offset_scale: a.offset_scale,
         eval: EvalConfig::default(),
     };
+    let experiments = dnd_assets::cache_root().join("experiments");
     let paths = Paths {
         work: a
             .work_dir
             .clone()
-            .unwrap_or_else(|| dnd_assets::cache_root().join("experiments").join(&a.name)),
+            .unwrap_or_else(|| experiments.join(&a.name)),
         results: a
             .results
             .clone()
             .unwrap_or_else(|| PathBuf::from("results/experiment").join(&a.name)),
+        reuse: a.reuse_scores.iter().map(|n| experiments.join(n)).collect(),
     };
     let ctx = Ctx {
         llm: &llm,

@@ -36,6 +36,21 @@ pub struct Settings {
     pub split_seed: u64,
 }
 
+impl Settings {
+    /// Whether a run stored under `self` is the run `wanted` asks for: the same settings, or the same
+    /// but for the adapter's directory when both name the adapter by the hash of its weights (a copy or
+    /// a renamed cache holds the same adapter, and scoring is deterministic).
+    pub fn same_run(&self, wanted: &Settings) -> bool {
+        let by_hash = self.adapter_sha256.is_some() && self.adapter_sha256 == wanted.adapter_sha256;
+        self == wanted
+            || (by_hash
+                && Settings {
+                    adapter: wanted.adapter.clone(),
+                    ..self.clone()
+                } == *wanted)
+    }
+}
+
 pub fn style_name(style: PromptStyle) -> &'static str {
     match style {
         PromptStyle::Plain => "plain",
@@ -92,31 +107,62 @@ impl RunResult {
     }
 }
 
-/// The result files of one output directory.
+/// The result files of one output directory, and optionally other stores whose runs it may adopt.
 pub struct Store {
     dir: PathBuf,
+    /// Other output directories, only read: a run they hold under the same label is copied in
+    /// instead of being scored again (e.g. the baselines of another experiment on the same collection).
+    reuse: Vec<PathBuf>,
 }
 
 impl Store {
     pub fn new(dir: &Path) -> Self {
-        Store { dir: dir.into() }
+        Store {
+            dir: dir.into(),
+            reuse: Vec::new(),
+        }
+    }
+
+    /// A store that also adopts matching runs from the stores in `others`.
+    pub fn reusing(dir: &Path, others: &[PathBuf]) -> Self {
+        Store {
+            dir: dir.into(),
+            reuse: others.to_vec(),
+        }
     }
 
     pub fn run_path(&self, label: &str, task: &str, protocol: Protocol) -> PathBuf {
-        let file = match protocol {
-            Protocol::Loglikelihood => format!("{task}.json"),
-            Protocol::Generative => format!("{task}.generative.json"),
-        };
-        self.dir.join("runs").join(label).join(file)
+        run_file(&self.dir, label, task, protocol)
     }
 
-    /// The stored run for `label` whose settings equal `settings`; `None` when absent,
-    /// unreadable (e.g. from an older format) or made with other settings.
-    pub fn load(&self, label: &str, settings: &Settings) -> Option<RunResult> {
-        let path = self.run_path(label, &settings.task, settings.protocol);
+    /// The stored run for `label` that is the run `settings` asks for ([`Settings::same_run`]), here
+    /// or else in a store this one reuses; `None` when absent, unreadable (e.g. from an older format)
+    /// or made with other settings. A run found under another adapter path, or in another store, is
+    /// saved here first with `settings` (and a note naming the store it came from).
+    pub fn load(&self, label: &str, settings: &Settings) -> Result<Option<RunResult>> {
+        for dir in std::iter::once(&self.dir).chain(&self.reuse) {
+            let Some(mut run) = Self::stored(dir, label, settings) else {
+                continue;
+            };
+            let adopted = *dir != self.dir;
+            if adopted {
+                run.notes
+                    .push(format!("scores reused from {}", dir.display()));
+            }
+            if adopted || run.settings != *settings {
+                run.settings = settings.clone();
+                self.save(&run)?;
+            }
+            return Ok(Some(run));
+        }
+        Ok(None)
+    }
+
+    fn stored(dir: &Path, label: &str, settings: &Settings) -> Option<RunResult> {
+        let path = run_file(dir, label, &settings.task, settings.protocol);
         let text = std::fs::read_to_string(path).ok()?;
         let run: RunResult = serde_json::from_str(&text).ok()?;
-        (run.settings == *settings).then_some(run)
+        run.settings.same_run(settings).then_some(run)
     }
 
     pub fn save(&self, run: &RunResult) -> Result<PathBuf> {
@@ -151,6 +197,15 @@ impl Store {
         write_atomic(&json_path, &to_json(&json_path, &doc)?)?;
         write_atomic(&self.dir.join("results.md"), &markdown(runs))
     }
+}
+
+/// `<dir>/runs/<label>/<task>.json` (`<task>.generative.json` under the generation protocol).
+fn run_file(dir: &Path, label: &str, task: &str, protocol: Protocol) -> PathBuf {
+    let file = match protocol {
+        Protocol::Loglikelihood => format!("{task}.json"),
+        Protocol::Generative => format!("{task}.generative.json"),
+    };
+    dir.join("runs").join(label).join(file)
 }
 
 fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<String> {

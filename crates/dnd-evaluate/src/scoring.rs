@@ -85,7 +85,7 @@ pub fn score(
     let mut runs = Vec::with_capacity(sets.len());
     for (task, examples) in sets {
         let settings = spec.settings(task, examples.len(), adapter, sha.clone());
-        if let Some(done) = store.load(label, &settings) {
+        if let Some(done) = store.load(label, &settings)? {
             on_event(ScoreEvent::Kept(&done));
             runs.push(done);
             continue;

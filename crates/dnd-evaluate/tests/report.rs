@@ -59,32 +59,86 @@ fn run(label: &str, task: &str, acc: f64) -> RunResult {
 fn stored_runs_are_reused_only_with_the_same_settings() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::new(dir.path());
-    assert!(store.load("base", &settings("boolq")).is_none());
+    assert!(store.load("base", &settings("boolq")).unwrap().is_none());
     let r = run("base", "boolq", 0.5);
     let path = store.save(&r).unwrap();
     assert_eq!(path, dir.path().join("runs/base/boolq.json"));
-    assert_eq!(store.load("base", &settings("boolq")), Some(r.clone()));
-    assert!(store.load("other", &settings("boolq")).is_none());
+    assert_eq!(
+        store.load("base", &settings("boolq")).unwrap(),
+        Some(r.clone())
+    );
+    assert!(store.load("other", &settings("boolq")).unwrap().is_none());
     let mut changed = settings("boolq");
     changed.limit = Some(3);
     assert!(
-        store.load("base", &changed).is_none(),
+        store.load("base", &changed).unwrap().is_none(),
         "another limit is another run"
     );
     let mut changed = settings("boolq");
     changed.adapter_sha256 = Some("ff".into());
     assert!(
-        store.load("base", &changed).is_none(),
+        store.load("base", &changed).unwrap().is_none(),
         "a rewritten adapter is re-scored"
     );
     let mut changed = settings("boolq");
     changed.protocol = Protocol::Generative;
-    assert!(store.load("base", &changed).is_none());
+    assert!(store.load("base", &changed).unwrap().is_none());
     // A truncated file (a killed writer of an older version) is not trusted.
     std::fs::write(&path, "{\"label\":").unwrap();
-    assert!(store.load("base", &settings("boolq")).is_none());
+    assert!(store.load("base", &settings("boolq")).unwrap().is_none());
     assert_eq!(r.s_per_100, 200.0);
     assert_eq!(r.tokens_per_s, 3.5);
+}
+
+/// Settings of `adapter` at `path` with weights hashing to `sha`.
+fn with_adapter(path: &str, sha: Option<&str>) -> Settings {
+    Settings {
+        adapter: Some(path.into()),
+        adapter_sha256: sha.map(String::from),
+        ..settings("boolq")
+    }
+}
+
+#[test]
+fn runs_are_adopted_by_adapter_hash_from_reused_stores() {
+    let first = tempfile::tempdir().unwrap();
+    let old = Store::new(first.path());
+    let mut r = run("avg", "boolq", 0.5);
+    r.settings = with_adapter("/a/avg", Some("aa"));
+    old.save(&r).unwrap();
+
+    let second = tempfile::tempdir().unwrap();
+    let store = Store::reusing(second.path(), &[first.path().to_path_buf()]);
+    let moved = with_adapter("/b/avg", Some("aa"));
+    let got = store
+        .load("avg", &moved)
+        .unwrap()
+        .expect("same weights elsewhere");
+    assert_eq!(
+        got.settings, moved,
+        "the run names this store's adapter path"
+    );
+    assert_eq!(got.metrics, r.metrics);
+    let note = format!("scores reused from {}", first.path().display());
+    assert_eq!(got.notes, [note]);
+    assert_eq!(
+        Store::new(second.path()).load("avg", &moved).unwrap(),
+        Some(got),
+        "the adopted run is saved in this store"
+    );
+    // Other weights, no hash to match on, or another label: scored again.
+    for (label, s) in [
+        ("avg", with_adapter("/b/avg", Some("bb"))),
+        ("avg", with_adapter("/b/avg", None)),
+        ("other", moved.clone()),
+    ] {
+        let fresh = tempfile::tempdir().unwrap();
+        let store = Store::reusing(fresh.path(), &[first.path().to_path_buf()]);
+        assert!(store.load(label, &s).unwrap().is_none(), "{label} {s:?}");
+    }
+    // Without a hash, only the very same path matches.
+    assert!(with_adapter("/a/x", None).same_run(&with_adapter("/a/x", None)));
+    assert!(!with_adapter("/a/x", None).same_run(&with_adapter("/b/x", None)));
 }
 
 #[test]

@@ -62,6 +62,10 @@ pub struct ExperimentConfig {
 pub struct Paths {
     pub work: PathBuf,
     pub results: PathBuf,
+    /// Work directories of other experiments whose stored scores this one adopts where they are the
+    /// same run (same model, test items and adapter weights): a probe that changes only the generator
+    /// then scores only its generated adapters, not the base model and training LoRAs again.
+    pub reuse: Vec<PathBuf>,
 }
 
 /// What the experiment runs with.
@@ -175,7 +179,14 @@ pub fn run(
         targets.len(),
         cfg.train.steps
     );
-    let store = Store::new(&paths.work.join("scores"));
+    let reused: Vec<PathBuf> = paths.reuse.iter().map(|w| w.join("scores")).collect();
+    if let Some(d) = reused.iter().find(|d| !d.is_dir()) {
+        return Err(ExperimentError::Config(format!(
+            "no stored scores to reuse in {}",
+            d.display()
+        )));
+    }
+    let store = Store::reusing(&paths.work.join("scores"), &reused);
     let mut runs: BTreeMap<(String, String), RunResult> = BTreeMap::new();
     // Every new batch of scores also refreshes the store's `results.md`: a partial table to read
     // while the experiment runs.

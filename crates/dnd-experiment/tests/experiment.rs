@@ -106,6 +106,7 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
     let paths = Paths {
         work: tmp.path().join("work"),
         results: tmp.path().join("results"),
+        reuse: Vec::new(),
     };
     let ctx = Context {
         llm: &llm,
@@ -213,6 +214,63 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
             serde_json::from_str(&std::fs::read_to_string(rec).unwrap()).unwrap();
         assert_eq!(rec["offset_scale"], 0.0);
     }
+
+    // Another experiment (other prompt batches) adopts the first one's stored scores where they are
+    // the same run: base, training LoRAs, oracle trajectory and the byte-identical uniform averages.
+    // It trains its own generators and scores only its generated adapters.
+    let probe = Paths {
+        work: tmp.path().join("probe-work"),
+        results: tmp.path().join("probe-results"),
+        reuse: vec![paths.work.clone()],
+    };
+    let other_batches = ExperimentConfig {
+        seed: 1,
+        ..cfg.clone()
+    };
+    let (mut scored, mut steps) = (0, 0);
+    let adopted = run(&other_batches, &probe, &ctx, &mut |e| match e {
+        Event::Score(ScoreEvent::Done(_)) => scored += 1,
+        Event::TrainStep { .. } => steps += 1,
+        _ => {}
+    })
+    .unwrap();
+    assert_eq!((scored, steps), (2 * 2, 2 * 3));
+    for (a, b) in report.targets.iter().zip(&adopted.targets) {
+        assert_eq!((&a.base, &a.oracle), (&b.base, &b.oracle));
+        assert_eq!(a.uniform_average.value, b.uniform_average.value);
+    }
+    let base: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(probe.work.join("scores/runs/base/boolq.json")).unwrap(),
+    )
+    .unwrap();
+    let note = format!("scores reused from {}", paths.work.join("scores").display());
+    assert!(
+        base["notes"].as_array().unwrap().contains(&note.into()),
+        "{base}"
+    );
+    let avg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(probe.work.join("scores/runs/boolq/uniform-avg/boolq.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        avg["settings"]["adapter"],
+        probe
+            .work
+            .join("adapters/boolq/uniform-avg")
+            .display()
+            .to_string(),
+        "an adopted run names this experiment's copy of the adapter"
+    );
+    let missing = Paths {
+        reuse: vec![tmp.path().join("nothing-here")],
+        ..probe.clone()
+    };
+    let err = run(&cfg, &missing, &ctx, &mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no stored scores to reuse in"), "{err}");
 
     // A bigger decoder in the same work directory is refused, not served the cached generators.
     let bigger = ExperimentConfig {
