@@ -6,8 +6,11 @@ use crate::finetune::step_bar;
 use crate::train::GeneratorArgs;
 use anyhow::{Context, Result};
 use dnd_encode::CachedEncoder;
+use dnd_evaluate::report::RunResult;
 use dnd_evaluate::{git_revision, EvalConfig};
-use dnd_experiment::{read_index, Context as Ctx, DndDiff, Event, ExperimentConfig, Paths, Report};
+use dnd_experiment::{
+    read_index, Context as Ctx, DndDiff, Event, ExperimentConfig, Paths, Report, Score,
+};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -147,16 +150,25 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
 
 #[derive(clap::Args)]
 pub struct CompareArgs {
-    /// The first experiment: its results directory or its report.json.
+    /// The first run: an experiment's results directory or report.json (its DnD rows), or a run
+    /// file of `dnd eval` (`<out>/runs/<adapter>/<task>.json`).
     first: PathBuf,
-    /// The second; differences are second − first, paired per test item.
+    /// The second, of the same kind; differences are second − first, paired per test item.
     second: PathBuf,
+    /// Leave out the first N test items of every target, e.g. the items a setting was chosen on,
+    /// so that a longer run checks the choice on items it was not made on.
+    #[arg(long, default_value_t = 0)]
+    skip: usize,
 }
 
-/// `dnd compare`: the second report's DnD against the first's on every target both have, from the
-/// per-item values in their `report.json` (no model is loaded).
+/// Per target, the per-item values `dnd compare` pairs: an experiment's DnD items or one scored run's
+/// primary metric.
+type Rows = Vec<(String, Vec<f64>)>;
+
+/// `dnd compare`: the second run's per-item values against the first's on every target both have
+/// (no model is loaded).
 pub fn compare(a: CompareArgs) -> Result<()> {
-    let load = |p: &Path| -> Result<(String, Report)> {
+    let load = |p: &Path| -> Result<(String, Rows)> {
         let file = if p.is_dir() {
             p.join("report.json")
         } else {
@@ -164,15 +176,24 @@ pub fn compare(a: CompareArgs) -> Result<()> {
         };
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
-        let report = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not an experiment report", file.display()))?;
         let dir = file.parent().and_then(Path::file_name);
         let name = dir.map_or(file.display().to_string(), |d| d.to_string_lossy().into());
-        Ok((name, report))
+        if let Ok(report) = serde_json::from_str::<Report>(&text) {
+            let rows = report.dnd_rows().into_iter();
+            return Ok((name, rows.map(|(t, v)| (t.into(), v.to_vec())).collect()));
+        }
+        let run: RunResult = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: neither an experiment report nor a `dnd eval` run file",
+                file.display()
+            )
+        })?;
+        let items = Score::from_run(&run).items;
+        Ok((name, vec![(run.settings.task, items)]))
     };
     let (na, ra) = load(&a.first)?;
     let (nb, rb) = load(&a.second)?;
-    let diff = DndDiff::new(&ra.dnd_rows(), &rb.dnd_rows()).with_context(|| {
+    let diff = DndDiff::new(&borrow(&ra), &borrow(&rb), a.skip).with_context(|| {
         format!(
             "comparing {} with {}",
             a.first.display(),
@@ -180,5 +201,15 @@ pub fn compare(a: CompareArgs) -> Result<()> {
         )
     })?;
     print!("{}", diff.markdown(&na, &nb));
+    if a.skip > 0 {
+        println!("(The first {} items of each target left out.)", a.skip);
+    }
     Ok(())
+}
+
+/// The rows as `DndDiff::new` takes them.
+fn borrow(rows: &Rows) -> Vec<(&str, &[f64])> {
+    rows.iter()
+        .map(|(t, v)| (t.as_str(), v.as_slice()))
+        .collect()
 }

@@ -31,7 +31,7 @@ pub use pipeline::{
     check_encoder, generate_adapter, model_config, prepare_training, read_index, save_adapter,
     task_prompts, PromptEncoder, TrainingInputs,
 };
-pub use report::{compare, Comparison, DndDiff, Paired, Report};
+pub use report::{compare, Comparison, DndDiff, Paired, Report, Score};
 
 use std::path::{Path, PathBuf};
 
