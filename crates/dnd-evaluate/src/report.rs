@@ -117,10 +117,7 @@ pub struct Store {
 
 impl Store {
     pub fn new(dir: &Path) -> Self {
-        Store {
-            dir: dir.into(),
-            reuse: Vec::new(),
-        }
+        Self::reusing(dir, &[])
     }
 
     /// A store that also adopts matching runs from the stores in `others`.
