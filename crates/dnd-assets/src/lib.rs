@@ -7,11 +7,9 @@
 //! never mistaken for a cached asset, and a re-run with everything in place hashes and returns.
 
 mod cache;
-mod fs;
 mod wheel;
 
 pub use cache::{cache_root, sha256_file, sha256_file_memo, Cache, HASH_MEMO};
-pub use fs::{io_err, write_atomic, PathIoError};
 pub use wheel::{Fetcher, Pip};
 
 use std::path::PathBuf;
@@ -19,12 +17,8 @@ use std::path::PathBuf;
 /// Errors from fetching or verifying an asset.
 #[derive(Debug, thiserror::Error)]
 pub enum AssetError {
-    #[error("I/O error on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] dnd_io::PathIoError),
     #[error("`{command}` failed ({status}): {stderr}")]
     Download {
         command: String,

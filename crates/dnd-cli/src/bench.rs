@@ -3,11 +3,10 @@
 
 mod generate;
 
-use crate::common::{python_reference, write_atomic, ModelArg};
+use crate::common::{python_reference, ModelArg};
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use dnd_collect::peak_rss_mb;
 use dnd_llm::train::{lm_loss, LmBatch};
 use dnd_llm::{Lora, LoraConfig};
 use serde_json::{json, Value};
@@ -117,7 +116,7 @@ fn llm(a: LlmArgs) -> Result<()> {
     let full_s = timed(a.steps, || {
         model.forward(&ids_t, None).map(|_| ()).map_err(Into::into)
     })?;
-    let rss_forward = peak_rss_mb();
+    let rss_forward = dnd_io::peak_rss_mb();
 
     let lora = Lora::init(LoraConfig::paper_default(), &cfg, 0, model.dtype())?;
     let (lora, vars) = lora.to_vars()?;
@@ -145,7 +144,7 @@ fn llm(a: LlmArgs) -> Result<()> {
         "forward_full_logits_tok_s": ntok / full_s,
         "lora_train_tok_s": ntok / train_s,
         "peak_rss_mb_after_forward": rss_forward,
-        "peak_rss_mb_after_train": peak_rss_mb(),
+        "peak_rss_mb_after_train": dnd_io::peak_rss_mb(),
         "loss_first": losses.first(),
         "loss_last": losses.last(),
     });
@@ -193,7 +192,7 @@ fn llm(a: LlmArgs) -> Result<()> {
             "lora_train": ratio("lora_train_tok_s", &["lora_train", "tok_s"]),
         },
     });
-    write_atomic(&a.out, &serde_json::to_string_pretty(&result)?)?;
+    dnd_io::write_atomic(&a.out, &serde_json::to_string_pretty(&result)?)?;
     let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
     let r = reference.clone().unwrap_or(Value::Null);
     let ra = &result["ratio_dnd_over_torch"];

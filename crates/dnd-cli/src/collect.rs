@@ -1,6 +1,5 @@
 //! `dnd collect`: the LoRA checkpoint collection the generator learns from, resumable per step.
 
-use crate::common::write_atomic;
 use crate::common::ModelArg;
 use crate::finetune::{base_model, show_step, step_bar, TrainArgs};
 use anyhow::{Context, Result};
@@ -86,11 +85,11 @@ pub fn run(a: CollectArgs) -> Result<()> {
     let md = markdown(&index, &dir);
     println!("{md}");
     if let Some(prefix) = &a.summary {
-        write_atomic(
+        dnd_io::write_atomic(
             &prefix.with_extension("json"),
             &serde_json::to_string_pretty(&index)?,
         )?;
-        write_atomic(&prefix.with_extension("md"), &md)?;
+        dnd_io::write_atomic(&prefix.with_extension("md"), &md)?;
     }
     Ok(())
 }

@@ -44,14 +44,6 @@ pub fn load_adapter(llm: &Llm, dir: &Path) -> Result<Lora> {
         .with_context(|| format!("loading adapter {}", dir.display()))
 }
 
-/// Write `text` to `path` atomically (temporary file in the same directory, then rename).
-pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    dnd_assets::write_atomic(path, text).with_context(|| format!("writing {}", path.display()))
-}
-
 /// Run a reference script from `scripts/reference/` (a side-by-side benchmark) with `args` and parse
 /// the JSON line it prints last.
 pub fn python_reference(python: &Path, script: &str, args: &[String]) -> Result<serde_json::Value> {

@@ -1,7 +1,7 @@
 //! `dnd eval`: score the base model and any adapters on benchmark tasks (dnd_evaluate), resumable
 //! per (adapter, task); or export the exact scoring requests for a cross-check with lm-eval.
 
-use crate::common::{write_atomic, ModelArg};
+use crate::common::ModelArg;
 use anyhow::{bail, Context, Result};
 use dnd_evaluate::report::Store;
 use dnd_evaluate::{
@@ -150,7 +150,7 @@ pub struct ScoreProgress {
 }
 
 impl ScoreProgress {
-    pub fn show(&mut self, event: ScoreEvent) {
+    pub fn show(&mut self, event: ScoreEvent<'_>) {
         match event {
             ScoreEvent::Kept(r) => {
                 tracing::info!("{}/{}: already scored, kept", r.label, r.settings.task)
@@ -241,7 +241,7 @@ fn export(llm: &Llm, sets: &[(Task, Vec<Example>)], style: PromptStyle, file: &P
             }
         }
     }
-    write_atomic(file, &(lines.join("\n") + "\n"))?;
+    dnd_io::write_atomic(file, &(lines.join("\n") + "\n"))?;
     println!("{} requests written to {}", lines.len(), file.display());
     Ok(())
 }

@@ -5,12 +5,11 @@ use crate::eval::ScoreProgress;
 use crate::finetune::step_bar;
 use crate::train::GeneratorArgs;
 use anyhow::{Context, Result};
+use dnd_collect::CollectionIndex;
 use dnd_encode::CachedEncoder;
 use dnd_evaluate::report::RunResult;
 use dnd_evaluate::{git_revision, EvalConfig};
-use dnd_experiment::{
-    read_index, Context as Ctx, DndDiff, Event, ExperimentConfig, Paths, Report, Score,
-};
+use dnd_experiment::{Context as Ctx, DndDiff, Event, ExperimentConfig, Paths, Report, Score};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -57,8 +56,8 @@ pub struct ExperimentArgs {
 pub fn run(a: ExperimentArgs) -> Result<()> {
     let g = &a.generator;
     let collection = g.collection_dir();
-    let index =
-        read_index(&collection).with_context(|| format!("collection {}", collection.display()))?;
+    let index = CollectionIndex::read(&collection)
+        .with_context(|| format!("collection {}", collection.display()))?;
     let model = g.model(&index);
     let model_path = model.path()?;
     let llm = model.load()?;

@@ -1,11 +1,11 @@
 //! `dnd finetune`: one LoRA adapter for one task, with its loss curve and manifest; and
 //! `dnd bench finetune`: the same training step's throughput side by side with PyTorch+PEFT.
 
-use crate::common::{write_atomic, ModelArg};
+use crate::common::ModelArg;
 use anyhow::{bail, Context, Result};
 use dnd_collect::{
-    finetune, model_sha256, peak_rss_mb, BaseModel, CollectDefaults, Sequence, StepRecord,
-    TrainConfig, Trainer,
+    finetune, model_sha256, BaseModel, CollectDefaults, LoraTrainConfig, Sequence, StepRecord,
+    Trainer,
 };
 use dnd_llm::{Lora, Target};
 use dnd_tasks::SplitConfig;
@@ -53,7 +53,7 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    pub fn config(&self, steps: usize) -> Result<TrainConfig> {
+    pub fn config(&self, steps: usize) -> Result<LoraTrainConfig> {
         let mut targets = Vec::new();
         for t in &self.targets {
             let module = if t.ends_with("_proj") {
@@ -68,7 +68,7 @@ impl TrainArgs {
         }
         targets.sort();
         targets.dedup();
-        let config = TrainConfig {
+        let config = LoraTrainConfig {
             rank: self.rank,
             alpha: self.alpha,
             targets: targets.iter().map(|t| t.module().to_string()).collect(),
@@ -272,7 +272,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let best = all_times.iter().cloned().fold(f64::MAX, f64::min);
     let dnd = json!({
         "tok_s": ntok / mean, "tok_s_best": ntok / best, "step_s_mean": mean,
-        "loss_first": loss_first, "peak_rss_mb": peak_rss_mb(),
+        "loss_first": loss_first, "peak_rss_mb": dnd_io::peak_rss_mb(),
     });
     drop(trainer);
     drop(llm);
@@ -315,7 +315,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         },
         "per_round": rounds,
     });
-    write_atomic(&a.out, &serde_json::to_string_pretty(&result)?)?;
+    dnd_io::write_atomic(&a.out, &serde_json::to_string_pretty(&result)?)?;
     let f = |v: &Value, k: &str| v[k].as_f64().map_or("-".into(), |x| format!("{x:.1}"));
     println!(
         "| LoRA SFT step, batch {} x {}, {} answer tokens, {} round(s) | tok/s | peak RSS MiB | dnd / this (median of rounds) |",

@@ -2,9 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use dnd_encode::{Encoder, EncoderConfig};
-use dnd_experiment::{check_encoder, generate_adapter, model_config};
-use dnd_generate::{draw_batches, Generator};
-use dnd_tasks::{find_task, Part, SplitConfig};
+use dnd_generate::{draw_batches, DragAndDrop, Generator};
+use dnd_llm::ModelConfig;
+use dnd_tasks::{task_prompts, Part};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -55,27 +55,22 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     let prompts = read_prompts(&a)?;
     let t0 = Instant::now();
-    let info_path = a.generator.join(dnd_generate::INFO_FILE);
-    let info: dnd_generate::GeneratorInfo = serde_json::from_str(
-        &std::fs::read_to_string(&info_path)
-            .with_context(|| format!("reading {}", info_path.display()))?,
-    )
-    .with_context(|| format!("{}: not a generator description", info_path.display()))?;
+    let info = dnd_generate::read_info(&a.generator)?;
     let model_path = crate::common::ModelArg {
         model: a.model.clone().unwrap_or(info.base_model.clone()),
     }
     .path()?;
-    let model = model_config(&model_path)?;
+    let model = ModelConfig::from_path(&model_path)?;
     let gen = Generator::load(&a.generator, &model, a.rank)?.with_offset_scale(a.offset_scale);
     let enc = Encoder::minilm(EncoderConfig {
         max_len: gen.info().encoder_max_len,
         ..EncoderConfig::default()
     })?;
-    check_encoder(&gen, &enc, &a.generator)?;
+    let dnd = DragAndDrop::new(gen, enc, &model_path.display().to_string(), &a.generator)?;
     let loaded = t0.elapsed().as_secs_f64();
-    let batches = draw_batches(prompts.len(), gen.prompts_per_batch(), a.count, a.seed)?;
+    let n = dnd.generator().prompts_per_batch();
+    let batches = draw_batches(prompts.len(), n, a.count, a.seed)?;
     let mut latencies = Vec::new();
-    let base = model_path.display().to_string();
     for (k, batch) in batches.iter().enumerate() {
         let texts: Vec<&str> = batch.iter().map(|&i| prompts[i].as_str()).collect();
         let dir = if a.count == 1 {
@@ -85,21 +80,21 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 .with_context(|| format!("creating {}", a.out.display()))?;
             a.out.join(format!("adapter-{k}"))
         };
-        latencies.push(generate_adapter(&gen, &enc, &texts, &base, &dir)?);
+        latencies.push(dnd.write(&texts, &dir)?);
     }
     let mean = latencies.iter().sum::<f64>() / latencies.len() as f64;
     let report = serde_json::json!({
         "generator": a.generator.display().to_string(),
         "base_model": model_path.display().to_string(),
         "prompts_available": prompts.len(),
-        "prompts_per_adapter": gen.prompts_per_batch(),
+        "prompts_per_adapter": n,
         "count": a.count,
         "seed": a.seed,
         "load_s": loaded,
         "per_adapter_s": latencies,
         "first_adapter_with_load_s": loaded + latencies[0],
     });
-    crate::common::write_atomic(
+    dnd_io::write_atomic(
         &a.out.join("generation.json"),
         &serde_json::to_string_pretty(&report)?,
     )?;
@@ -120,8 +115,7 @@ fn read_prompts(a: &GenerateArgs) -> Result<Vec<String>> {
             .into_iter()
             .find(|p| p.name() == a.split)
             .with_context(|| format!("unknown split `{}`", a.split))?;
-        let splits = find_task(t)?.splits(&a.data, &SplitConfig::default())?;
-        splits.part(part).iter().map(|e| e.prompt.clone()).collect()
+        task_prompts(t, &a.data, part)?
     } else if let Some(d) = &a.description {
         vec![d.clone()]
     } else {

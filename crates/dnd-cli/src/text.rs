@@ -1,6 +1,6 @@
 //! `dnd generate-text` and `dnd score`: direct use of a base model, with or without an adapter.
 
-use crate::common::{load_adapter, write_atomic, ModelArg};
+use crate::common::{load_adapter, ModelArg};
 use anyhow::{bail, Context, Result};
 use dnd_llm::score::{encode_pair, generate_greedy, loglikelihood};
 use dnd_llm::ChatMessage;
@@ -148,7 +148,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     bar.finish_and_clear();
     let text = lines.join("\n") + "\n";
     match args.output {
-        Some(path) => write_atomic(&path, &text)?,
+        Some(path) => dnd_io::write_atomic(&path, &text)?,
         None => print!("{text}"),
     }
     Ok(())

@@ -8,8 +8,7 @@ use dnd_collect::default_collection_dir;
 use dnd_collect::CollectionIndex;
 use dnd_decode::CPU_DEFAULT_INPUT;
 use dnd_encode::{CachedEncoder, Encoder, EncoderConfig};
-use dnd_experiment::{prepare_training, read_index, TrainingInputs};
-use dnd_train::{GeneratorTrainer, TrainConfig};
+use dnd_train::{prepare_training, GeneratorTrainConfig, GeneratorTrainer, TrainingInputs};
 use std::path::PathBuf;
 
 /// The generator-training flags `dnd train` and `dnd experiment` share: the collection, the base
@@ -35,18 +34,18 @@ pub struct GeneratorArgs {
     #[arg(long, default_value_t = dnd_decode::CPU_DEFAULT_HIDDEN)]
     pub decoder_hidden: usize,
     /// Generator updates (per target in `dnd experiment`; the final generator is used).
-    #[arg(long, default_value_t = TrainConfig::default().steps)]
+    #[arg(long, default_value_t = GeneratorTrainConfig::default().steps)]
     pub steps: usize,
-    #[arg(long, default_value_t = TrainConfig::default().batch)]
+    #[arg(long, default_value_t = GeneratorTrainConfig::default().batch)]
     pub batch: usize,
-    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    #[arg(long, default_value_t = GeneratorTrainConfig::default().lr)]
     pub lr: f64,
-    #[arg(long, default_value_t = TrainConfig::default().validate_every)]
+    #[arg(long, default_value_t = GeneratorTrainConfig::default().validate_every)]
     pub validate_every: usize,
-    #[arg(long, default_value_t = TrainConfig::default().save_every)]
+    #[arg(long, default_value_t = GeneratorTrainConfig::default().save_every)]
     pub save_every: usize,
     /// Share of training pairs that mix two tasks' prompts and interpolate their checkpoints.
-    #[arg(long, default_value_t = TrainConfig::default().mix)]
+    #[arg(long, default_value_t = GeneratorTrainConfig::default().mix)]
     pub mix: f64,
     /// Weight every token of the loss alike (default: by how much it moves within a task).
     #[arg(long)]
@@ -79,9 +78,9 @@ impl GeneratorArgs {
         })?)
     }
 
-    /// The schedule these flags set; every other setting as `TrainConfig::default()`.
-    pub fn train_config(&self) -> TrainConfig {
-        TrainConfig {
+    /// The schedule these flags set; every other setting as `GeneratorTrainConfig::default()`.
+    pub fn train_config(&self) -> GeneratorTrainConfig {
+        GeneratorTrainConfig {
             steps: self.steps,
             batch: self.batch,
             lr: self.lr,
@@ -89,7 +88,7 @@ impl GeneratorArgs {
             save_every: self.save_every,
             mix: self.mix,
             uniform_weights: self.uniform_weights,
-            ..TrainConfig::default()
+            ..GeneratorTrainConfig::default()
         }
     }
 }
@@ -108,20 +107,20 @@ pub struct TrainArgs {
     /// Delete --out first instead of resuming.
     #[arg(long)]
     fresh: bool,
-    #[arg(long, default_value_t = TrainConfig::default().weight_decay)]
+    #[arg(long, default_value_t = GeneratorTrainConfig::default().weight_decay)]
     weight_decay: f64,
-    #[arg(long, default_value_t = TrainConfig::default().clip)]
+    #[arg(long, default_value_t = GeneratorTrainConfig::default().clip)]
     clip: f64,
     /// Lowest per-token loss weight (relative to a mean of 1).
-    #[arg(long, default_value_t = TrainConfig::default().min_weight)]
+    #[arg(long, default_value_t = GeneratorTrainConfig::default().min_weight)]
     min_weight: f64,
-    #[arg(long, default_value_t = TrainConfig::default().seed)]
+    #[arg(long, default_value_t = GeneratorTrainConfig::default().seed)]
     seed: u64,
     /// Predict whole tokens, as the paper does, instead of offsets from the mean training checkpoint.
     #[arg(long)]
     no_residual: bool,
     /// Hold out every k-th checkpoint of each task for the validation loss (0: none).
-    #[arg(long, default_value_t = TrainConfig::default().holdout_every)]
+    #[arg(long, default_value_t = GeneratorTrainConfig::default().holdout_every)]
     holdout_every: usize,
     /// Stop after this many updates in this invocation (time-boxing; rerun to continue).
     #[arg(long)]
@@ -131,7 +130,8 @@ pub struct TrainArgs {
 pub fn run(a: TrainArgs) -> Result<()> {
     let g = &a.generator;
     let dir = g.collection_dir();
-    let index = read_index(&dir).with_context(|| format!("collection {}", dir.display()))?;
+    let index =
+        CollectionIndex::read(&dir).with_context(|| format!("collection {}", dir.display()))?;
     let tasks: Vec<String> = if a.tasks.is_empty() {
         index.tasks.iter().map(|t| t.task.clone()).collect()
     } else {
@@ -157,7 +157,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if a.fresh && a.out.exists() {
         std::fs::remove_dir_all(&a.out).with_context(|| format!("removing {}", a.out.display()))?;
     }
-    let config = TrainConfig {
+    let config = GeneratorTrainConfig {
         weight_decay: a.weight_decay,
         clip: a.clip,
         min_weight: a.min_weight,

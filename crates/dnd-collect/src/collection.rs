@@ -2,11 +2,9 @@
 
 use crate::data::{encode, Sequence};
 use crate::error::{io_err, CollectError, Result};
-use crate::run::{
-    run, write_atomic, BaseModel, DataInfo, Manifest, RunOptions, RunOutcome, RunSpec, Saves,
-};
+use crate::run::{run, BaseModel, DataInfo, Manifest, RunOptions, RunOutcome, RunSpec, Saves};
 use crate::stats::{checkpoint_std, mean_spread, save_std, STD_FILE};
-use crate::trainer::{StepRecord, TrainConfig};
+use crate::trainer::{LoraTrainConfig, StepRecord};
 use dnd_llm::{Tokenizer, Transformer};
 use dnd_tasks::{find_task, Part, SplitConfig};
 use serde::{Deserialize, Serialize};
@@ -16,7 +14,7 @@ use std::time::Instant;
 pub const INDEX_FILE: &str = "collection.json";
 
 /// A task's adapter-train part as training sequences.
-pub struct TaskData {
+pub struct TaskSequences {
     pub seqs: Vec<Sequence>,
     pub info: DataInfo,
 }
@@ -28,7 +26,7 @@ pub fn prepare_task(
     root: &Path,
     split: &SplitConfig,
     max_len: usize,
-) -> Result<TaskData> {
+) -> Result<TaskSequences> {
     let splits = find_task(task)?.splits(root, split)?;
     let pairs: Vec<(String, String)> = splits
         .adapter_train
@@ -43,7 +41,7 @@ pub fn prepare_task(
         encoded,
         tokens_sha256: DataInfo::tokens_hash(&seqs),
     };
-    Ok(TaskData { seqs, info })
+    Ok(TaskSequences { seqs, info })
 }
 
 /// What a collection reports as it goes.
@@ -61,7 +59,7 @@ pub enum Event<'a> {
 pub struct CollectPlan {
     pub dir: PathBuf,
     pub tasks: Vec<String>,
-    pub train: TrainConfig,
+    pub train: LoraTrainConfig,
     /// Updates before the first saved checkpoint; every later update (up to `train.steps`) is saved.
     pub first_phase: usize,
     pub data_root: PathBuf,
@@ -73,11 +71,18 @@ pub struct CollectPlan {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CollectionIndex {
     pub base_model: BaseModel,
-    pub train: TrainConfig,
+    pub train: LoraTrainConfig,
     pub first_phase: usize,
     pub tasks: Vec<TaskEntry>,
     /// Sum of the tasks' manifest wall times.
     pub wall_time_s: f64,
+}
+
+impl CollectionIndex {
+    /// The index of the collection directory `collection` (its `collection.json`).
+    pub fn read(collection: &Path) -> Result<Self> {
+        dnd_io::read_json(&collection.join(INDEX_FILE))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,7 +105,7 @@ pub fn collect(
     tok: &Tokenizer,
     base: &BaseModel,
     plan: &CollectPlan,
-    on_event: &mut dyn FnMut(Event),
+    on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<CollectionIndex> {
     if plan.tasks.is_empty() {
         return Err(CollectError::Config("no tasks to collect".into()));
@@ -149,9 +154,8 @@ pub fn collect(
         index.tasks.push(task_entry(&dir, task, &manifest)?);
         on_event(Event::TaskDone(&manifest));
         index.wall_time_s = index.tasks.iter().map(|t| t.wall_time_s).sum();
-        let text = serde_json::to_string_pretty(&index).expect("the index serialises");
         std::fs::create_dir_all(&plan.dir).map_err(io_err(&plan.dir))?;
-        write_atomic(&plan.dir.join(INDEX_FILE), text.as_bytes())?;
+        dnd_io::write_json::<_, CollectError>(&plan.dir.join(INDEX_FILE), &index)?;
     }
     Ok(index)
 }
@@ -187,7 +191,7 @@ pub fn finetune(
     tok: &Tokenizer,
     base: &BaseModel,
     task: &str,
-    train: &TrainConfig,
+    train: &LoraTrainConfig,
     data_root: &Path,
     split: &SplitConfig,
     dir: &Path,
@@ -216,7 +220,7 @@ pub fn finetune(
 
 /// The checkpoint directories of a collected task, in step order.
 pub fn task_checkpoints(collection: &Path, task: &str) -> Result<Vec<PathBuf>> {
-    let m = Manifest::read(&collection.join(task).join(crate::run::MANIFEST_FILE))?;
+    let m = Manifest::read(&collection.join(task).join(crate::run::RUN_MANIFEST_FILE))?;
     if !m.complete {
         return Err(CollectError::Data {
             task: task.into(),

@@ -11,7 +11,7 @@
 //! initialisation, so the peak is 1e-3 (5 warm-up steps, then a cosine to 10% so the saved steps still
 //! move).
 
-use crate::trainer::TrainConfig;
+use crate::trainer::LoraTrainConfig;
 use std::path::PathBuf;
 
 /// The seed of every collection's LoRA initialisation and data order: one value for all tasks, so
@@ -46,8 +46,8 @@ impl CollectDefaults {
     pub const CHECKPOINTS: usize = 20;
 
     /// A collection task (see the module documentation for the numbers).
-    pub fn collection() -> TrainConfig {
-        TrainConfig {
+    pub fn collection() -> LoraTrainConfig {
+        LoraTrainConfig {
             rank: 8,
             alpha: 16.0,
             targets: dnd_llm::Target::ALL

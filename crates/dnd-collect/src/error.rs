@@ -3,9 +3,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
     #[error(transparent)]
-    Io(#[from] dnd_assets::PathIoError),
-    #[error("{path}: invalid JSON: {reason}")]
-    Json { path: PathBuf, reason: String },
+    Io(#[from] dnd_io::PathIoError),
+    #[error(transparent)]
+    Json(#[from] dnd_io::JsonError),
     #[error(transparent)]
     Llm(#[from] dnd_llm::LlmError),
     #[error(transparent)]
@@ -25,12 +25,12 @@ pub enum CollectError {
     Mismatch { dir: PathBuf, reason: String },
     #[error("{path}: not a usable run state: {reason}")]
     State { path: PathBuf, reason: String },
-    #[error("{path}: cannot draw the loss curve: {reason}")]
-    Plot { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Plot(#[from] dnd_plot::PlotError),
 }
 
 pub type Result<T> = std::result::Result<T, CollectError>;
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> CollectError + '_ {
-    dnd_assets::io_err(path)
+    dnd_io::io_err(path)
 }

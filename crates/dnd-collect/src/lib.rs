@@ -24,23 +24,23 @@ mod data;
 mod defaults;
 mod error;
 mod hash;
-pub mod plot;
+mod plot;
 mod run;
 mod stats;
 mod trainer;
 
 pub use collection::{
     collect, finetune, prepare_task, task_checkpoints, CollectPlan, CollectionIndex, Event,
-    TaskData, TaskEntry, INDEX_FILE,
+    TaskEntry, TaskSequences, INDEX_FILE,
 };
 pub use data::{batch_indices, encode, micro_batches, EncodeStats, Sequence};
 pub use defaults::{default_collection_dir, CollectDefaults, COMMONSENSE_TASKS, DEFAULT_SEED};
 pub use error::{CollectError, Result};
 pub use hash::model_sha256;
-pub use plot::{loss_png, render_png};
+pub use plot::loss_png;
 pub use run::{
-    peak_rss_mb, run, BaseModel, DataInfo, Manifest, RunOptions, RunOutcome, RunSpec, Saves,
-    Session, CHECKPOINTS_DIR, LOSS_PNG, MANIFEST_FILE, STATE_FILE,
+    run, BaseModel, DataInfo, Manifest, RunOptions, RunOutcome, RunSpec, Saves, Session,
+    CHECKPOINTS_DIR, RUN_LOSS_PNG, RUN_MANIFEST_FILE, STATE_FILE,
 };
 pub use stats::{checkpoint_std, mean_spread, STD_FILE};
-pub use trainer::{StepRecord, TrainConfig, Trainer};
+pub use trainer::{LoraTrainConfig, StepRecord, Trainer};

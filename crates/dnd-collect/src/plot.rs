@@ -1,68 +1,10 @@
-//! The loss curve as a PNG. Text is drawn with an embedded DejaVu font (plotters' `ab_glyph`), so no
-//! system font library is needed.
+//! A run's loss curve as a PNG.
 
-use crate::error::{io_err, CollectError, Result};
+use crate::error::Result;
 use crate::trainer::StepRecord;
-use plotters::chart::SeriesLabelStyle;
-use plotters::coord::{CoordTranslate, Shift};
+use dnd_plot::{legend, render_png, Area, DrawResult};
 use plotters::prelude::*;
-use plotters::style::FontStyle;
 use std::path::Path;
-use std::sync::Once;
-
-static FONT: Once = Once::new();
-
-/// The drawing area of a bitmap figure.
-pub type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
-/// What a figure's drawing code returns.
-pub type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
-
-/// Draw a `size` PNG into `path` under a temporary name, then rename it, so no half-written image is
-/// ever left: the one helper behind every figure of the workspace. Registers the embedded font once,
-/// fills the background white and runs `draw`. A drawing failure becomes `plot_err(reason)`, a
-/// failed rename `io_err(error)`.
-pub fn render_png<E>(
-    path: &Path,
-    size: (u32, u32),
-    draw: impl FnOnce(&Area) -> DrawResult,
-    plot_err: impl FnOnce(String) -> E,
-    io_err: impl FnOnce(std::io::Error) -> E,
-) -> std::result::Result<(), E> {
-    FONT.call_once(|| {
-        // A font that failed to parse surfaces below as a drawing error naming the file.
-        let _ = plotters::style::register_font(
-            "sans-serif",
-            FontStyle::Normal,
-            dejavu::sans::regular(),
-        );
-    });
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    // The image encoder picks the format from the extension, so the temporary name keeps `.png`.
-    let tmp = path.with_file_name(format!(".tmp-{name}"));
-    {
-        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
-        root.fill(&WHITE)
-            .map_err(|e| e.to_string())
-            .and_then(|_| draw(&root).map_err(|e| e.to_string()))
-            .and_then(|_| root.present().map_err(|e| e.to_string()))
-            .map_err(plot_err)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io_err)
-}
-
-/// The legend of every figure: a translucent white box with a black frame and `font_px` text, ready
-/// for a position and `draw()`.
-pub fn legend<'a, 'b, DB: DrawingBackend + 'a, CT: CoordTranslate>(
-    chart: &'b mut ChartContext<'a, DB, CT>,
-    font_px: u32,
-) -> SeriesLabelStyle<'a, 'b, DB, CT> {
-    let mut style = chart.configure_series_labels();
-    style
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", font_px));
-    style
-}
 
 /// Plot loss per step to `path` (written under a temporary name, then renamed), shading the steps
 /// from `first_checkpoint` on, where every step is saved.
@@ -72,20 +14,13 @@ pub fn loss_png(
     records: &[StepRecord],
     first_checkpoint: Option<usize>,
 ) -> Result<()> {
-    render_png(
-        path,
-        (800, 480),
-        |root| draw(root, title, records, first_checkpoint),
-        |reason| CollectError::Plot {
-            path: path.into(),
-            reason,
-        },
-        io_err(path),
-    )
+    Ok(render_png(path, (800, 480), |root| {
+        draw(root, title, records, first_checkpoint)
+    })?)
 }
 
 fn draw(
-    root: &Area,
+    root: &Area<'_>,
     title: &str,
     records: &[StepRecord],
     first_checkpoint: Option<usize>,

@@ -7,18 +7,18 @@
 use crate::data::{batch_indices, EncodeStats, Sequence};
 use crate::error::{io_err, CollectError, Result};
 use crate::plot::loss_png;
-use crate::trainer::{StepRecord, TrainConfig, Trainer};
+use crate::trainer::{LoraTrainConfig, StepRecord, Trainer};
 use candle_core::{DType, Device, Tensor};
 use dnd_llm::{peft, Lora, Transformer};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 pub const STATE_FILE: &str = "run-state.safetensors";
-pub const MANIFEST_FILE: &str = "manifest.json";
-pub const LOSS_PNG: &str = "loss.png";
+pub const RUN_MANIFEST_FILE: &str = "manifest.json";
+pub const RUN_LOSS_PNG: &str = "loss.png";
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 
 /// Which steps leave an adapter behind.
@@ -69,7 +69,7 @@ pub struct RunSpec {
     pub task: String,
     pub base_model: BaseModel,
     pub data: DataInfo,
-    pub train: TrainConfig,
+    pub train: LoraTrainConfig,
     pub saves: Saves,
 }
 
@@ -117,11 +117,7 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-        serde_json::from_str(&text).map_err(|e| CollectError::Json {
-            path: path.into(),
-            reason: e.to_string(),
-        })
+        dnd_io::read_json(path)
     }
 }
 
@@ -144,18 +140,6 @@ pub enum RunOutcome {
     Stopped(usize),
 }
 
-/// Peak resident memory of this process so far, in MiB (Linux `VmHWM`).
-pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn checkpoint_name(step: usize) -> String {
     format!("step-{step:04}")
 }
@@ -166,10 +150,10 @@ pub fn run(
     seqs: &[Sequence],
     spec: &RunSpec,
     dir: &Path,
-    opts: &mut RunOptions,
+    opts: &mut RunOptions<'_>,
 ) -> Result<RunOutcome> {
     let fingerprint = spec.fingerprint();
-    let manifest_path = dir.join(MANIFEST_FILE);
+    let manifest_path = dir.join(RUN_MANIFEST_FILE);
     if manifest_path.is_file() {
         let m = Manifest::read(&manifest_path)?;
         if m.fingerprint != fingerprint {
@@ -237,7 +221,12 @@ pub fn run(
         Saves::EveryStepFrom(f) => Some(f),
         Saves::Final => None,
     };
-    loss_png(&dir.join(LOSS_PNG), &spec.task, &records, first_checkpoint)?;
+    loss_png(
+        &dir.join(RUN_LOSS_PNG),
+        &spec.task,
+        &records,
+        first_checkpoint,
+    )?;
     let last = sessions.last_mut().expect("pushed above");
     last.seconds = opts.started.elapsed().as_secs_f64();
     let manifest = write_manifest(dir, spec, &fingerprint, &records, &sessions, true)?;
@@ -262,18 +251,10 @@ fn describe_difference(old: &RunSpec, new: &RunSpec) -> String {
 /// Write one checkpoint as a PEFT directory: built under a temporary name, then renamed, so a
 /// `step-NNNN` directory is always whole.
 fn save_checkpoint(dir: &Path, step: usize, lora: &Lora, base: &str) -> Result<()> {
-    let root = dir.join(CHECKPOINTS_DIR);
-    let name = checkpoint_name(step);
-    let tmp = root.join(format!(".{name}.tmp"));
-    let dst = root.join(&name);
-    for stale in [&tmp, &dst] {
-        if stale.exists() {
-            std::fs::remove_dir_all(stale).map_err(io_err(stale))?;
-        }
-    }
-    peft::save(lora, &tmp, base)?;
-    std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
-    Ok(())
+    let dst = dir.join(CHECKPOINTS_DIR).join(checkpoint_name(step));
+    dnd_io::replace_dir(&dst, |tmp| {
+        Ok::<_, CollectError>(peft::save(lora, tmp, base)?)
+    })
 }
 
 /// Delete temporary directories and checkpoints newer than the resumed state: they belong to steps
@@ -337,21 +318,10 @@ fn write_manifest(
         } else {
             0.0
         },
-        peak_rss_mb: peak_rss_mb(),
+        peak_rss_mb: dnd_io::peak_rss_mb(),
     };
-    let text = serde_json::to_string_pretty(&manifest).expect("a manifest serialises");
-    write_atomic(&dir.join(MANIFEST_FILE), text.as_bytes())?;
+    dnd_io::write_json::<_, CollectError>(&dir.join(RUN_MANIFEST_FILE), &manifest)?;
     Ok(manifest)
-}
-
-/// Write `bytes` to `path` through a temporary file in the same directory and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    Ok(dnd_assets::write_atomic(path, bytes)?)
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(".{name}.tmp"))
 }
 
 const RECORD_FIELDS: usize = 7;
@@ -360,7 +330,7 @@ const SESSION_FIELDS: usize = 3;
 fn save_state(
     path: &Path,
     fingerprint: &str,
-    trainer: &Trainer,
+    trainer: &Trainer<'_>,
     records: &[StepRecord],
     sessions: &[Session],
 ) -> Result<()> {
@@ -396,17 +366,16 @@ fn save_state(
         "run.fingerprint".into(),
         Tensor::new(fingerprint.as_bytes(), dev)?,
     );
-    // The temporary name keeps the `.safetensors` extension out of the way of readers; the rename
-    // is the commit point.
-    let tmp = tmp_path(path);
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    // The rename is the commit point: a state file that exists is whole.
+    dnd_io::write_atomic_with(path, |tmp| {
+        Ok::<_, CollectError>(candle_core::safetensors::save(&tensors, tmp)?)
+    })
 }
 
 fn load_state(
     path: &Path,
     fingerprint: &str,
-    trainer: &mut Trainer,
+    trainer: &mut Trainer<'_>,
 ) -> Result<(Vec<StepRecord>, Vec<Session>)> {
     let bad = |reason: String| CollectError::State {
         path: path.into(),

@@ -70,8 +70,7 @@ pub fn mean_spread(std: &HashMap<String, Tensor>) -> Result<(f64, f64)> {
 
 /// Write the spread to `path` atomically.
 pub fn save_std(std: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    candle_core::safetensors::save(std, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(crate::error::io_err(path))
+    dnd_io::write_atomic_with(path, |tmp| {
+        Ok::<_, crate::CollectError>(candle_core::safetensors::save(std, tmp)?)
+    })
 }

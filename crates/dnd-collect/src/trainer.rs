@@ -13,7 +13,7 @@ use std::time::Instant;
 
 /// Everything that decides the bytes of a run's adapters (with the base model and the data).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
+pub struct LoraTrainConfig {
     pub rank: usize,
     pub alpha: f64,
     /// PEFT module names (`q_proj`, ...), in canonical order.
@@ -38,7 +38,7 @@ pub struct TrainConfig {
     pub steps: usize,
 }
 
-impl TrainConfig {
+impl LoraTrainConfig {
     pub fn lora_config(&self) -> Result<LoraConfig> {
         let targets = self
             .targets
@@ -101,12 +101,12 @@ pub struct Trainer<'m> {
     model: &'m Transformer,
     lora: Lora,
     opt: AdamW,
-    config: TrainConfig,
+    config: LoraTrainConfig,
 }
 
 impl<'m> Trainer<'m> {
     /// Start from `init` (its values are copied into trainable variables).
-    pub fn new(model: &'m Transformer, init: &Lora, config: &TrainConfig) -> Result<Self> {
+    pub fn new(model: &'m Transformer, init: &Lora, config: &LoraTrainConfig) -> Result<Self> {
         config.validate()?;
         let (lora, vars) = init.to_vars()?;
         let opt = AdamW::new(

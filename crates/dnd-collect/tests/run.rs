@@ -3,8 +3,8 @@
 //! with other settings are refused; micro-batching leaves the update unchanged; training learns.
 
 use dnd_collect::{
-    run, BaseModel, CollectError, DataInfo, EncodeStats, Manifest, RunOptions, RunOutcome, RunSpec,
-    Saves, Sequence, TrainConfig, Trainer, CHECKPOINTS_DIR, LOSS_PNG, STATE_FILE,
+    run, BaseModel, CollectError, DataInfo, EncodeStats, LoraTrainConfig, Manifest, RunOptions,
+    RunOutcome, RunSpec, Saves, Sequence, Trainer, CHECKPOINTS_DIR, RUN_LOSS_PNG, STATE_FILE,
 };
 use dnd_llm::{Lora, Transformer};
 use std::path::Path;
@@ -25,8 +25,8 @@ fn seqs() -> Vec<Sequence> {
         .collect()
 }
 
-fn config() -> TrainConfig {
-    TrainConfig {
+fn config() -> LoraTrainConfig {
+    LoraTrainConfig {
         rank: 2,
         alpha: 4.0,
         targets: dnd_llm::Target::ALL
@@ -46,7 +46,7 @@ fn config() -> TrainConfig {
     }
 }
 
-fn spec(train: TrainConfig, saves: Saves) -> RunSpec {
+fn spec(train: LoraTrainConfig, saves: Saves) -> RunSpec {
     let s = seqs();
     RunSpec {
         task: "synthetic".into(),
@@ -128,7 +128,7 @@ fn an_interrupted_run_ends_with_the_same_bytes() {
         !straight.join(STATE_FILE).exists(),
         "state removed at the end"
     );
-    let png = std::fs::read(straight.join(LOSS_PNG)).unwrap();
+    let png = std::fs::read(straight.join(RUN_LOSS_PNG)).unwrap();
     assert_eq!(&png[..4], b"\x89PNG");
 
     let resumed = tmp.path().join("resumed");

@@ -132,29 +132,20 @@ impl HyperConvDecoder {
             .into_iter()
             .map(|(n, v)| (n, v.as_tensor().clone()))
             .collect();
-        let weights = dir.join(WEIGHTS_FILE);
-        let tmp = dir.join(format!(".{WEIGHTS_FILE}.tmp"));
-        candle_core::safetensors::save(&tensors, &tmp)?;
-        std::fs::rename(&tmp, &weights).map_err(crate::io_err(&weights))?;
+        dnd_io::write_atomic_with(&dir.join(WEIGHTS_FILE), |tmp| {
+            Ok::<_, DecodeError>(candle_core::safetensors::save(&tensors, tmp)?)
+        })?;
         let files = Files {
             decoder: self.config.clone(),
             generator: meta.clone(),
         };
-        let json = serde_json::to_string_pretty(&files).expect("plain data serialises");
-        let config = dir.join(CONFIG_FILE);
-        let tmp = dir.join(format!(".{CONFIG_FILE}.tmp"));
-        std::fs::write(&tmp, json).map_err(crate::io_err(&tmp))?;
-        std::fs::rename(&tmp, &config).map_err(crate::io_err(&config))
+        dnd_io::write_json(&dir.join(CONFIG_FILE), &files)
     }
 
     /// The decoder config and generator metadata stored in `dir`.
     pub fn read_meta(dir: &Path) -> Result<(DecoderConfig, GeneratorMeta)> {
         let path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(crate::io_err(&path))?;
-        let files: Files = serde_json::from_str(&text).map_err(|e| DecodeError::File {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let files: Files = dnd_io::read_json::<_, DecodeError>(&path)?;
         Ok((files.decoder, files.generator))
     }
 

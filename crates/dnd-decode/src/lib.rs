@@ -42,12 +42,8 @@ pub enum DecodeError {
     Config(String),
     #[error("wrong input shape: {0}")]
     Shape(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] dnd_io::PathIoError),
     #[error("{path}: unreadable generator file: {reason}")]
     File { path: PathBuf, reason: String },
     #[error("{path}: this generator was trained for another adapter layout: {reason}")]
@@ -59,8 +55,15 @@ pub enum DecodeError {
 pub type Result<T> = std::result::Result<T, DecodeError>;
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DecodeError + '_ {
-    move |source| DecodeError::Io {
-        path: path.to_path_buf(),
-        source,
+    dnd_io::io_err(path)
+}
+
+/// A generator file that is not the JSON it should be is an unreadable generator file.
+impl From<dnd_io::JsonError> for DecodeError {
+    fn from(e: dnd_io::JsonError) -> Self {
+        DecodeError::File {
+            path: e.path,
+            reason: e.reason,
+        }
     }
 }

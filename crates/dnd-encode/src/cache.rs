@@ -152,14 +152,13 @@ fn read_entry(path: &Path, hidden: usize) -> Result<PromptStates> {
 fn write_entry(path: &Path, s: &PromptStates) -> Result<()> {
     let dir = path.parent().expect("cache paths have a parent");
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    static SERIAL: AtomicUsize = AtomicUsize::new(0);
-    let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp-{}-{serial}", std::process::id()));
     let tokens = Tensor::new(&[s.tokens as u32], &Device::Cpu)?;
     let tensors = HashMap::from([
         ("hidden".to_string(), s.hidden.clone()),
         ("tokens".into(), tokens),
     ]);
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    // Processes sharing the cache may write one entry at once: each through its own temporary file.
+    dnd_io::write_atomic_with(path, |tmp| {
+        Ok::<_, EncodeError>(candle_core::safetensors::save(&tensors, tmp)?)
+    })
 }

@@ -4,12 +4,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] dnd_io::PathIoError),
     #[error("{path}: unusable encoder model: {reason}")]
     Model { path: PathBuf, reason: String },
     #[error("{path}: cannot load the tokenizer: {reason}")]
@@ -41,8 +37,5 @@ pub enum EncodeError {
 pub type Result<T> = std::result::Result<T, EncodeError>;
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EncodeError + '_ {
-    move |source| EncodeError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    dnd_io::io_err(path)
 }

@@ -6,8 +6,10 @@ mod bert;
 mod cache;
 mod encoder;
 mod error;
+mod prompt_encoder;
 
 pub use bert::{mean_pool_normalized, Bert, BertConfig};
 pub use cache::CachedEncoder;
 pub use encoder::{Encoded, Encoder, EncoderConfig, PromptStates};
 pub use error::{EncodeError, Result};
+pub use prompt_encoder::PromptEncoder;

@@ -318,7 +318,7 @@ fn letter_item(
 fn code_item(
     lm: &dyn LanguageModel,
     ex: &Example,
-    problem: &Problem,
+    problem: &Problem<'_>,
     task: &Task,
     cfg: &EvalConfig,
     sandbox: &Sandbox,

@@ -47,13 +47,7 @@ pub enum EvalError {
     #[error(transparent)]
     Tokenizer(#[from] dnd_llm::tokenizer::TokenizerError),
     #[error(transparent)]
-    Io(#[from] dnd_assets::PathIoError),
-    #[error("{path}: {source}")]
-    Json {
-        path: std::path::PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    Io(#[from] dnd_io::PathIoError),
     #[error("{0}")]
     Input(String),
 }
@@ -62,5 +56,5 @@ pub type Result<T> = std::result::Result<T, EvalError>;
 
 /// Shorthand for an I/O error on a path.
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
-    dnd_assets::io_err(path)
+    dnd_io::io_err(path)
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::evaluate::{Evaluation, MetricValue, Protocol, Record};
-use crate::{io_err, EvalError, Result};
+use crate::{EvalError, Result};
 
 /// Everything a result depends on. A stored run is reused only if all of it matches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,7 +164,7 @@ impl Store {
 
     pub fn save(&self, run: &RunResult) -> Result<PathBuf> {
         let path = self.run_path(&run.label, &run.settings.task, run.settings.protocol);
-        write_atomic(&path, &to_json(&path, run)?)?;
+        dnd_io::write_json::<_, EvalError>(&path, run)?;
         Ok(path)
     }
 
@@ -174,10 +174,8 @@ impl Store {
         let json_path = self.dir.join("results.json");
         let mut summaries = Vec::new();
         for r in runs {
-            let mut v = serde_json::to_value(r).map_err(|source| EvalError::Json {
-                path: json_path.clone(),
-                source,
-            })?;
+            // A run is plain data: numbers, strings and maps keyed by strings.
+            let mut v = serde_json::to_value(r).expect("a run serialises");
             if let Value::Object(m) = &mut v {
                 m.remove("records");
                 let file = self.run_path(&r.label, &r.settings.task, r.settings.protocol);
@@ -191,8 +189,11 @@ impl Store {
             "git_rev": runs.last().and_then(|r| r.git_rev.clone()),
             "runs": summaries,
         });
-        write_atomic(&json_path, &to_json(&json_path, &doc)?)?;
-        write_atomic(&self.dir.join("results.md"), &markdown(runs))
+        dnd_io::write_json::<_, EvalError>(&json_path, &doc)?;
+        Ok(dnd_io::write_atomic(
+            &self.dir.join("results.md"),
+            markdown(runs),
+        )?)
     }
 }
 
@@ -203,22 +204,6 @@ fn run_file(dir: &Path, label: &str, task: &str, protocol: Protocol) -> PathBuf 
         Protocol::Generative => format!("{task}.generative.json"),
     };
     dir.join("runs").join(label).join(file)
-}
-
-fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<String> {
-    serde_json::to_string_pretty(value).map_err(|source| EvalError::Json {
-        path: path.into(),
-        source,
-    })
-}
-
-/// Write through a temporary file in the same directory and rename, so a killed run never leaves
-/// a half-written result that a resumed run would trust.
-pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    }
-    Ok(dnd_assets::write_atomic(path, text)?)
 }
 
 /// Tables with adapters as rows and tasks as columns, cells `value ± stderr` in percent: the

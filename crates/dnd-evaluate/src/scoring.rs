@@ -78,7 +78,7 @@ pub fn score(
     label: &str,
     adapter: Option<&Path>,
     sets: &[(Task, Vec<Example>)],
-    on_event: &mut dyn FnMut(ScoreEvent),
+    on_event: &mut dyn FnMut(ScoreEvent<'_>),
 ) -> Result<Vec<RunResult>> {
     let sha = adapter.map(adapter_sha256).transpose()?.flatten();
     let mut merged = None;

@@ -3,21 +3,21 @@
 //! skipping what its output already holds.
 
 use crate::pca::{flatten, stride_for, Pca};
-use crate::pipeline::{
-    check_encoder, generate_adapter, prepare_training, read_index, read_json, save_adapter,
-    task_prompts, PromptEncoder, TrainingInputs,
-};
 use crate::position::Position;
 use crate::report::{PcaPoint, Report, Score, TargetResult};
-use crate::{baselines, io_err, write_atomic, ExperimentError, Result};
+use crate::{baselines, io_err, read_json, ExperimentError, Result};
 use candle_core::DType;
 use dnd_collect::{task_checkpoints, CollectionIndex};
+use dnd_encode::PromptEncoder;
 use dnd_evaluate::report::{RunResult, Store};
 use dnd_evaluate::{score, select_examples, EvalConfig, ScoreEvent, ScoreSpec};
-use dnd_generate::{draw_batches, Generator};
+use dnd_generate::{draw_batches, save_adapter, DragAndDrop, Generator};
 use dnd_llm::Llm;
-use dnd_tasks::{find_task, Example, Part, SplitConfig, Task};
-use dnd_train::{GeneratorTrainer, TrainConfig, TrainManifest, MANIFEST_FILE};
+use dnd_tasks::{find_task, task_prompts, Example, Part, SplitConfig, Task};
+use dnd_train::{
+    prepare_training, GeneratorTrainConfig, GeneratorTrainer, TrainManifest, TrainingInputs,
+    TRAIN_MANIFEST_FILE,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,7 +47,7 @@ pub struct ExperimentConfig {
     /// Maps before the decoder's last layer (`DecoderConfig::cpu`).
     pub decoder_hidden: usize,
     /// Every generator is trained with this for a fixed number of steps; the final one is used.
-    pub train: TrainConfig,
+    pub train: GeneratorTrainConfig,
     /// Score this many of the oracle's saved checkpoints (evenly spaced, first and last included) on
     /// its target, to see when its fine-tuning reaches DnD's accuracy; 0: only the last.
     pub oracle_trajectory: usize,
@@ -117,13 +117,13 @@ struct Embeddings {
 pub fn run(
     cfg: &ExperimentConfig,
     paths: &Paths,
-    ctx: &Context,
-    on_event: &mut dyn FnMut(Event),
+    ctx: &Context<'_>,
+    on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Report> {
     let started = Instant::now();
     let mut phase_s: Vec<(String, f64)> = Vec::new();
     let mut timed = |name: &str, t: Instant| phase_s.push((name.into(), t.elapsed().as_secs_f64()));
-    let index = read_index(&cfg.collection)?;
+    let index = CollectionIndex::read(&cfg.collection)?;
     let tasks: Vec<String> = index.tasks.iter().map(|t| t.task.clone()).collect();
     if tasks.len() < 2 {
         return Err(ExperimentError::Config(format!(
@@ -478,7 +478,7 @@ fn trajectory(collection: &Path, task: &str, k: usize) -> Result<Vec<(usize, Pat
 
 /// Updates in the oracle's collection run.
 fn oracle_steps(collection: &Path, task: &str) -> Result<usize> {
-    let path = collection.join(task).join(dnd_collect::MANIFEST_FILE);
+    let path = collection.join(task).join(dnd_collect::RUN_MANIFEST_FILE);
     Ok(dnd_collect::Manifest::read(&path)?.steps.len())
 }
 
@@ -494,14 +494,14 @@ fn oracle_seconds(index: &CollectionIndex, task: &str) -> f64 {
 /// Train (or resume, or reuse) the generator for `target` on the `others`' checkpoints and prompts.
 fn train_generator(
     cfg: &ExperimentConfig,
-    ctx: &Context,
+    ctx: &Context<'_>,
     index: &CollectionIndex,
     others: &[String],
     dir: &Path,
     target: &str,
-    on_event: &mut dyn FnMut(Event),
+    on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<TrainManifest> {
-    if let Ok(m) = read_json::<TrainManifest>(&dir.join(MANIFEST_FILE)) {
+    if let Ok(m) = read_json::<TrainManifest>(&dir.join(TRAIN_MANIFEST_FILE)) {
         // The maps before the last layer are the one decoder setting the experiment varies; a
         // generator built with another number must not be taken for this experiment's.
         let hidden = m.decoder.stages.iter().rev().nth(1).map(|s| s[0]);
@@ -537,9 +537,9 @@ fn train_generator(
     // last save, as it loses those steps.
     let before = read_wall(dir)?;
     let record = |extra: f64| {
-        write_atomic(
+        dnd_io::write_atomic(
             &wall_path(dir),
-            &serde_json::json!({ "wall_s": before + extra }).to_string(),
+            serde_json::json!({ "wall_s": before + extra }).to_string(),
         )
     };
     let m = trainer.run(None, &mut |s, v| {
@@ -581,7 +581,7 @@ fn read_wall(dir: &Path) -> Result<f64> {
 /// batches are drawn reproducibly from the target's `prompts` split: they never depend on what exists.
 fn generate_for(
     cfg: &ExperimentConfig,
-    ctx: &Context,
+    ctx: &Context<'_>,
     paths: &Paths,
     target: &str,
     gen_dir: &Path,
@@ -600,11 +600,16 @@ fn generate_for(
     }
     let gen =
         Generator::load(gen_dir, ctx.llm.model.config(), None)?.with_offset_scale(cfg.offset_scale);
-    check_encoder(&gen, ctx.fresh_encoder, gen_dir)?;
+    let dnd = DragAndDrop::new(
+        gen,
+        ctx.fresh_encoder,
+        &ctx.model_path.display().to_string(),
+        gen_dir,
+    )?;
     let prompts = task_prompts(target, &cfg.data, Part::Prompts)?;
     let batches = draw_batches(
         prompts.len(),
-        gen.prompts_per_batch(),
+        dnd.generator().prompts_per_batch(),
         cfg.adapters,
         cfg.seed,
     )?;
@@ -613,8 +618,7 @@ fn generate_for(
             continue;
         }
         let texts: Vec<&str> = batch.iter().map(|&i| prompts[i].as_str()).collect();
-        let base = ctx.model_path.display().to_string();
-        let seconds = generate_adapter(&gen, ctx.fresh_encoder, &texts, &base, d)?;
+        let seconds = dnd.write(&texts, d)?;
         let rec = GenerationRecord {
             seconds,
             seed: cfg.seed,
@@ -623,8 +627,7 @@ fn generate_for(
             generator_sha256: generator.clone(),
             offset_scale: cfg.offset_scale,
         };
-        let text = serde_json::to_string_pretty(&rec).expect("plain data serialises");
-        write_atomic(&d.join(GENERATION_FILE), &text)?;
+        dnd_io::write_json::<_, ExperimentError>(&d.join(GENERATION_FILE), &rec)?;
     }
     Ok(dirs)
 }
@@ -652,7 +655,7 @@ fn generator_hash(dir: &Path) -> Result<String> {
 fn task_embeddings(
     cfg: &ExperimentConfig,
     paths: &Paths,
-    ctx: &Context,
+    ctx: &Context<'_>,
     tasks: &[String],
 ) -> Result<BTreeMap<String, Vec<f32>>> {
     let path = paths.work.join(EMBEDDINGS_FILE);
@@ -679,9 +682,8 @@ fn task_embeddings(
         changed = true;
     }
     if changed {
-        std::fs::create_dir_all(&paths.work).map_err(io_err(&paths.work))?;
         let text = serde_json::to_string(&cached).expect("plain data serialises");
-        write_atomic(&path, &text)?;
+        dnd_io::write_atomic(&path, text)?;
     }
     Ok(cached.tasks)
 }
@@ -707,7 +709,7 @@ fn pca_points(
     cfg: &ExperimentConfig,
     tasks: &[String],
     generated: &BTreeMap<String, Vec<PathBuf>>,
-    flat: &mut Flattener,
+    flat: &mut Flattener<'_>,
 ) -> Result<(Vec<PcaPoint>, Vec<f64>)> {
     let mut rows = Vec::new();
     let mut labels = Vec::new();
@@ -739,7 +741,7 @@ fn positions(
     paths: &Paths,
     tasks: &[String],
     generated: &BTreeMap<String, Vec<PathBuf>>,
-    flat: &mut Flattener,
+    flat: &mut Flattener<'_>,
 ) -> Result<BTreeMap<String, Position>> {
     let mut loras = BTreeMap::new();
     for t in tasks {

@@ -20,31 +20,26 @@
 mod baselines;
 mod experiment;
 pub mod pca;
-pub mod pipeline;
 mod plot;
 pub mod position;
 pub mod report;
 
 pub use baselines::{cosine, mean_pooled, uniform_average};
 pub use experiment::{run, Context, Event, ExperimentConfig, Paths};
-pub use pipeline::{
-    check_encoder, generate_adapter, model_config, prepare_training, read_index, save_adapter,
-    task_prompts, PromptEncoder, TrainingInputs,
-};
 pub use report::{compare, Comparison, DndDiff, Paired, Report, Score};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExperimentError {
     #[error("experiment setup: {0}")]
     Config(String),
-    #[error("{path}: {reason}")]
-    Json { path: PathBuf, reason: String },
-    #[error("{path}: cannot draw: {reason}")]
-    Plot { path: PathBuf, reason: String },
     #[error(transparent)]
-    Io(#[from] dnd_assets::PathIoError),
+    Json(#[from] dnd_io::JsonError),
+    #[error(transparent)]
+    Plot(#[from] dnd_plot::PlotError),
+    #[error(transparent)]
+    Io(#[from] dnd_io::PathIoError),
     #[error(transparent)]
     Llm(#[from] dnd_llm::LlmError),
     #[error(transparent)]
@@ -68,10 +63,10 @@ pub enum ExperimentError {
 pub type Result<T> = std::result::Result<T, ExperimentError>;
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExperimentError + '_ {
-    dnd_assets::io_err(path)
+    dnd_io::io_err(path)
 }
 
-/// Write `text` through a temporary file and a rename, so a killed run leaves no half-written file.
-pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    dnd_evaluate::report::write_atomic(path, text).map_err(Into::into)
+/// Read a JSON file of the work directory.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    dnd_io::read_json(path)
 }

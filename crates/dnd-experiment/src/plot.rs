@@ -1,8 +1,8 @@
 //! The report's figures, drawn with plotters and an embedded DejaVu font (no system font library).
 
 use crate::report::Report;
-use crate::{io_err, ExperimentError, Result};
-use dnd_collect::plot::{legend, render_png, Area, DrawResult};
+use crate::Result;
+use dnd_plot::{legend, render_png, Area, DrawResult};
 use dnd_train::TrainManifest;
 use plotters::prelude::*;
 use std::collections::BTreeMap;
@@ -22,17 +22,8 @@ const PALETTE: [RGBColor; 10] = [
 ];
 
 /// Draw into `path` (a temporary name, then renamed; see [`render_png`]).
-fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area) -> DrawResult) -> Result<()> {
-    render_png(
-        path,
-        size,
-        draw,
-        |reason| ExperimentError::Plot {
-            path: path.into(),
-            reason,
-        },
-        io_err(path),
-    )
+fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area<'_>) -> DrawResult) -> Result<()> {
+    Ok(render_png(path, size, draw)?)
 }
 
 /// Grouped bars per target: every baseline and DnD (mean, with its std over adapters as error bar).

@@ -3,9 +3,9 @@
 //! `report.json`, `accuracy.png`, `curves.png` and `pca.png` in the results directory.
 
 use crate::position::Position;
-use crate::{plot, write_atomic, ExperimentError, Result};
+use crate::{plot, ExperimentError, Result};
 use dnd_evaluate::report::RunResult;
-use dnd_train::{TrainConfig, TrainManifest};
+use dnd_train::{GeneratorTrainConfig, TrainManifest};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -246,7 +246,7 @@ pub struct Paired<'a> {
 /// Count wins and losses of DnD against `baseline`. Both are scored on the same items, so the
 /// difference is judged by its paired standard error, `sd(d_i) / sqrt(n)` over the per-item
 /// differences `d_i` (DnD averaged over its adapters per item); it is clear beyond twice that.
-pub fn compare(baseline: &str, rows: &[Paired]) -> Comparison {
+pub fn compare(baseline: &str, rows: &[Paired<'_>]) -> Comparison {
     let mut c = Comparison {
         baseline: baseline.into(),
         wins: 0,
@@ -414,7 +414,7 @@ pub struct Report {
     pub seed: u64,
     pub prompts: usize,
     pub prompt_len: usize,
-    pub train: TrainConfig,
+    pub train: GeneratorTrainConfig,
     /// The decoder every generator was built with, and its parameter count (none without generators).
     pub decoder: Option<(dnd_decode::DecoderConfig, usize)>,
     pub protocol: String,
@@ -456,7 +456,7 @@ impl Report {
             .iter()
             .enumerate()
             .map(|(k, (name, _))| {
-                let rows: Vec<Paired> = targets
+                let rows: Vec<Paired<'_>> = targets
                     .iter()
                     .map(|t| Paired {
                         target: &t.target,
@@ -471,16 +471,14 @@ impl Report {
 
     /// Write `report.md`, `report.json` and the figures into `dir`.
     pub fn write(&self, dir: &Path, manifests: &BTreeMap<String, TrainManifest>) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(crate::io_err(dir))?;
-        let json = serde_json::to_string_pretty(self).map_err(|e| ExperimentError::Json {
-            path: dir.join("report.json"),
-            reason: e.to_string(),
-        })?;
-        write_atomic(&dir.join("report.json"), &json)?;
+        dnd_io::write_json::<_, ExperimentError>(&dir.join("report.json"), self)?;
         plot::accuracy(&dir.join("accuracy.png"), self)?;
         plot::curves(&dir.join("curves.png"), manifests)?;
         plot::pca(&dir.join("pca.png"), self)?;
-        write_atomic(&dir.join("report.md"), &self.markdown())
+        Ok(dnd_io::write_atomic(
+            &dir.join("report.md"),
+            self.markdown(),
+        )?)
     }
 
     pub fn markdown(&self) -> String {

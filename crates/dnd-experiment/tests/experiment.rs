@@ -4,16 +4,17 @@
 
 use candle_core::{Device, Tensor};
 use dnd_collect::collect;
+use dnd_encode::PromptEncoder;
 use dnd_evaluate::{EvalConfig, ScoreEvent};
-use dnd_experiment::{run, Context, Event, ExperimentConfig, Paths, PromptEncoder};
-use dnd_train::TrainConfig;
+use dnd_experiment::{run, Context, Event, ExperimentConfig, Paths};
+use dnd_train::GeneratorTrainConfig;
 use std::path::Path;
 
 /// States that depend only on the prompt's bytes: `[min(words, max_len), 16]`.
 struct Synthetic;
 
 impl PromptEncoder for Synthetic {
-    fn encode(&self, prompts: &[&str]) -> dnd_experiment::Result<Vec<Tensor>> {
+    fn encode(&self, prompts: &[&str]) -> dnd_encode::Result<Vec<Tensor>> {
         Ok(prompts
             .iter()
             .map(|p| {
@@ -92,13 +93,13 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
         prompt_len: 8,
         decoder_hidden: 64,
         offset_scale: 1.0,
-        train: TrainConfig {
+        train: GeneratorTrainConfig {
             steps: 3,
             lr: 1e-3,
             holdout_every: 3,
             validate_every: 1,
             save_every: 1,
-            ..TrainConfig::default()
+            ..GeneratorTrainConfig::default()
         },
         oracle_trajectory: 2,
         eval: EvalConfig::default(),

@@ -7,6 +7,10 @@
 //! base model or rank. Prompt encoding itself lives in `dnd-encode`; this crate takes per-prompt hidden
 //! states, so it can be tested without the encoder's weights.
 
+mod pipeline;
+
+pub use pipeline::{save_adapter, DragAndDrop};
+
 use candle_core::{DType, Tensor};
 use dnd_decode::{DecodeError, GeneratorMeta, HyperConvDecoder};
 use dnd_llm::{Lora, LoraConfig, ModelConfig, Target};
@@ -29,12 +33,14 @@ pub enum GenerateError {
     NoPrompts(String),
     #[error("{path}: not a usable generator: {reason}")]
     File { path: PathBuf, reason: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("the prompt encoder: {0}")]
+    Encode(#[from] dnd_encode::EncodeError),
+    #[error("{0}")]
+    Encoder(String),
+    #[error(transparent)]
+    Io(#[from] dnd_io::PathIoError),
+    #[error(transparent)]
+    Llm(#[from] dnd_llm::LlmError),
     #[error(transparent)]
     Decode(#[from] DecodeError),
     #[error(transparent)]
@@ -44,6 +50,16 @@ pub enum GenerateError {
 }
 
 pub type Result<T> = std::result::Result<T, GenerateError>;
+
+/// A generator file that is not the JSON it should be makes the generator unusable.
+impl From<dnd_io::JsonError> for GenerateError {
+    fn from(e: dnd_io::JsonError) -> Self {
+        GenerateError::File {
+            path: e.path,
+            reason: e.reason,
+        }
+    }
+}
 
 /// `generator.json`: how the conditions the decoder was trained on were made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,26 +85,22 @@ pub fn save(
     let path = dir.join(OFFSET_FILE);
     match offset {
         Some(o) => {
-            let tmp = dir.join(format!(".{OFFSET_FILE}.tmp"));
             let map = [(OFFSET_KEY.to_string(), o.clone())].into();
-            candle_core::safetensors::save(&map, &tmp)?;
-            std::fs::rename(&tmp, &path).map_err(|source| GenerateError::Io { path, source })?;
+            dnd_io::write_atomic_with(&path, |tmp| {
+                Ok::<_, GenerateError>(candle_core::safetensors::save(&map, tmp)?)
+            })?;
         }
         None if path.exists() => {
-            std::fs::remove_file(&path).map_err(|source| GenerateError::Io { path, source })?
+            std::fs::remove_file(&path).map_err(dnd_io::io_err::<GenerateError>(&path))?
         }
         None => {}
     }
-    let json = serde_json::to_string_pretty(info).expect("plain data serialises");
-    write_atomic(&dir.join(INFO_FILE), json.as_bytes())
+    dnd_io::write_json(&dir.join(INFO_FILE), info)
 }
 
-/// Write `bytes` under a temporary name in the same directory, then rename over `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    dnd_assets::write_atomic(path, bytes).map_err(|e| GenerateError::Io {
-        path: e.path,
-        source: e.source,
-    })
+/// `generator.json` of the generator directory `dir`: the encoder and base model it was trained with.
+pub fn read_info(dir: &Path) -> Result<GeneratorInfo> {
+    dnd_io::read_json(&dir.join(INFO_FILE))
 }
 
 /// A loaded generator: decoder, the tokenizer of the adapter layout it emits, and its encoder settings.
@@ -126,15 +138,7 @@ impl Generator {
                 tokenizer.num_tokens()
             )));
         }
-        let path = dir.join(INFO_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| GenerateError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let info = serde_json::from_str(&text).map_err(|e| GenerateError::File {
-            path,
-            reason: e.to_string(),
-        })?;
+        let info = read_info(dir)?;
         let offset = load_offset(dir, out)?;
         Ok(Self {
             decoder,

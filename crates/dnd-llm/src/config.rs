@@ -101,13 +101,19 @@ impl ModelConfig {
         }
     }
 
+    /// A base model's config without loading its weights: `path` is a GGUF file or a Hugging Face
+    /// directory (its `config.json`).
+    pub fn from_path(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            Self::from_hf_file(&path.join("config.json"))
+        } else {
+            crate::gguf::GgufFile::open(path)?.config()
+        }
+    }
+
     /// Parse a Hugging Face `config.json`.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(crate::error::io_err(path))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| LlmError::Json {
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
+        let v: Value = dnd_io::read_json::<_, LlmError>(path)?;
         let key = |k: &str, reason: &str| LlmError::Config {
             path: path.into(),
             key: k.into(),

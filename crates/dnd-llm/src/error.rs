@@ -5,18 +5,14 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] dnd_io::PathIoError),
     #[error("{path}: not a readable GGUF file: {reason}")]
     Gguf { path: PathBuf, reason: String },
     #[error("{path}: not a readable safetensors file: {reason}")]
     Safetensors { path: PathBuf, reason: String },
-    #[error("{path}: invalid JSON: {reason}")]
-    Json { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Json(#[from] dnd_io::JsonError),
     #[error("{path}: missing or invalid config key `{key}`: {reason}")]
     Config {
         path: PathBuf,
@@ -43,10 +39,7 @@ pub enum LlmError {
 
 pub type Result<T> = std::result::Result<T, LlmError>;
 
-/// Shorthand for an I/O error on a path.
+/// An I/O error on `path`, as an [`LlmError`].
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> LlmError + '_ {
-    move |source| LlmError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    dnd_io::io_err(path)
 }

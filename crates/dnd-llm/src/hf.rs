@@ -19,11 +19,7 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
             reason: "no model.safetensors or model.safetensors.index.json".into(),
         });
     }
-    let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| LlmError::Json {
-        path: index.clone(),
-        reason: e.to_string(),
-    })?;
+    let v: serde_json::Value = dnd_io::read_json::<_, LlmError>(&index)?;
     let map = v
         .get("weight_map")
         .and_then(|m| m.as_object())

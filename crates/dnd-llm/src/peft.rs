@@ -73,28 +73,18 @@ pub fn save(lora: &Lora, dir: &Path, base_model: &str) -> Result<()> {
         tensors.insert(key(layer, target, 'A'), a.to_dtype(DType::F32)?);
         tensors.insert(key(layer, target, 'B'), b.to_dtype(DType::F32)?);
     }
-    let weights = dir.join(WEIGHTS_FILE);
-    let tmp = dir.join(format!(".{WEIGHTS_FILE}.tmp"));
-    candle_core::safetensors::save(&tensors, &tmp).map_err(|e| LlmError::Safetensors {
-        path: tmp.clone(),
-        reason: e.to_string(),
+    dnd_io::write_atomic_with(&dir.join(WEIGHTS_FILE), |tmp| {
+        candle_core::safetensors::save(&tensors, tmp).map_err(|e| LlmError::Safetensors {
+            path: tmp.into(),
+            reason: e.to_string(),
+        })
     })?;
-    std::fs::rename(&tmp, &weights).map_err(io_err(&weights))?;
-    let cfg_path = dir.join(CONFIG_FILE);
-    let tmp = dir.join(format!(".{CONFIG_FILE}.tmp"));
-    let text = serde_json::to_string_pretty(&config).expect("a JSON value serialises");
-    std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &cfg_path).map_err(io_err(&cfg_path))?;
-    Ok(())
+    dnd_io::write_json(&dir.join(CONFIG_FILE), &config)
 }
 
 /// Read the LoRA settings of an `adapter_config.json`, rejecting PEFT features dnd does not implement.
 pub fn read_config(path: &Path) -> Result<LoraConfig> {
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| LlmError::Json {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
+    let v: Value = dnd_io::read_json::<_, LlmError>(path)?;
     let bad = |k: &str, reason: String| LlmError::Config {
         path: path.into(),
         key: k.into(),

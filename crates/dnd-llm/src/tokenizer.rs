@@ -15,16 +15,10 @@ pub use chat::{ChatMessage, CHATML_TEMPLATE};
 /// Why a tokenizer could not be loaded or used. Every variant names the file it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
-    #[error("{}: cannot read: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}: invalid JSON: {source}", path.display())]
-    Json {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] dnd_io::PathIoError),
+    #[error(transparent)]
+    Json(#[from] dnd_io::JsonError),
     /// An error reported by the `tokenizers` crate (bad `tokenizer.json`, bad vocabulary, encode failure).
     #[error("{}: {message}", path.display())]
     Tokenizers { path: PathBuf, message: String },
@@ -110,10 +104,8 @@ impl Tokenizer {
         let jinja = dir.join("chat_template.jinja");
         let template = if jinja.is_file() {
             Some(
-                std::fs::read_to_string(&jinja).map_err(|source| TokenizerError::Io {
-                    path: jinja,
-                    source,
-                })?,
+                std::fs::read_to_string(&jinja)
+                    .map_err(dnd_io::io_err::<TokenizerError>(&jinja))?,
             )
         } else {
             match &config["chat_template"] {
@@ -320,13 +312,5 @@ fn read_json_if_exists(path: &Path) -> Result<Option<serde_json::Value>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let value = serde_json::from_str(&text).map_err(|source| TokenizerError::Json {
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(Some(value))
+    Ok(Some(dnd_io::read_json::<_, TokenizerError>(path)?))
 }

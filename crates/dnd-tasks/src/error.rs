@@ -25,11 +25,8 @@ impl fmt::Display for Loc {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] dnd_io::PathIoError),
     /// The file as a whole is unusable (not JSON, not UTF-8, truncated layout).
     #[error("{}: {msg}", path.display())]
     File { path: PathBuf, msg: String },

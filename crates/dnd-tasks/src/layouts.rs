@@ -276,7 +276,7 @@ pub fn import(template: Template, layout: Layout, path: &Path, name: &str) -> Re
 /// lm-eval needs (it capitalises `ctx_b`). ActivityNet items end in an incomplete, lower-cased
 /// noun phrase (`ctx_b`) after the last sentence; WikiHow items end a sentence and have an empty
 /// `ctx_b`. So: a context that does not end a sentence splits after its last `. `/`! `/`? `.
-fn hellaswag_text(src: &Src) -> Result<Vec<Example>> {
+fn hellaswag_text(src: &Src<'_>) -> Result<Vec<Example>> {
     let text = read_text(src.path)?;
     let lines: Vec<&str> = text.trim_end_matches('\n').split('\n').collect();
     let mut out = Vec::with_capacity(lines.len() / 6);

@@ -29,6 +29,8 @@ pub use example::{
 };
 pub use layouts::{import, Layout};
 pub use read::load_prompts;
-pub use registry::{builtin_tasks, find_task, Metric, Source, Task, DEFAULT_DATA_DIR};
+pub use registry::{
+    builtin_tasks, find_task, task_prompts, Metric, Source, Task, DEFAULT_DATA_DIR,
+};
 pub use split::{split, split_hash, Part, Role, Shares, SplitConfig, Splits, DEFAULT_SEED};
 pub use templates::{hellaswag_preprocess, Template};

@@ -44,10 +44,7 @@ impl Src<'_> {
 
 /// The whole file as text, decompressed when it ends in `.bz2` or `.gz`.
 pub(crate) fn read_text(path: &Path) -> Result<String> {
-    let raw = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let raw = std::fs::read(path).map_err(dnd_io::io_err::<Error>(path))?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let mut bytes = Vec::new();
     let decoded = match ext {
@@ -68,7 +65,7 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
 
 /// One record per non-blank line; the first bad line fails the file.
 pub(crate) fn jsonl<T: DeserializeOwned>(
-    src: &Src,
+    src: &Src<'_>,
     convert: impl Fn(T) -> Result<Example, String>,
 ) -> Result<Vec<Example>> {
     let text = read_text(src.path)?;
@@ -86,7 +83,7 @@ pub(crate) fn jsonl<T: DeserializeOwned>(
 
 /// A JSON array of records (LLM-Adapters); the first bad record fails the file.
 pub(crate) fn json_array<T: DeserializeOwned>(
-    src: &Src,
+    src: &Src<'_>,
     convert: impl Fn(T) -> Result<Example, String>,
 ) -> Result<Vec<Example>> {
     let values: Vec<serde_json::Value> = serde_json::from_str(&read_text(src.path)?)

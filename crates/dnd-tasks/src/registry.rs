@@ -310,3 +310,10 @@ pub fn find_task(name: &str) -> Result<Task> {
         .find(|t| t.name == name)
         .ok_or_else(|| Error::UnknownTask(name.to_string()))
 }
+
+/// The prompts of a built-in task's split `part` under the default split, as text: what a generator is
+/// conditioned on, with no labels.
+pub fn task_prompts(task: &str, data: &Path, part: crate::split::Part) -> Result<Vec<String>> {
+    let splits = find_task(task)?.splits(data, &SplitConfig::default())?;
+    Ok(splits.part(part).iter().map(|e| e.prompt.clone()).collect())
+}

@@ -162,7 +162,7 @@ fn io_and_pairing_errors() {
     let dir = tempfile::tempdir().unwrap();
     let gone = dir.path().join("absent.jsonl");
     match import(Template::Arc, Layout::Arc, &gone, "absent") {
-        Err(e @ Error::Io { .. }) => assert!(e.to_string().contains("absent.jsonl")),
+        Err(e @ Error::Io(_)) => assert!(e.to_string().contains("absent.jsonl")),
         other => panic!("{other:?}"),
     }
     // An unsupported pairing is refused before the file is even opened.

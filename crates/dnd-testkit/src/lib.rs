@@ -6,7 +6,7 @@
 //! A dev-dependency only (`publish = false`); helpers panic on failure, as tests want.
 
 use candle_core::{DType, Device, Tensor};
-use dnd_collect::{BaseModel, CollectPlan, TrainConfig};
+use dnd_collect::{BaseModel, CollectPlan, LoraTrainConfig};
 use dnd_llm::{Arch, Llm, ModelConfig, Target};
 use dnd_tasks::SplitConfig;
 use serde_json::json;
@@ -163,8 +163,8 @@ pub fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 /// LoRA fine-tuning settings small enough for the tiny model: rank 2 on q/v/down, batches of 4, `steps`
 /// updates.
-pub fn tiny_collect_config(steps: usize) -> TrainConfig {
-    TrainConfig {
+pub fn tiny_collect_config(steps: usize) -> LoraTrainConfig {
+    LoraTrainConfig {
         rank: 2,
         alpha: 4.0,
         targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],

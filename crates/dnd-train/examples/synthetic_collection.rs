@@ -7,7 +7,7 @@
 use candle_core::{DType, Tensor};
 use dnd_collect::{
     BaseModel, CollectDefaults, CollectionIndex, DataInfo, EncodeStats, Manifest, RunSpec, Saves,
-    TaskEntry, INDEX_FILE, MANIFEST_FILE,
+    TaskEntry, INDEX_FILE, RUN_MANIFEST_FILE,
 };
 use dnd_llm::Lora;
 use std::path::{Path, PathBuf};
@@ -79,7 +79,7 @@ fn main() -> anyhow::Result<()> {
             peak_rss_mb: 0.0,
         };
         std::fs::write(
-            dir.join(MANIFEST_FILE),
+            dir.join(RUN_MANIFEST_FILE),
             serde_json::to_string_pretty(&manifest)?,
         )?;
         entries.push(TaskEntry {

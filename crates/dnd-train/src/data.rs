@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// One training task: checkpoints (`[N_w, r+2, cw+2]` each, in step order) and prompt states
 /// (`[len, C]` each) to draw conditions from.
-pub struct TaskData {
+pub struct TrainingTask {
     pub name: String,
     pub checkpoints: Vec<Tensor>,
     pub prompts: Vec<Tensor>,
@@ -37,7 +37,7 @@ pub fn load_checkpoints(
 /// least two checkpoints. Uniform when no task has a spread. Weights below `floor` are raised to it
 /// and the result renormalised to mean 1: a token that (nearly) never moves within a task, like the A
 /// factors of a short run, must still be learned, or generated adapters get arbitrary A matrices.
-pub fn token_weights(tasks: &[TaskData], mask: &Tensor, floor: f64) -> Result<Tensor> {
+pub fn token_weights(tasks: &[TrainingTask], mask: &Tensor, floor: f64) -> Result<Tensor> {
     let n_w = mask.dim(0)?;
     let cells = mask.sum((1, 2))?;
     let mut per_task = Vec::new();

@@ -20,13 +20,15 @@
 
 mod data;
 mod plot;
+mod prepare;
 mod trainer;
 
-pub use data::{load_checkpoints, token_weights, weighted_mse, TaskData};
+pub use data::{load_checkpoints, token_weights, weighted_mse, TrainingTask};
 pub use plot::loss_png;
+pub use prepare::{prepare_training, TrainingInputs};
 pub use trainer::{
-    GeneratorTrainer, Setup, StepLog, TaskSummary, TrainConfig, TrainManifest, ValLog, LOSS_PNG,
-    MANIFEST_FILE, WEIGHTS_FILE,
+    GeneratorTrainConfig, GeneratorTrainer, Setup, StepLog, TaskSummary, TrainManifest, ValLog,
+    TRAIN_LOSS_PNG, TRAIN_MANIFEST_FILE, WEIGHTS_FILE,
 };
 
 use std::path::{Path, PathBuf};
@@ -39,10 +41,10 @@ pub enum TrainError {
     Data(String),
     #[error("{path}: unreadable training state: {reason}")]
     State { path: PathBuf, reason: String },
-    #[error("{path}: cannot draw the loss curve: {reason}")]
-    Plot { path: PathBuf, reason: String },
     #[error(transparent)]
-    Io(#[from] dnd_assets::PathIoError),
+    Plot(#[from] dnd_plot::PlotError),
+    #[error(transparent)]
+    Io(#[from] dnd_io::PathIoError),
     #[error(transparent)]
     Collect(#[from] dnd_collect::CollectError),
     #[error(transparent)]
@@ -55,6 +57,10 @@ pub enum TrainError {
     Generate(#[from] dnd_generate::GenerateError),
     #[error(transparent)]
     Optim(#[from] dnd_optim::OptimError),
+    #[error(transparent)]
+    Encode(#[from] dnd_encode::EncodeError),
+    #[error(transparent)]
+    Tasks(#[from] dnd_tasks::Error),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -62,5 +68,15 @@ pub enum TrainError {
 pub type Result<T> = std::result::Result<T, TrainError>;
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    dnd_assets::io_err(path)
+    dnd_io::io_err(path)
+}
+
+/// A JSON file of a generator directory that does not parse is an unreadable training state.
+impl From<dnd_io::JsonError> for TrainError {
+    fn from(e: dnd_io::JsonError) -> Self {
+        TrainError::State {
+            path: e.path,
+            reason: e.reason,
+        }
+    }
 }

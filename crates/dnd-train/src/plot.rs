@@ -4,26 +4,17 @@
 //! series, hence this plot.)
 
 use crate::trainer::TrainManifest;
-use crate::{io_err, Result, TrainError};
-use dnd_collect::plot::{legend, render_png, Area, DrawResult};
+use crate::Result;
+use dnd_plot::{legend, render_png, Area, DrawResult};
 use plotters::prelude::*;
 use std::path::Path;
 
 /// Draw `m`'s curves to `path` (under a temporary name, then renamed).
 pub fn loss_png(path: &Path, m: &TrainManifest) -> Result<()> {
-    render_png(
-        path,
-        (800, 480),
-        |root| draw(root, m),
-        |reason| TrainError::Plot {
-            path: path.into(),
-            reason,
-        },
-        io_err(path),
-    )
+    Ok(render_png(path, (800, 480), |root| draw(root, m))?)
 }
 
-fn draw(root: &Area, m: &TrainManifest) -> DrawResult {
+fn draw(root: &Area<'_>, m: &TrainManifest) -> DrawResult {
     let last = m.steps.last().map_or(1, |s| s.step).max(2) as f64;
     let values: Vec<f64> = m
         .steps

@@ -5,24 +5,24 @@
 //! Every random choice of step `s` comes from ChaCha8 seeded with `seed`, stream `s`: a resumed run
 //! needs no RNG state, only the decoder, the optimizer and the step.
 
-use crate::data::{token_weights, weighted_mask, weighted_mse, TaskData};
+use crate::data::{token_weights, weighted_mask, weighted_mse, TrainingTask};
 use crate::plot::loss_png;
 use crate::{io_err, Result, TrainError};
 use candle_core::{DType, Device, Tensor};
 use dnd_decode::{DecoderConfig, GeneratorMeta, HyperConvDecoder};
-use dnd_generate::{condition, draw, with_offset, write_atomic, GeneratorInfo};
+use dnd_generate::{condition, draw, with_offset, GeneratorInfo};
 use dnd_optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
 use dnd_tokenize::{Factor, TokenInfo};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-pub const MANIFEST_FILE: &str = "train.json";
+pub const TRAIN_MANIFEST_FILE: &str = "train.json";
 pub const WEIGHTS_FILE: &str = "loss_weights.safetensors";
-pub const LOSS_PNG: &str = "loss.png";
+pub const TRAIN_LOSS_PNG: &str = "loss.png";
 const STATE_DIR: &str = "state";
 const LATEST: &str = "LATEST";
 const OPTIM_FILE: &str = "optimizer.safetensors";
@@ -35,7 +35,7 @@ const VALIDATION_STREAM: u64 = 1 << 62;
 /// (held-out loss 0.84 after 60 steps against 0.51 for the mean checkpoint), while lr 1e-3 trains
 /// stably with clipping at 1.0 (see results/generator/ for the measured curves).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
+pub struct GeneratorTrainConfig {
     pub steps: usize,
     /// Prompt/checkpoint pairs per update (one decoder forward over all of them).
     pub batch: usize,
@@ -71,7 +71,7 @@ pub struct TrainConfig {
     pub save_every: usize,
 }
 
-impl Default for TrainConfig {
+impl Default for GeneratorTrainConfig {
     fn default() -> Self {
         Self {
             steps: 300,
@@ -126,7 +126,7 @@ pub struct TaskSummary {
 pub struct TrainManifest {
     pub collection: String,
     pub tasks: Vec<TaskSummary>,
-    pub config: TrainConfig,
+    pub config: GeneratorTrainConfig,
     pub decoder: DecoderConfig,
     pub parameters: usize,
     pub generator: GeneratorMeta,
@@ -160,7 +160,7 @@ pub struct Setup {
 
 #[derive(Serialize, Deserialize)]
 struct Progress {
-    config: TrainConfig,
+    config: GeneratorTrainConfig,
     steps: Vec<StepLog>,
     validations: Vec<ValLog>,
 }
@@ -168,8 +168,8 @@ struct Progress {
 /// A generator being trained, fresh or resumed from `out/state`.
 pub struct GeneratorTrainer {
     setup: Setup,
-    config: TrainConfig,
-    tasks: Vec<TaskData>,
+    config: GeneratorTrainConfig,
+    tasks: Vec<TrainingTask>,
     /// (task, checkpoint) pairs trained on, grouped by task, and the held-out ones.
     train: Vec<Vec<usize>>,
     held: Vec<(usize, usize)>,
@@ -188,7 +188,11 @@ pub struct GeneratorTrainer {
 impl GeneratorTrainer {
     /// Prepare training; continues from the last saved state in `setup.out` if there is one (with the
     /// same config, else an error).
-    pub fn open(setup: Setup, tasks: Vec<TaskData>, config: TrainConfig) -> Result<Self> {
+    pub fn open(
+        setup: Setup,
+        tasks: Vec<TrainingTask>,
+        config: GeneratorTrainConfig,
+    ) -> Result<Self> {
         validate(&setup, &tasks, &config)?;
         let k = config.holdout_every;
         let is_held = |i: usize| k > 1 && (i + 1).is_multiple_of(k);
@@ -226,7 +230,7 @@ impl GeneratorTrainer {
         let (decoder, opt, steps, validations) = if latest.is_file() {
             let name = std::fs::read_to_string(&latest).map_err(io_err(&latest))?;
             let dir = setup.out.join(STATE_DIR).join(name.trim());
-            let progress: Progress = read_json(&dir.join(PROGRESS_FILE))?;
+            let progress: Progress = dnd_io::read_json::<_, TrainError>(&dir.join(PROGRESS_FILE))?;
             if progress.config != config {
                 return Err(TrainError::Config(format!(
                     "{} holds a run with other settings ({:?}); train into another directory or start fresh",
@@ -408,8 +412,8 @@ impl GeneratorTrainer {
             steps: self.steps.clone(),
             validations: self.validations.clone(),
         };
-        write_atomic(&dir.join(PROGRESS_FILE), &to_json(&progress))?;
-        write_atomic(&states.join(LATEST), name.as_bytes())?;
+        dnd_io::write_json::<_, TrainError>(&dir.join(PROGRESS_FILE), &progress)?;
+        dnd_io::write_atomic(&states.join(LATEST), &name)?;
         for e in std::fs::read_dir(&states).map_err(io_err(&states))? {
             let e = e.map_err(io_err(&states))?;
             if e.path().is_dir() && e.file_name() != name.as_str() {
@@ -424,13 +428,12 @@ impl GeneratorTrainer {
             self.offset.as_ref(),
         )?;
         let weights = [("weights".to_string(), self.weights.clone())].into();
-        let wpath = out.join(WEIGHTS_FILE);
-        let tmp = out.join(format!(".{WEIGHTS_FILE}.tmp"));
-        candle_core::safetensors::save(&weights, &tmp)?;
-        std::fs::rename(&tmp, &wpath).map_err(io_err(&wpath))?;
+        dnd_io::write_atomic_with(&out.join(WEIGHTS_FILE), |tmp| {
+            Ok::<_, TrainError>(candle_core::safetensors::save(&weights, tmp)?)
+        })?;
         let m = self.manifest(self.steps.len() >= self.config.steps)?;
-        write_atomic(&out.join(MANIFEST_FILE), &to_json(&m))?;
-        loss_png(&out.join(LOSS_PNG), &m)
+        dnd_io::write_json::<_, TrainError>(&out.join(TRAIN_MANIFEST_FILE), &m)?;
+        loss_png(&out.join(TRAIN_LOSS_PNG), &m)
     }
 
     /// The manifest as of now.
@@ -570,14 +573,14 @@ fn mean_of<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Result<Tensor> 
     Ok((sum / n as f64)?)
 }
 
-fn adamw(c: &TrainConfig) -> AdamWConfig {
+fn adamw(c: &GeneratorTrainConfig) -> AdamWConfig {
     AdamWConfig {
         weight_decay: c.weight_decay,
         ..AdamWConfig::default()
     }
 }
 
-fn validate(setup: &Setup, tasks: &[TaskData], c: &TrainConfig) -> Result<()> {
+fn validate(setup: &Setup, tasks: &[TrainingTask], c: &GeneratorTrainConfig) -> Result<()> {
     let bad = |m: String| Err(TrainError::Config(m));
     if tasks.is_empty() {
         return bad("no training tasks".into());
@@ -637,16 +640,4 @@ fn add_noise(x: &Tensor, std: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
     z.truncate(n);
     let noise = Tensor::from_vec(z, x.dims(), x.device())?.to_dtype(x.dtype())?;
     Ok((x + noise)?)
-}
-
-fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec_pretty(v).expect("plain data serialises")
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::State {
-        path: path.into(),
-        reason: e.to_string(),
-    })
 }

@@ -8,7 +8,9 @@ use dnd_generate::GeneratorInfo;
 use dnd_llm::{Lora, LoraConfig, Target};
 use dnd_testkit::tiny_model_config;
 use dnd_tokenize::LoraTokenizer;
-use dnd_train::{weighted_mse, GeneratorTrainer, Setup, TaskData, TrainConfig, MANIFEST_FILE};
+use dnd_train::{
+    weighted_mse, GeneratorTrainConfig, GeneratorTrainer, Setup, TrainingTask, TRAIN_MANIFEST_FILE,
+};
 use rand::{Rng, SeedableRng};
 use std::path::Path;
 
@@ -24,7 +26,7 @@ fn noise(dims: &[usize], seed: u64) -> Tensor {
 
 /// A task: `k` checkpoints scattered around a task-specific B (A shared, as with one LoRA seed), and
 /// prompts whose states are shifted by `shift` so the decoder can tell the tasks apart.
-fn task(tok: &LoraTokenizer, name: &str, seed: u64, shift: f32, k: usize) -> TaskData {
+fn task(tok: &LoraTokenizer, name: &str, seed: u64, shift: f32, k: usize) -> TrainingTask {
     let model = tok.model_config();
     let init = Lora::init(tok.lora_config().clone(), model, 0, DType::F32).unwrap();
     let checkpoints = (0..k)
@@ -56,14 +58,14 @@ fn task(tok: &LoraTokenizer, name: &str, seed: u64, shift: f32, k: usize) -> Tas
             (noise(&[len, C], seed * 77 + i as u64) + shift as f64).unwrap()
         })
         .collect();
-    TaskData {
+    TrainingTask {
         name: name.into(),
         checkpoints,
         prompts,
     }
 }
 
-fn setup(out: &Path) -> (Setup, Vec<TaskData>) {
+fn setup(out: &Path) -> (Setup, Vec<TrainingTask>) {
     let model = tiny_model_config();
     let lora = LoraConfig::new(2, 4.0, &Target::ALL);
     let tok = LoraTokenizer::with_default_width(&model, &lora).unwrap();
@@ -89,15 +91,15 @@ fn setup(out: &Path) -> (Setup, Vec<TaskData>) {
     (setup, tasks)
 }
 
-fn config(steps: usize) -> TrainConfig {
-    TrainConfig {
+fn config(steps: usize) -> GeneratorTrainConfig {
+    GeneratorTrainConfig {
         steps,
         batch: 2,
         lr: 3e-3,
         holdout_every: 3,
         validate_every: 10,
         save_every: 5,
-        ..TrainConfig::default()
+        ..GeneratorTrainConfig::default()
     }
 }
 
@@ -132,7 +134,7 @@ fn training_learns_and_beats_the_mean_checkpoint() {
         m.weight_a
     );
     for f in [
-        MANIFEST_FILE,
+        TRAIN_MANIFEST_FILE,
         "loss.png",
         "decoder.safetensors",
         "generator.json",
@@ -173,7 +175,8 @@ fn an_interrupted_run_resumes_to_the_same_bytes() {
     );
     let losses = |d: &Path| {
         let m: dnd_train::TrainManifest =
-            serde_json::from_str(&std::fs::read_to_string(d.join(MANIFEST_FILE)).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(d.join(TRAIN_MANIFEST_FILE)).unwrap())
+                .unwrap();
         m.steps.iter().map(|s| s.loss).collect::<Vec<_>>()
     };
     assert_eq!(losses(a.path()), losses(b.path()));
@@ -183,7 +186,7 @@ fn an_interrupted_run_resumes_to_the_same_bytes() {
 fn uniform_weights_weigh_a_and_b_alike() {
     let dir = tempfile::tempdir().unwrap();
     let (s, tasks) = setup(dir.path());
-    let c = TrainConfig {
+    let c = GeneratorTrainConfig {
         uniform_weights: true,
         ..config(2)
     };
@@ -206,7 +209,7 @@ fn resuming_with_other_settings_is_refused() {
     let err = GeneratorTrainer::open(
         s,
         tasks,
-        TrainConfig {
+        GeneratorTrainConfig {
             lr: 1.0,
             ..config(5)
         },
@@ -226,7 +229,7 @@ fn mixed_pairs_teach_the_midpoint_between_tasks() {
         let (h, w) = (s.mask.dim(1).unwrap(), s.mask.dim(2).unwrap());
         let wmask = s.mask.to_dtype(DType::F32).unwrap();
         let cells = wmask.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
-        let mean = |t: &TaskData| {
+        let mean = |t: &TrainingTask| {
             (Tensor::stack(&t.checkpoints, 0).unwrap().mean(0).unwrap())
                 .reshape((1, t.checkpoints[0].dim(0).unwrap(), h, w))
                 .unwrap()
@@ -240,7 +243,8 @@ fn mixed_pairs_teach_the_midpoint_between_tasks() {
             .unwrap()
             .unsqueeze(0)
             .unwrap();
-        let mut t = GeneratorTrainer::open(s, tasks, TrainConfig { mix, ..config(120) }).unwrap();
+        let mut t =
+            GeneratorTrainer::open(s, tasks, GeneratorTrainConfig { mix, ..config(120) }).unwrap();
         t.run(None, &mut |_, _| {}).unwrap();
         let pred = t.predict(&cond).unwrap();
         weighted_mse(&pred, &midpoint, &wmask, cells)

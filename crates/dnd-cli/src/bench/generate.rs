@@ -4,15 +4,15 @@
 //! memory, all in one run so that the ratios share the machine's load.
 
 use super::{loadavg, median, median_time};
-use crate::common::{python_reference, write_atomic, ModelArg};
+use crate::common::{python_reference, ModelArg};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use dnd_collect::{peak_rss_mb, CollectDefaults};
+use dnd_collect::CollectDefaults;
 use dnd_decode::{DecoderConfig, GeneratorMeta, HyperConvDecoder, CPU_DEFAULT_INPUT};
 use dnd_encode::{Encoder, EncoderConfig};
-use dnd_experiment::{model_config, task_prompts};
 use dnd_generate::{Generator, GeneratorInfo};
 use dnd_optim::{AdamW, AdamWConfig};
+use dnd_tasks::task_prompts;
 use dnd_tasks::Part;
 use dnd_tokenize::{Factor, LoraTokenizer};
 use serde_json::{json, Value};
@@ -85,7 +85,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
 
     // The real binary first, while this process is still small: a child's peak RSS as the kernel
     // reports it is never below its parent's at the fork.
-    let parent_rss_at_spawn = peak_rss_mb();
+    let parent_rss_at_spawn = dnd_io::peak_rss_mb();
     let e2e = end_to_end(&gen_dir, &prompt_file, tmp.path(), a.repeats)?;
     let parts = in_process(&gen_dir, &info, &prompts, tmp.path(), a.repeats)?;
     let train = train_steps(&config, a.train_steps)?;
@@ -98,7 +98,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         "bench_process_rss_mb_at_spawn": parent_rss_at_spawn,
         "in_process": parts.summary,
         "train": train,
-        "peak_rss_mb_bench_process": peak_rss_mb(),
+        "peak_rss_mb_bench_process": dnd_io::peak_rss_mb(),
     });
 
     let reference = match &reference_src {
@@ -145,7 +145,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             "peak_rss_generate_process": ratio(&["peak_rss_mb_generate_process"], &["peak_rss_mb_once_median"]),
         },
     });
-    write_atomic(&a.out, &serde_json::to_string_pretty(&result)?)?;
+    dnd_io::write_atomic(&a.out, &serde_json::to_string_pretty(&result)?)?;
     print_table(&result);
     println!("results written to {}", a.out.display());
     Ok(())
@@ -155,7 +155,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
 /// settings, as `dnd train` would start it.
 fn untrained_generator(model: &ModelArg, dir: &Path) -> Result<()> {
     let path = model.path()?;
-    let cfg = model_config(&path)?;
+    let cfg = dnd_llm::ModelConfig::from_path(&path)?;
     let lora = CollectDefaults::collection().lora_config()?;
     let tok = LoraTokenizer::with_default_width(&cfg, &lora)?;
     let (h, w) = tok.token_shape();
@@ -278,7 +278,7 @@ fn in_process(
     let mut loaded = None;
     for _ in 0..=repeats {
         let t = Instant::now();
-        let model = model_config(&model_path)?;
+        let model = dnd_llm::ModelConfig::from_path(&model_path)?;
         let t_config = t.elapsed().as_secs_f64();
         let gen = Generator::load(gen_dir, &model, None)?;
         let t_gen = t.elapsed().as_secs_f64();
@@ -318,7 +318,7 @@ fn in_process(
         "decoder_forward_s": col(&stages, 1),
         "detokenize_write_s": col(&stages, 2),
         "per_adapter_s": col(&stages, 3),
-        "peak_rss_mb_after_generation": peak_rss_mb(),
+        "peak_rss_mb_after_generation": dnd_io::peak_rss_mb(),
     });
     let adapter_config: Value = serde_json::from_str(&std::fs::read_to_string(
         adapter.join(dnd_llm::peft::CONFIG_FILE),

@@ -1,0 +1,105 @@
+//! From a collection on disk to what the trainer consumes: each task's checkpoints as LoRA tokens and
+//! its `prompts` split encoded, plus the decoder shape and the metadata the generator will carry.
+
+use crate::{load_checkpoints, Result, Setup, TrainError, TrainingTask};
+use candle_core::DType;
+use dnd_collect::CollectionIndex;
+use dnd_decode::{DecoderConfig, GeneratorMeta};
+use dnd_encode::PromptEncoder;
+use dnd_generate::GeneratorInfo;
+use dnd_llm::{Lora, ModelConfig};
+use dnd_tasks::{task_prompts, Part};
+use dnd_tokenize::LoraTokenizer;
+use std::path::{Path, PathBuf};
+
+/// What a generator is trained on and how it is shaped.
+pub struct TrainingInputs<'a> {
+    /// The collection directory.
+    pub collection: &'a Path,
+    /// Its index ([`CollectionIndex::read`]).
+    pub index: &'a CollectionIndex,
+    /// The tasks whose checkpoints and prompts are trained on.
+    pub tasks: &'a [String],
+    /// The base model the collection was made on (GGUF file or Hugging Face directory).
+    pub model_path: &'a Path,
+    /// The data root the tasks' prompts are read from.
+    pub data: &'a Path,
+    /// N: prompts per condition.
+    pub prompts: usize,
+    /// L: word pieces per prompt (at most the encoder's limit).
+    pub prompt_len: usize,
+    /// The generator directory.
+    pub out: PathBuf,
+    /// Maps before the decoder's last layer ([`DecoderConfig::cpu`]).
+    pub decoder_hidden: usize,
+}
+
+/// The trainer's [`Setup`] and per-task data: each task's checkpoints as LoRA tokens and its `prompts`
+/// split encoded by `enc`.
+pub fn prepare_training(
+    inp: &TrainingInputs<'_>,
+    enc: &dyn PromptEncoder,
+) -> Result<(Setup, Vec<TrainingTask>)> {
+    if inp.tasks.is_empty() {
+        return Err(TrainError::Config("no tasks to train on".into()));
+    }
+    let model = ModelConfig::from_path(inp.model_path)?;
+    let lora = inp.index.train.lora_config()?;
+    let tok = LoraTokenizer::with_default_width(&model, &lora)?;
+    let data = inp
+        .tasks
+        .iter()
+        .map(|t| training_task(inp, t, &tok, enc))
+        .collect::<Result<Vec<_>>>()?;
+    let (h, w) = tok.token_shape();
+    let mask = tok
+        .encode(&Lora::init(lora.clone(), &model, 0, DType::F32)?)?
+        .1;
+    let setup = Setup {
+        out: inp.out.clone(),
+        decoder: DecoderConfig::cpu(
+            [inp.prompts, inp.prompt_len, enc.hidden_size()],
+            [tok.num_tokens(), h, w],
+            inp.decoder_hidden,
+        ),
+        meta: GeneratorMeta::new(&model, &lora, tok.chunk_width()),
+        info: GeneratorInfo {
+            encoder_model_hash: enc.model_hash(),
+            encoder_max_len: enc.max_len(),
+            base_model: inp.model_path.display().to_string(),
+        },
+        collection: inp.collection.display().to_string(),
+        mask,
+        tokens: tok.tokens().to_vec(),
+    };
+    Ok((setup, data))
+}
+
+/// One task's checkpoints, tokenized, and its `prompts` split, encoded.
+fn training_task(
+    inp: &TrainingInputs<'_>,
+    task: &str,
+    tok: &LoraTokenizer,
+    enc: &dyn PromptEncoder,
+) -> Result<TrainingTask> {
+    let checkpoints = load_checkpoints(inp.collection, task, tok)?;
+    let texts = task_prompts(task, inp.data, Part::Prompts)?;
+    if texts.is_empty() {
+        return Err(TrainError::Config(format!(
+            "task {task} has no prompts split under {}",
+            inp.data.display()
+        )));
+    }
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let prompts = enc.encode(&refs)?;
+    tracing::info!(
+        "{task}: {} checkpoints, {} prompts",
+        checkpoints.len(),
+        prompts.len()
+    );
+    Ok(TrainingTask {
+        name: task.to_string(),
+        checkpoints,
+        prompts,
+    })
+}
