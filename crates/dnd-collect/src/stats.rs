@@ -1,5 +1,5 @@
 //! How much each LoRA weight moves within a task's checkpoints: the element-wise standard deviation
-//! across them. METHOD.md step 6 weights the generator's loss by this spread, averaged per LoRA token;
+//! across them. docs/method.md step 6 weights the generator's loss by this spread, averaged per LoRA token;
 //! the token layout belongs to the LoRA tokenizer, so this stores the raw element-wise spread, keyed
 //! like the checkpoints, for the tokenizer to average per chunk.
 

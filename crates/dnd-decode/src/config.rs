@@ -12,9 +12,9 @@ pub type Stage = [usize; 3];
 pub const CPU_DEFAULT_INPUT: Stage = [32, 32, 384];
 
 /// The CPU default's N before the last layer: the number of maps every output token is mixed from.
-/// The largest that keeps generation under 1 s on the 2-core machine (0.84 s; 256 maps: 1.09 s). Its
-/// held-out checkpoint loss is 72% of the mean checkpoint's, where 64 maps reach 83%. Over the 8
-/// leave-one-out targets its adapters score the same as 64 maps' within noise (results/generator/README.md).
+/// The largest that keeps generation under 1 s on the 2-core machine. It fits held-out checkpoints
+/// better than 64 maps, and over the 8 leave-one-out targets its adapters score the same within noise
+/// (results/generator/README.md: 0.84 s per adapter, 72% of the mean checkpoint's loss).
 pub const CPU_DEFAULT_HIDDEN: usize = 128;
 
 /// A cascade of hyper-convolutional layers, one between each pair of consecutive stages.
@@ -48,7 +48,7 @@ impl DecoderConfig {
     /// The CPU default: kernel 3 and three layers that shrink H and W geometrically from the input to the
     /// output while N grows geometrically from the prompt count to `hidden_n` and jumps to the token
     /// count only in the last layer, whose N-mixing conv (`H' W' N_w hidden_n k^2` multiply-adds) is the
-    /// largest single term. Meant for [`CPU_DEFAULT_INPUT`]; see the crate docs for the measurements.
+    /// largest single term. Meant for [`CPU_DEFAULT_INPUT`]; timings in results/bench/README.md.
     pub fn cpu_default(input: Stage, output: Stage) -> Self {
         Self::cpu(input, output, CPU_DEFAULT_HIDDEN)
     }

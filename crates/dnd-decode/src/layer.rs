@@ -1,4 +1,4 @@
-//! One hyper-convolutional layer `(N, H, W) -> (N', H', W')` (METHOD.md step 5, official `HyperConvLayer`).
+//! One hyper-convolutional layer `(N, H, W) -> (N', H', W')` (docs/method.md step 5; official `HyperConvLayer`).
 //!
 //! Every axis changes size only by being made the channel axis of a 2-D conv (stride 1, 'same' padding),
 //! so the layer needs nothing but conv2d, permutes and elementwise ops, all differentiable in candle.

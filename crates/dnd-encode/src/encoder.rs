@@ -1,4 +1,4 @@
-//! Prompts -> per-token last hidden states of the frozen sentence encoder (METHOD.md step 3).
+//! Prompts -> per-token last hidden states of the frozen sentence encoder (docs/method.md step 3).
 //!
 //! Length policy: a prompt longer than `max_len` word pieces (including [CLS]/[SEP]) is truncated to
 //! `max_len - 1` pieces plus the final [SEP], exactly as sentence-transformers does, and counted in

@@ -1,4 +1,4 @@
-//! `dnd experiment`: the leave-one-out protocol of METHOD.md on one checkpoint collection, with every
+//! `dnd experiment`: the leave-one-out protocol of docs/method.md on one checkpoint collection, with every
 //! baseline the paper left out, and its report.
 //!
 //! For each held-out target: train a generator on the other tasks' checkpoints and prompts, generate

@@ -1,4 +1,4 @@
-//! Drag-and-Drop generation (METHOD.md step 7): a trained generator turns a batch of N encoded prompts
+//! Drag-and-Drop generation (docs/method.md step 7): a trained generator turns a batch of N encoded prompts
 //! into a LoRA adapter with one decoder forward and a de-tokenization.
 //!
 //! A generator directory holds the decoder (`decoder.safetensors`, `decoder.json` with the adapter

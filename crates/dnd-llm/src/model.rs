@@ -1,7 +1,7 @@
 //! The decoder forward pass, written with differentiable candle primitives only.
 //!
 //! candle-transformers' fused rms-norm, softmax and rope kernels have no backward pass, so training through
-//! them silently drops gradients (STACK.md). Here every op is one autograd knows, which is what lets LoRA
+//! them silently drops gradients (docs/stack.md). Here every op is one autograd knows, which is what lets LoRA
 //! training work; finite-difference tests guard it.
 
 use crate::config::{ModelConfig, Target};

@@ -3,7 +3,7 @@
 
 use dnd_llm::{LoraConfig, ModelConfig, Target};
 
-/// The order of modules within a layer, as METHOD.md step 4 lists them. (The official code follows the
+/// The order of modules within a layer, as docs/method.md step 4 lists them. (The official code follows the
 /// PEFT state-dict order, gate before up; the order only has to be fixed, not any particular one.)
 pub const MODULE_ORDER: [Target; 7] = [
     Target::Q,

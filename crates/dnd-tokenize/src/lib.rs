@@ -1,4 +1,4 @@
-//! LoRA tokenization for Drag-and-Drop LLMs (METHOD.md step 4): an adapter becomes `N_w` equal-shaped 2-D
+//! LoRA tokenization for Drag-and-Drop LLMs (docs/method.md step 4): an adapter becomes `N_w` equal-shaped 2-D
 //! tokens `[r+2, cw+2]` (standardised chunks of A and B^T with their mean/std written into a 2-wide
 //! border), which the hyper-convolutional decoder learns to produce; decoding inverts it to float rounding.
 //! Shapes come from the base model's config, rank and targets only.

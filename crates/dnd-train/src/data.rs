@@ -1,5 +1,5 @@
 //! Training material: per task, its checkpoints as LoRA tokens and its pool of encoded prompts; and the
-//! per-token loss weights METHOD.md step 6 derives from how much each token moves within a task.
+//! per-token loss weights docs/method.md step 6 derives from how much each token moves within a task.
 
 use crate::{Result, TrainError};
 use candle_core::{DType, Tensor, D};

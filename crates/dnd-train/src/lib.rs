@@ -1,4 +1,4 @@
-//! Training the Drag-and-Drop parameter generator (METHOD.md steps 2 and 6).
+//! Training the Drag-and-Drop parameter generator (docs/method.md steps 2 and 6).
 //!
 //! A sample pairs one checkpoint of a task with N prompts drawn afresh from that task's pool; the
 //! hyper-convolutional decoder maps the prompts' encoder states to LoRA tokens and is trained with a

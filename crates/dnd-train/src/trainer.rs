@@ -30,10 +30,11 @@ const PROGRESS_FILE: &str = "progress.json";
 /// Stream offset for validation draws, far from any step's stream.
 const VALIDATION_STREAM: u64 = 1 << 62;
 
-/// Hyper-parameters; defaults are the paper's (METHOD.md step 6) except the step count and the learning
-/// rate, sized for a 2-core CPU: 300 updates at the paper's lr of 3e-5 barely move the CPU decoder
-/// (held-out loss 0.84 after 60 steps against 0.51 for the mean checkpoint), while lr 1e-3 trains
-/// stably with clipping at 1.0 (see results/generator/ for the measured curves).
+/// Hyper-parameters; defaults are the paper's (docs/method.md step 6) except the step count and the learning
+/// rate, sized for a 2-core CPU, and two additions (`residual`, `min_weight`). 300 updates at the
+/// paper's lr of 3e-5 barely move the CPU decoder (held-out loss 0.84 after 50 steps against 0.51 for
+/// the mean checkpoint), while lr 1e-3 trains stably with clipping at 1.0 (see results/generator/ for
+/// the measured curves).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GeneratorTrainConfig {
     pub steps: usize,
@@ -64,7 +65,7 @@ pub struct GeneratorTrainConfig {
     /// to respond smoothly to where a prompt batch lies between tasks, which a held-out task needs.
     #[serde(default)]
     pub mix: f64,
-    /// Weight every token alike instead of by how much it moves within a task (METHOD.md step 6).
+    /// Weight every token alike instead of by how much it moves within a task (docs/method.md step 6).
     #[serde(default)]
     pub uniform_weights: bool,
     pub validate_every: usize,
