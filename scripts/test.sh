@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The test command (README, .ci/run): fetch and verify the pinned assets into the cache, then run every
-# test, including those on the real models (DND_REQUIRE_ASSETS=1 makes a missing asset a failure).
+# The test command (README, .ci/run): formatting and lints first (cheap, and a failure there needs no
+# model), then fetch and verify the pinned assets into the cache, then every test, including those on
+# the real models (DND_REQUIRE_ASSETS=1 makes a missing asset a failure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cargo fmt --all -- --check
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
 cargo build --release --locked --bin dnd
 ./target/release/dnd fetch --all
 DND_REQUIRE_ASSETS=1 cargo test --release --locked --workspace

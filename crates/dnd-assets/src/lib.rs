@@ -7,9 +7,11 @@
 //! never mistaken for a cached asset, and a re-run with everything in place hashes and returns.
 
 mod cache;
+mod portable;
 mod wheel;
 
 pub use cache::{cache_root, sha256_file, sha256_file_memo, Cache, HASH_MEMO};
+pub use portable::portable_name;
 pub use wheel::{Fetcher, Pip};
 
 use std::path::PathBuf;

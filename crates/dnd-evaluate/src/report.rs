@@ -214,7 +214,7 @@ pub fn markdown(runs: &[RunResult]) -> String {
         let s = &r.settings;
         out.push_str(&format!(
             "Model `{}`, split `{}`, style `{}`, limit {}. Cells: {} in %, ± bootstrap stderr.\n",
-            s.model,
+            dnd_assets::portable_name(std::path::Path::new(&s.model)),
             s.split,
             s.style,
             s.limit.map_or("none".into(), |l| l.to_string()),
