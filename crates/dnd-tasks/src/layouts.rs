@@ -116,70 +116,9 @@ pub fn import(template: Template, layout: Layout, path: &Path, name: &str) -> Re
     let src = Src { path, name };
     use Template as T;
     match (layout, template) {
-        (Layout::Hf, T::Arc) => jsonl(&src, |r: HfQuestion| {
-            t::arc(
-                &r.question,
-                r.choices.text,
-                gold_of(&r.choices.label, &r.answer_key)?,
-            )
-        }),
-        (Layout::Hf, T::CommonsenseQa) => jsonl(&src, |r: HfQuestion| {
-            let gold = gold_of(&r.choices.label, &r.answer_key)?;
-            t::commonsense_qa(&r.question, r.choices.text, gold)
-        }),
-        (Layout::Hf, T::OpenBookQa) => jsonl(&src, |r: HfObqa| {
-            let gold = gold_of(&r.choices.label, &r.answer_key)?;
-            t::openbookqa(&r.question_stem, r.choices.text, gold)
-        }),
-        (Layout::Hf, T::Boolq) => jsonl(&src, |r: HfBoolq| {
-            t::boolq(&r.passage, &r.question, r.label.boolean()?)
-        }),
-        (Layout::Hf, T::Hellaswag) => jsonl(&src, |r: HfHellaswag| {
-            t::hellaswag(
-                &r.activity_label,
-                &r.ctx_a,
-                &r.ctx_b,
-                &r.endings,
-                r.label.index(0)?,
-            )
-        }),
-        (Layout::Hf, T::Piqa) => jsonl(&src, |r: HfPiqa| {
-            t::piqa(&r.goal, vec![r.sol1, r.sol2], r.label.index(0)?)
-        }),
-        (Layout::Hf, T::Siqa) => jsonl(&src, |r: HfSiqa| {
-            let question = format!("{} {}", r.context, r.question);
-            t::siqa(
-                &question,
-                vec![r.answer_a, r.answer_b, r.answer_c],
-                r.label.index(1)?,
-            )
-        }),
-        (Layout::Hf, T::Winogrande) => jsonl(&src, |r: HfWinogrande| {
-            t::winogrande(&r.sentence, vec![r.option1, r.option2], r.answer.index(1)?)
-        }),
-        (Layout::Hf, T::Copa) => jsonl(&src, |r: HfCopa| {
-            let connector = match r.question.as_str() {
-                "cause" => "because",
-                "effect" => "therefore",
-                q => return Err(format!("question `{q}` is neither cause nor effect")),
-            };
-            let premise = r.premise.trim();
-            let premise = premise.strip_suffix(['.', '!', '?']).unwrap_or(premise);
-            let choices = vec![t::copa_choice(&r.choice1), t::copa_choice(&r.choice2)];
-            t::copa(premise, connector, choices, r.label.index(0)?)
-        }),
-        (Layout::Hf, T::Gsm8k) => jsonl(&src, |r: HfGsm8k| t::gsm8k(&r.question, &r.answer)),
-        (Layout::Hf | Layout::HumanEval, T::HumanEval | T::Gauntlet) => {
-            jsonl(&src, |r: CodeRecord| {
-                t::code(
-                    r.task_id,
-                    r.prompt,
-                    r.entry_point,
-                    r.canonical_solution,
-                    r.test,
-                )
-            })
-        }
+        (Layout::Hf, _) => hf(template, &src),
+        (Layout::GauntletMc, _) => gauntlet_mc(template, &src),
+        (Layout::HumanEval, T::HumanEval | T::Gauntlet) => code(&src),
         (Layout::Arc, T::Arc | T::OpenBookQa | T::CommonsenseQa) => {
             jsonl(&src, move |r: ArcRecord| {
                 let labels: Vec<String> =
@@ -213,34 +152,6 @@ pub fn import(template: Template, layout: Layout, path: &Path, name: &str) -> Re
             };
             t::gauntlet_generative(&context, r.output, r.answer, Vec::new())
         }),
-        (Layout::GauntletMc, T::Arc) => jsonl(&src, |r: McRecord| {
-            t::arc(strip(&r.query, "Question: ")?, r.choices, r.gold)
-        }),
-        (Layout::GauntletMc, T::OpenBookQa) => jsonl(&src, |r: McRecord| {
-            t::openbookqa(&r.query, r.choices, r.gold)
-        }),
-        (Layout::GauntletMc, T::Piqa) => jsonl(&src, |r: McRecord| {
-            let goal = strip(&r.query, "Question: ")?;
-            t::piqa(goal.strip_suffix('\n').unwrap_or(goal), r.choices, r.gold)
-        }),
-        (Layout::GauntletMc, T::Copa) => jsonl(&src, |r: McRecord| {
-            let (premise, connector) = split_copa(&r.query)?;
-            t::copa(premise, connector, r.choices, r.gold)
-        }),
-        (Layout::GauntletMc, T::CommonsenseQa) => jsonl(&src, |r: McRecord| {
-            let (question, options) = split_csqa(&r.query)?;
-            if options.len() != r.choices.len() {
-                return Err(format!(
-                    "{} options listed, {} choices",
-                    options.len(),
-                    r.choices.len()
-                ));
-            }
-            t::commonsense_qa(question, options, r.gold)
-        }),
-        (Layout::GauntletMc, T::Gauntlet) => jsonl(&src, |r: McRecord| {
-            t::gauntlet_mc(&r.query, r.choices, r.gold)
-        }),
         (Layout::GauntletSchema, T::Gauntlet) => jsonl(&src, |r: SchemaRecord| {
             t::gauntlet_schema(r.context_options, &r.continuation, r.gold)
         }),
@@ -264,12 +175,128 @@ pub fn import(template: Template, layout: Layout, path: &Path, name: &str) -> Re
             t::gsm8k(&r.context, &format!("{reasoning}\n#### {}", r.answer))
         }),
         (Layout::HellaswagText, T::Hellaswag) => hellaswag_text(&src),
-        _ => Err(Error::Unsupported {
-            path: path.to_path_buf(),
-            template: template.name().to_string(),
-            layout: layout.name().to_string(),
-        }),
+        _ => unsupported(template, layout, &src),
     }
+}
+
+/// The Hugging Face JSONL layouts, one per benchmark's own field names.
+fn hf(template: Template, src: &Src<'_>) -> Result<Vec<Example>> {
+    use Template as T;
+    match template {
+        T::Arc => jsonl(&src, |r: HfQuestion| {
+            t::arc(
+                &r.question,
+                r.choices.text,
+                gold_of(&r.choices.label, &r.answer_key)?,
+            )
+        }),
+        T::CommonsenseQa => jsonl(&src, |r: HfQuestion| {
+            let gold = gold_of(&r.choices.label, &r.answer_key)?;
+            t::commonsense_qa(&r.question, r.choices.text, gold)
+        }),
+        T::OpenBookQa => jsonl(&src, |r: HfObqa| {
+            let gold = gold_of(&r.choices.label, &r.answer_key)?;
+            t::openbookqa(&r.question_stem, r.choices.text, gold)
+        }),
+        T::Boolq => jsonl(&src, |r: HfBoolq| {
+            t::boolq(&r.passage, &r.question, r.label.boolean()?)
+        }),
+        T::Hellaswag => jsonl(&src, |r: HfHellaswag| {
+            t::hellaswag(
+                &r.activity_label,
+                &r.ctx_a,
+                &r.ctx_b,
+                &r.endings,
+                r.label.index(0)?,
+            )
+        }),
+        T::Piqa => jsonl(&src, |r: HfPiqa| {
+            t::piqa(&r.goal, vec![r.sol1, r.sol2], r.label.index(0)?)
+        }),
+        T::Siqa => jsonl(&src, |r: HfSiqa| {
+            let question = format!("{} {}", r.context, r.question);
+            t::siqa(
+                &question,
+                vec![r.answer_a, r.answer_b, r.answer_c],
+                r.label.index(1)?,
+            )
+        }),
+        T::Winogrande => jsonl(&src, |r: HfWinogrande| {
+            t::winogrande(&r.sentence, vec![r.option1, r.option2], r.answer.index(1)?)
+        }),
+        T::Copa => jsonl(&src, |r: HfCopa| {
+            let connector = match r.question.as_str() {
+                "cause" => "because",
+                "effect" => "therefore",
+                q => return Err(format!("question `{q}` is neither cause nor effect")),
+            };
+            let premise = r.premise.trim();
+            let premise = premise.strip_suffix(['.', '!', '?']).unwrap_or(premise);
+            let choices = vec![t::copa_choice(&r.choice1), t::copa_choice(&r.choice2)];
+            t::copa(premise, connector, choices, r.label.index(0)?)
+        }),
+        T::Gsm8k => jsonl(&src, |r: HfGsm8k| t::gsm8k(&r.question, &r.answer)),
+        T::HumanEval | T::Gauntlet => code(src),
+        _ => unsupported(template, Layout::Hf, src),
+    }
+}
+
+/// The Gauntlet multiple-choice layout `{query, choices, gold}`, rendered per benchmark.
+fn gauntlet_mc(template: Template, src: &Src<'_>) -> Result<Vec<Example>> {
+    use Template as T;
+    match template {
+        T::Arc => jsonl(&src, |r: McRecord| {
+            t::arc(strip(&r.query, "Question: ")?, r.choices, r.gold)
+        }),
+        T::OpenBookQa => jsonl(&src, |r: McRecord| {
+            t::openbookqa(&r.query, r.choices, r.gold)
+        }),
+        T::Piqa => jsonl(&src, |r: McRecord| {
+            let goal = strip(&r.query, "Question: ")?;
+            t::piqa(goal.strip_suffix('\n').unwrap_or(goal), r.choices, r.gold)
+        }),
+        T::Copa => jsonl(&src, |r: McRecord| {
+            let (premise, connector) = split_copa(&r.query)?;
+            t::copa(premise, connector, r.choices, r.gold)
+        }),
+        T::CommonsenseQa => jsonl(&src, |r: McRecord| {
+            let (question, options) = split_csqa(&r.query)?;
+            if options.len() != r.choices.len() {
+                return Err(format!(
+                    "{} options listed, {} choices",
+                    options.len(),
+                    r.choices.len()
+                ));
+            }
+            t::commonsense_qa(question, options, r.gold)
+        }),
+        T::Gauntlet => jsonl(&src, |r: McRecord| {
+            t::gauntlet_mc(&r.query, r.choices, r.gold)
+        }),
+        _ => unsupported(template, Layout::GauntletMc, src),
+    }
+}
+
+/// HumanEval-style code problems (`task_id`, `prompt`, `entry_point`, solution, tests).
+fn code(src: &Src<'_>) -> Result<Vec<Example>> {
+    jsonl(src, |r: CodeRecord| {
+        t::code(
+            r.task_id,
+            r.prompt,
+            r.entry_point,
+            r.canonical_solution,
+            r.test,
+        )
+    })
+}
+
+/// A pairing of layout and template that no importer reads.
+fn unsupported(template: Template, layout: Layout, src: &Src<'_>) -> Result<Vec<Example>> {
+    Err(Error::Unsupported {
+        path: src.path.to_path_buf(),
+        template: template.name().to_string(),
+        layout: layout.name().to_string(),
+    })
 }
 
 /// The klosax HellaSwag text layout. It stores `ctx` = `ctx_a + " " + ctx_b` without the boundary

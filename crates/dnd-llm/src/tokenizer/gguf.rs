@@ -82,37 +82,8 @@ pub(super) fn build(content: &Content, path: &Path) -> Result<GgufTokenizer> {
             format!("{} entries for {} tokens", types.len(), tokens.len()),
         ));
     }
-    let merges = meta
-        .strings("tokenizer.ggml.merges")?
-        .iter()
-        .enumerate()
-        .map(|(i, m)| match m.split_once(' ') {
-            Some((a, b)) => Ok((a.to_owned(), b.to_owned())),
-            None => Err(meta.bad(
-                "tokenizer.ggml.merges",
-                format!("entry {i} `{m}` is not two tokens separated by a space"),
-            )),
-        })
-        .collect::<Result<Vec<_>>>()?;
-
-    // Tokens are stored in the byte-level alphabet, except that converters write some added tokens with
-    // raw characters (e.g. a space); respell those, as `transformers` does, so every id keeps its entry.
-    let alphabet = byte_alphabet();
-    let in_alphabet = |t: &str| t.chars().all(is_byte_char);
-    let vocab: Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(id, t)| {
-            let spelled = if in_alphabet(t) {
-                t.to_string()
-            } else {
-                t.bytes().map(|b| alphabet[b as usize]).collect()
-            };
-            (spelled, id as u32)
-        })
-        .collect();
     let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
+        .vocab_and_merges(byte_level_vocab(&tokens), merges(&meta)?)
         .ignore_merges(ignore_merges)
         .build()
         .map_err(|e| tk_error(path, e))?;
@@ -125,23 +96,11 @@ pub(super) fn build(content: &Content, path: &Path) -> Result<GgufTokenizer> {
     }
     inner.with_pre_tokenizer(Some(pre_tokenizer));
     inner.with_decoder(Some(ByteLevel::default()));
-    // Control tokens (`<|im_start|>`...) become special added tokens and user-defined ones plain added tokens,
-    // so both are matched whole in text instead of being split by BPE; only control tokens are dropped by
-    // `decode(skip_special)`. A "control" token outside the byte alphabet is a converter mislabel that
-    // `transformers` skips (adding it would create an id past the vocabulary); we do the same.
-    let added = |kind: i64| -> Vec<AddedToken> {
-        let pick = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(t, ty)| **ty == kind && in_alphabet(t));
-        pick.map(|(t, _)| AddedToken::from(*t, kind == CONTROL).normalized(false))
-            .collect()
-    };
     inner
-        .add_special_tokens(added(CONTROL))
+        .add_special_tokens(added_tokens(&tokens, &types, CONTROL))
         .map_err(|e| tk_error(path, e))?;
     inner
-        .add_tokens(added(USER_DEFINED))
+        .add_tokens(added_tokens(&tokens, &types, USER_DEFINED))
         .map_err(|e| tk_error(path, e))?;
 
     let id = |key: &str| meta.token_id(key, tokens.len());
@@ -162,6 +121,57 @@ pub(super) fn build(content: &Content, path: &Path) -> Result<GgufTokenizer> {
             .opt_string("tokenizer.chat_template")?
             .map(str::to_owned),
     })
+}
+
+/// `tokenizer.ggml.merges`: each entry two tokens separated by a space.
+fn merges(meta: &Meta<'_>) -> Result<Vec<(String, String)>> {
+    meta.strings("tokenizer.ggml.merges")?
+        .iter()
+        .enumerate()
+        .map(|(i, m)| match m.split_once(' ') {
+            Some((a, b)) => Ok((a.to_owned(), b.to_owned())),
+            None => Err(meta.bad(
+                "tokenizer.ggml.merges",
+                format!("entry {i} `{m}` is not two tokens separated by a space"),
+            )),
+        })
+        .collect()
+}
+
+fn in_alphabet(t: &str) -> bool {
+    t.chars().all(is_byte_char)
+}
+
+/// Tokens are stored in the byte-level alphabet, except that converters write some added tokens with
+/// raw characters (e.g. a space); respell those, as `transformers` does, so every id keeps its entry.
+fn byte_level_vocab(tokens: &[&str]) -> Vocab {
+    let alphabet = byte_alphabet();
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| {
+            let spelled = if in_alphabet(t) {
+                t.to_string()
+            } else {
+                t.bytes().map(|b| alphabet[b as usize]).collect()
+            };
+            (spelled, id as u32)
+        })
+        .collect()
+}
+
+/// The tokens of type `kind` as added tokens. Control tokens (`<|im_start|>`...) become special added
+/// tokens and user-defined ones plain added tokens, so both are matched whole in text instead of being
+/// split by BPE; only control tokens are dropped by `decode(skip_special)`. A "control" token outside
+/// the byte alphabet is a converter mislabel that `transformers` skips (adding it would create an id
+/// past the vocabulary); we do the same.
+fn added_tokens(tokens: &[&str], types: &[i64], kind: i64) -> Vec<AddedToken> {
+    tokens
+        .iter()
+        .zip(types)
+        .filter(|(t, ty)| **ty == kind && in_alphabet(t))
+        .map(|(t, _)| AddedToken::from(*t, kind == CONTROL).normalized(false))
+        .collect()
 }
 
 /// `(pre-tokenizer, NFC normalizer?, BPE ignore_merges?)` of a `tokenizer.ggml.pre` family, as in the
