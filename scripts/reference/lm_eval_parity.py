@@ -11,7 +11,7 @@ It also re-tokenises every pair with lm-eval's `_encode_pair` and counts where t
 tokenizer disagrees with dnd's (a known transformers GGUF-tokenizer difference for SmolLM2: several
 spaces before a digit), so that score differences can be traced to tokenisation or to arithmetic.
 
-    TQDM_DISABLE=1 /work/venv/bin/python scripts/reference/lm_eval_parity.py \
+    TQDM_DISABLE=1 $VENV/bin/python scripts/reference/lm_eval_parity.py \
         --requests /tmp/parity_requests.jsonl --dnd-dir results/parity/dnd \
         --model ~/.cache/dnd/models/SmolLM2-135M-Instruct.Q4_1.gguf --out results/parity --limit 250
 

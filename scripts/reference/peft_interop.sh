@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # PEFT interoperability, both directions, on SmolLM2-135M-Instruct; records results/parity/peft.json.
-#   PY=/work/venv/bin/python scripts/reference/peft_interop.sh
+#   PY=$VENV/bin/python scripts/reference/peft_interop.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-python3}
@@ -27,7 +27,7 @@ res = {
     "dnd_written_loaded_by_peft_worst_relative": worst,
     "tolerance": 1e-3,
     "metric": "max over prompts/positions of max|logit diff| (every 97th vocab id) / max|logit|",
-    "command": "PY=/work/venv/bin/python scripts/reference/peft_interop.sh",
+    "command": "PY=$VENV/bin/python scripts/reference/peft_interop.sh",
 }
 os.makedirs("results/parity", exist_ok=True)
 json.dump(res, open("results/parity/peft.json", "w"), indent=2)

@@ -18,8 +18,10 @@ use crate::{EvalError, Result};
 /// Everything a result depends on. A stored run is reused only if all of it matches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
-    /// The model file or directory.
+    /// The model file or directory, as [`dnd_assets::portable_name`] names it: the same on every
+    /// machine (`smollm2 (sha256 ...)`), so stored runs and reports do not carry one machine's paths.
     pub model: String,
+    /// The adapter directory, named alike (`$DND_CACHE/...`).
     pub adapter: Option<String>,
     /// SHA-256 of the adapter weights, so a regenerated adapter at the same path is re-scored.
     pub adapter_sha256: Option<String>,
@@ -40,14 +42,27 @@ impl Settings {
     /// Whether a run stored under `self` is the run `wanted` asks for: the same settings, or the same
     /// but for the adapter's directory when both name the adapter by the hash of its weights (a copy or
     /// a renamed cache holds the same adapter, and scoring is deterministic).
+    /// Runs stored before paths were recorded portably are compared by their portable names.
     pub fn same_run(&self, wanted: &Settings) -> bool {
-        let by_hash = self.adapter_sha256.is_some() && self.adapter_sha256 == wanted.adapter_sha256;
-        self == wanted
+        let (stored, wanted) = (self.portable(), wanted.portable());
+        let by_hash =
+            stored.adapter_sha256.is_some() && stored.adapter_sha256 == wanted.adapter_sha256;
+        stored == wanted
             || (by_hash
                 && Settings {
                     adapter: wanted.adapter.clone(),
-                    ..self.clone()
-                } == *wanted)
+                    ..stored
+                } == wanted)
+    }
+
+    /// These settings with the model and adapter under their portable names.
+    fn portable(&self) -> Settings {
+        let name = |p: &str| dnd_assets::portable_name(Path::new(p));
+        Settings {
+            model: name(&self.model),
+            adapter: self.adapter.as_deref().map(name),
+            ..self.clone()
+        }
     }
 }
 
@@ -214,7 +229,7 @@ pub fn markdown(runs: &[RunResult]) -> String {
         let s = &r.settings;
         out.push_str(&format!(
             "Model `{}`, split `{}`, style `{}`, limit {}. Cells: {} in %, ± bootstrap stderr.\n",
-            dnd_assets::portable_name(std::path::Path::new(&s.model)),
+            s.model,
             s.split,
             s.style,
             s.limit.map_or("none".into(), |l| l.to_string()),

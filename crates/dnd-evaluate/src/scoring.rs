@@ -10,11 +10,12 @@ use dnd_tasks::{Example, Part, Task};
 use crate::evaluate::{evaluate, primary_metric, EvalConfig};
 use crate::report::{style_name, RunResult, Settings, Store};
 use crate::{EvalError, LlmBackend, Result};
+use dnd_assets::portable_name as portable;
 
 /// What every run of one scoring session shares besides the adapter and the task.
 #[derive(Debug, Clone)]
 pub struct ScoreSpec {
-    /// The base model file or directory, as recorded in [`Settings::model`].
+    /// The base model file or directory ([`Settings::model`] records its portable name).
     pub model: String,
     pub split: Part,
     pub limit: Option<usize>,
@@ -35,8 +36,8 @@ impl ScoreSpec {
         adapter_sha256: Option<String>,
     ) -> Settings {
         Settings {
-            model: self.model.clone(),
-            adapter: adapter.map(|d| d.display().to_string()),
+            model: portable(Path::new(&self.model)),
+            adapter: adapter.map(portable),
             adapter_sha256,
             task: task.name.clone(),
             split: self.split.name().into(),

@@ -179,3 +179,27 @@ fn summary_and_table() {
         .collect();
     assert!(leftovers.is_empty());
 }
+
+/// A run stored with one machine's absolute cache paths (before settings named them portably) is the
+/// run asked for under portable names: the cache is reused, not scored again.
+#[test]
+fn runs_stored_with_absolute_cache_paths_match_their_portable_names() {
+    let root = dnd_assets::cache_root();
+    let asset = dnd_assets::asset("smollm2").unwrap();
+    let adapter = root.join("experiments/x/adapters/boolq/dnd-0");
+    let stored = Settings {
+        model: root.join(asset.file).display().to_string(),
+        ..with_adapter(&adapter.display().to_string(), None)
+    };
+    let wanted = Settings {
+        model: dnd_assets::portable_name(&root.join(asset.file)),
+        ..with_adapter("$DND_CACHE/experiments/x/adapters/boolq/dnd-0", None)
+    };
+    assert!(wanted.model.starts_with("smollm2 (sha256 b179c952"));
+    assert!(stored.same_run(&wanted));
+    let other = Settings {
+        model: root.join("models/other.gguf").display().to_string(),
+        ..stored.clone()
+    };
+    assert!(!other.same_run(&wanted));
+}
