@@ -3,6 +3,10 @@
 //! candle-transformers' fused rms-norm, softmax and rope kernels have no backward pass, so training through
 //! them silently drops gradients (docs/stack.md). Here every op is one autograd knows, which is what lets LoRA
 //! training work; finite-difference tests guard it.
+//!
+//! The layout follows candle-transformers' `llama.rs` (one struct per part of a block), except that the
+//! LoRA adapter is an argument of every `forward` rather than part of the model: a server applies a
+//! different adapter per request to one shared set of base weights.
 
 use crate::config::{ModelConfig, Target};
 use crate::error::{LlmError, Result};
@@ -13,19 +17,286 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// A projection: frozen weight `[out, in]` and optional bias.
+/// Weights under Hugging Face names, taken one at a time so each is checked against the config's shape.
+struct Weights<'a> {
+    map: HashMap<String, Tensor>,
+    dtype: DType,
+    /// Only labels errors.
+    source: &'a Path,
+}
+
+impl Weights<'_> {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.map.remove(name).ok_or_else(|| LlmError::Tensor {
+            path: self.source.into(),
+            name: name.into(),
+            reason: "missing".into(),
+        })?;
+        if t.dims() != shape {
+            return Err(LlmError::Tensor {
+                path: self.source.into(),
+                name: name.into(),
+                reason: format!("shape {:?}, expected {shape:?} from the config", t.dims()),
+            });
+        }
+        Ok(t.to_dtype(self.dtype)?)
+    }
+}
+
+/// A projection: frozen weight `[out, in]` and optional bias. It knows its own place in the model so
+/// that it can find its pair in whichever adapter a call brings.
 #[derive(Clone)]
 struct Linear {
     weight: Frozen,
     bias: Option<Tensor>,
+    layer: usize,
+    target: Target,
+}
+
+impl Linear {
+    fn load(w: &mut Weights, cfg: &ModelConfig, layer: usize, target: Target) -> Result<Self> {
+        let (i, o) = cfg.module_shape(target);
+        let name = format!("model.layers.{layer}.{}", target.path());
+        let weight = Frozen::new(w.take(&format!("{name}.weight"), &[o, i])?)?;
+        let has_bias = cfg.qkv_bias && matches!(target, Target::Q | Target::K | Target::V);
+        let bias = if has_bias {
+            Some(w.take(&format!("{name}.bias"), &[o])?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            layer,
+            target,
+        })
+    }
+
+    /// `x W^T (+ b)`, through the fused LoRA product when `lora` adapts this projection.
+    fn forward(&self, x: &Tensor, lora: Option<&Lora>) -> Result<Tensor> {
+        let y = match lora.and_then(|lo| lo.get(self.layer, self.target)) {
+            Some((a, b, s)) => self.weight.forward_lora(x, a, b, s)?,
+            None => self.weight.forward(x)?,
+        };
+        match &self.bias {
+            Some(bias) => Ok(y.broadcast_add(bias)?),
+            None => Ok(y),
+        }
+    }
+
+    /// Folds this projection's pair from `lora`, if any, into the weight (`W + s B A`).
+    fn merge(&mut self, lora: &Lora, dtype: DType) -> Result<()> {
+        if let Some((a, b, s)) = lora.get(self.layer, self.target) {
+            let delta = (b.matmul(a)? * s)?.to_dtype(dtype)?;
+            self.weight = Frozen::new((self.weight.weight() + delta)?)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(w: &mut Weights, name: &str, cfg: &ModelConfig) -> Result<Self> {
+        Ok(Self {
+            weight: w.take(name, &[cfg.hidden_size])?,
+            eps: cfg.rms_norm_eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(rms_norm(x, &self.weight, self.eps)?)
+    }
+}
+
+/// What every layer's attention shares in one call: the batch shape, where the new tokens start, and
+/// the rotary rows of their positions (sliced once, not per layer).
+struct Positions {
+    batch: usize,
+    len: usize,
+    offset: usize,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Positions {
+    fn rope(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(rope(x, &self.cos, &self.sin)?)
+    }
+}
+
+/// One layer's keys and values so far; `None` until the layer first runs with a cache.
+type KvSlot = Option<(Tensor, Tensor)>;
+
+#[derive(Clone)]
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(w: &mut Weights, cfg: &ModelConfig, layer: usize) -> Result<Self> {
+        Ok(Self {
+            q: Linear::load(w, cfg, layer, Target::Q)?,
+            k: Linear::load(w, cfg, layer, Target::K)?,
+            v: Linear::load(w, cfg, layer, Target::V)?,
+            o: Linear::load(w, cfg, layer, Target::O)?,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    /// `x [B*T, H] -> [B*T, H]`; with a cache slot, attends over the cached positions too and extends it.
+    fn forward(
+        &self,
+        x: &Tensor,
+        lora: Option<&Lora>,
+        pos: &Positions,
+        kv: Option<&mut KvSlot>,
+    ) -> Result<Tensor> {
+        let (nh, nkv) = (self.num_heads, self.num_kv_heads);
+        let q = pos.rope(&self.heads(self.q.forward(x, lora)?, nh, pos)?)?;
+        let k = pos.rope(&self.heads(self.k.forward(x, lora)?, nkv, pos)?)?;
+        let v = self.heads(self.v.forward(x, lora)?, nkv, pos)?;
+        let (k, v) = match kv {
+            Some(slot) => extend_cache(slot, k, v, pos.batch)?,
+            None => (k, v),
+        };
+        let y = self.attend(&q, &k, &v, pos)?;
+        self.o.forward(&y, lora)
+    }
+
+    /// `[B*T, n*hd] -> [B, n, T, hd]`.
+    fn heads(&self, y: Tensor, n: usize, pos: &Positions) -> Result<Tensor> {
+        let y = y.reshape((pos.batch, pos.len, n, self.head_dim))?;
+        Ok(y.transpose(1, 2)?)
+    }
+
+    /// Causal scaled dot-product attention of `q [B, nh, T, hd]` over `k`, `v` `[B, nkv, S, hd]`,
+    /// returned as rows `[B*T, nh*hd]`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, pos: &Positions) -> Result<Tensor> {
+        let (b, t, hd) = (pos.batch, pos.len, self.head_dim);
+        let (nh, nkv) = (self.num_heads, self.num_kv_heads);
+        let scale = 1.0 / (hd as f64).sqrt();
+        // Grouped-query attention without copying K/V: the `nh / nkv` query heads that share a KV head
+        // are stacked along the sequence axis, so one batched matmul serves them all.
+        let q = q.contiguous()?.reshape((b, nkv, nh / nkv * t, hd))?;
+        let scores = q.matmul(&k.contiguous()?.t()?)?;
+        let y = causal_softmax(&scores, scale, t, pos.offset)?.matmul(&v.contiguous()?)?;
+        Ok(y.reshape((b, nh, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b * t, nh * hd))?)
+    }
+}
+
+/// Prepends a layer's cached keys and values to the new ones and stores the result. A cache from a
+/// batch-1 prefix is broadcast to the new batch, so answer options share one context.
+fn extend_cache(slot: &mut KvSlot, k: Tensor, v: Tensor, b: usize) -> Result<(Tensor, Tensor)> {
+    let (k, v) = match slot {
+        Some((ck, cv)) => (
+            Tensor::cat(&[&broadcast_batch(ck, b)?, &k], 2)?,
+            Tensor::cat(&[&broadcast_batch(cv, b)?, &v], 2)?,
+        ),
+        None => (k, v),
+    };
+    *slot = Some((k.clone(), v.clone()));
+    Ok((k, v))
+}
+
+/// The SwiGLU feed-forward network.
+#[derive(Clone)]
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    fn load(w: &mut Weights, cfg: &ModelConfig, layer: usize) -> Result<Self> {
+        Ok(Self {
+            gate: Linear::load(w, cfg, layer, Target::Gate)?,
+            up: Linear::load(w, cfg, layer, Target::Up)?,
+            down: Linear::load(w, cfg, layer, Target::Down)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, lora: Option<&Lora>) -> Result<Tensor> {
+        let gated = (self.gate.forward(x, lora)?.silu()? * self.up.forward(x, lora)?)?;
+        self.down.forward(&gated, lora)
+    }
+}
+
+/// One pre-norm decoder layer.
+#[derive(Clone)]
 struct Block {
-    input_norm: Tensor,
-    post_norm: Tensor,
-    /// Indexed by [`Target::index`].
-    proj: Vec<Linear>,
+    input_norm: RmsNorm,
+    attn: Attention,
+    post_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    /// Projections before norms: the order tensors are checked in, which decides the one an error
+    /// names when a checkpoint lacks several.
+    fn load(w: &mut Weights, cfg: &ModelConfig, layer: usize) -> Result<Self> {
+        let attn = Attention::load(w, cfg, layer)?;
+        let mlp = Mlp::load(w, cfg, layer)?;
+        let p = format!("model.layers.{layer}");
+        Ok(Self {
+            input_norm: RmsNorm::load(w, &format!("{p}.input_layernorm.weight"), cfg)?,
+            attn,
+            post_norm: RmsNorm::load(w, &format!("{p}.post_attention_layernorm.weight"), cfg)?,
+            mlp,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        lora: Option<&Lora>,
+        pos: &Positions,
+        kv: Option<&mut KvSlot>,
+    ) -> Result<Tensor> {
+        let h = self.input_norm.forward(x)?;
+        let x = (x + self.attn.forward(&h, lora, pos, kv)?)?;
+        let h = self.post_norm.forward(&x)?;
+        Ok((x + self.mlp.forward(&h, lora)?)?)
+    }
+
+    fn linear(&self, target: Target) -> &Linear {
+        match target {
+            Target::Q => &self.attn.q,
+            Target::K => &self.attn.k,
+            Target::V => &self.attn.v,
+            Target::O => &self.attn.o,
+            Target::Gate => &self.mlp.gate,
+            Target::Up => &self.mlp.up,
+            Target::Down => &self.mlp.down,
+        }
+    }
+
+    fn linears_mut(&mut self) -> [&mut Linear; 7] {
+        let (a, m) = (&mut self.attn, &mut self.mlp);
+        [
+            &mut a.q,
+            &mut a.k,
+            &mut a.v,
+            &mut a.o,
+            &mut m.gate,
+            &mut m.up,
+            &mut m.down,
+        ]
+    }
 }
 
 /// A Llama/Qwen2 decoder with frozen weights.
@@ -34,7 +305,7 @@ pub struct Transformer {
     cfg: ModelConfig,
     embed: Tensor,
     blocks: Vec<Block>,
-    norm: Tensor,
+    norm: RmsNorm,
     /// The output projection: its own weight, or the embeddings when tied.
     lm_head: Frozen,
     cos: Tensor,
@@ -45,7 +316,7 @@ pub struct Transformer {
 /// Keys and values of the positions seen so far, per layer.
 #[derive(Clone, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<KvSlot>,
     len: usize,
 }
 
@@ -65,54 +336,25 @@ impl Transformer {
     /// be present with the shape the config implies.
     pub fn new(
         cfg: ModelConfig,
-        mut weights: HashMap<String, Tensor>,
+        weights: HashMap<String, Tensor>,
         dtype: DType,
         source: &Path,
     ) -> Result<Self> {
-        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            let t = weights.remove(name).ok_or_else(|| LlmError::Tensor {
-                path: source.into(),
-                name: name.into(),
-                reason: "missing".into(),
-            })?;
-            if t.dims() != shape {
-                return Err(LlmError::Tensor {
-                    path: source.into(),
-                    name: name.into(),
-                    reason: format!("shape {:?}, expected {shape:?} from the config", t.dims()),
-                });
-            }
-            Ok(t.to_dtype(dtype)?)
+        let mut w = Weights {
+            map: weights,
+            dtype,
+            source,
         };
         let h = cfg.hidden_size;
-        let embed = take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-        let mut blocks = Vec::with_capacity(cfg.num_layers);
-        for l in 0..cfg.num_layers {
-            let p = format!("model.layers.{l}");
-            let mut proj = Vec::with_capacity(7);
-            for t in Target::ALL {
-                let (i, o) = cfg.module_shape(t);
-                let name = format!("{p}.{}", t.path());
-                let weight = Frozen::new(take(&format!("{name}.weight"), &[o, i])?)?;
-                let has_bias = cfg.qkv_bias && matches!(t, Target::Q | Target::K | Target::V);
-                let bias = if has_bias {
-                    Some(take(&format!("{name}.bias"), &[o])?)
-                } else {
-                    None
-                };
-                proj.push(Linear { weight, bias });
-            }
-            blocks.push(Block {
-                input_norm: take(&format!("{p}.input_layernorm.weight"), &[h])?,
-                post_norm: take(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                proj,
-            });
-        }
-        let norm = take("model.norm.weight", &[h])?;
+        let embed = w.take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let blocks = (0..cfg.num_layers)
+            .map(|l| Block::load(&mut w, &cfg, l))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(&mut w, "model.norm.weight", &cfg)?;
         let lm_head = if cfg.tie_word_embeddings {
             Frozen::new(embed.clone())?
         } else {
-            Frozen::new(take("lm_head.weight", &[cfg.vocab_size, h])?)?
+            Frozen::new(w.take("lm_head.weight", &[cfg.vocab_size, h])?)?
         };
         let (cos, sin) = rope_tables(&cfg, dtype)?;
         Ok(Self {
@@ -159,16 +401,30 @@ impl Transformer {
         lora: Option<&Lora>,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        if t == 0 {
+        let pos = self.positions(ids, cache.as_ref().map_or(0, |c| c.len))?;
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        for (l, block) in self.blocks.iter().enumerate() {
+            let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            x = block.forward(&x, lora, &pos, kv)?;
+        }
+        if let Some(c) = cache {
+            c.len += pos.len;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Checks ids `[B, T]` starting at position `offset` against the model's limits, and slices their
+    /// rotary rows.
+    fn positions(&self, ids: &Tensor, offset: usize) -> Result<Positions> {
+        let (batch, len) = ids.dims2()?;
+        if len == 0 {
             return Err(LlmError::Input("empty token sequence".into()));
         }
-        let offset = cache.as_ref().map_or(0, |c| c.len);
-        if offset + t > self.cos.dim(0)? {
+        let max_pos = self.cos.dim(0)?;
+        if offset + len > max_pos {
             return Err(LlmError::Input(format!(
-                "sequence of {} tokens exceeds the model's {} positions",
-                offset + t,
-                self.cos.dim(0)?
+                "sequence of {} tokens exceeds the model's {max_pos} positions",
+                offset + len
             )));
         }
         if let Ok(max) = ids.flatten_all()?.max(0)?.to_scalar::<u32>() {
@@ -179,55 +435,13 @@ impl Transformer {
                 )));
             }
         }
-        let cfg = &self.cfg;
-        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let rep = nh / nkv;
-        let cos = self.cos.narrow(0, offset, t)?;
-        let sin = self.sin.narrow(0, offset, t)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
-        for (l, block) in self.blocks.iter().enumerate() {
-            let proj = |target: Target, input: &Tensor| -> Result<Tensor> {
-                let p = &block.proj[target.index()];
-                let mut y = match lora.and_then(|lo| lo.get(l, target)) {
-                    Some((a, bm, s)) => p.weight.forward_lora(input, a, bm, s)?,
-                    None => p.weight.forward(input)?,
-                };
-                if let Some(bias) = &p.bias {
-                    y = y.broadcast_add(bias)?;
-                }
-                Ok(y)
-            };
-            let h1 = rms_norm(&x, &block.input_norm, cfg.rms_norm_eps)?;
-            let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
-            let q = rope(&heads(proj(Target::Q, &h1)?, nh)?, &cos, &sin)?;
-            let mut k = rope(&heads(proj(Target::K, &h1)?, nkv)?, &cos, &sin)?;
-            let mut v = heads(proj(Target::V, &h1)?, nkv)?;
-            if let Some(c) = cache.as_deref_mut() {
-                if let Some((ck, cv)) = &c.layers[l] {
-                    k = Tensor::cat(&[&broadcast_batch(ck, b)?, &k], 2)?;
-                    v = Tensor::cat(&[&broadcast_batch(cv, b)?, &v], 2)?;
-                }
-                c.layers[l] = Some((k.clone(), v.clone()));
-            }
-            // Grouped-query attention without copying K/V: the `rep` query heads that share a KV head
-            // are stacked along the sequence axis, so one batched matmul serves them all.
-            let q = q.contiguous()?.reshape((b, nkv, rep * t, hd))?;
-            let scores = q.matmul(&k.contiguous()?.t()?)?;
-            let attn = causal_softmax(&scores, scale, t, offset)?.matmul(&v.contiguous()?)?;
-            let attn = attn
-                .reshape((b, nh, t, hd))?
-                .transpose(1, 2)?
-                .reshape((b * t, nh * hd))?;
-            x = (x + proj(Target::O, &attn)?)?;
-            let h2 = rms_norm(&x, &block.post_norm, cfg.rms_norm_eps)?;
-            let gated = (proj(Target::Gate, &h2)?.silu()? * proj(Target::Up, &h2)?)?;
-            x = (x + proj(Target::Down, &gated)?)?;
-        }
-        if let Some(c) = cache {
-            c.len += t;
-        }
-        Ok(rms_norm(&x, &self.norm, cfg.rms_norm_eps)?)
+        Ok(Positions {
+            batch,
+            len,
+            offset,
+            cos: self.cos.narrow(0, offset, len)?,
+            sin: self.sin.narrow(0, offset, len)?,
+        })
     }
 
     /// Vocabulary logits `[N, V]` for hidden-state rows `[N, H]`. Kept separate from [`Self::hidden`] so
@@ -247,13 +461,9 @@ impl Transformer {
     /// The original is untouched, so "unmerging" is dropping the copy: exact, with no rounding drift.
     pub fn merged(&self, lora: &Lora) -> Result<Self> {
         let mut out = self.clone();
-        for (l, block) in out.blocks.iter_mut().enumerate() {
-            for t in Target::ALL {
-                if let Some((a, b, s)) = lora.get(l, t) {
-                    let p = &mut block.proj[t.index()];
-                    let delta = (b.matmul(a)? * s)?.to_dtype(self.dtype)?;
-                    p.weight = Frozen::new((p.weight.weight() + delta)?)?;
-                }
+        for block in &mut out.blocks {
+            for linear in block.linears_mut() {
+                linear.merge(lora, self.dtype)?;
             }
         }
         Ok(out)
@@ -261,10 +471,11 @@ impl Transformer {
 
     /// The frozen weight `[out, in]` of one projection (used by tests and adapter tooling).
     pub fn projection(&self, layer: usize, target: Target) -> &Tensor {
-        self.blocks[layer].proj[target.index()].weight.weight()
+        self.blocks[layer].linear(target).weight.weight()
     }
 }
 
+/// `t` with batch `b`: a batch-1 cache is broadcast as a view, so the shared prefix is never copied.
 fn broadcast_batch(t: &Tensor, b: usize) -> candle_core::Result<Tensor> {
     if t.dim(0)? == b {
         return Ok(t.clone());
