@@ -43,32 +43,3 @@ pub fn load_adapter(llm: &Llm, dir: &Path) -> Result<Lora> {
     dnd_llm::peft::load(dir, llm.model.config(), llm.model.dtype())
         .with_context(|| format!("loading adapter {}", dir.display()))
 }
-
-/// Run a reference script from `scripts/reference/` (a side-by-side benchmark) with `args` and parse
-/// the JSON line it prints last.
-pub fn python_reference(python: &Path, script: &str, args: &[String]) -> Result<serde_json::Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../scripts/reference")
-        .join(script);
-    tracing::info!("running the reference {}", script.display());
-    let out = std::process::Command::new(python)
-        .arg(&script)
-        .args(args)
-        .env("TQDM_DISABLE", "1")
-        .output()
-        .with_context(|| format!("running {}", python.display()))?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .context("no JSON line from the reference")?;
-    Ok(serde_json::from_str(line)?)
-}
