@@ -54,7 +54,7 @@ struct Linear {
 }
 
 impl Linear {
-    fn load(w: &mut Weights, cfg: &ModelConfig, layer: usize, target: Target) -> Result<Self> {
+    fn load(w: &mut Weights<'_>, cfg: &ModelConfig, layer: usize, target: Target) -> Result<Self> {
         let (i, o) = cfg.module_shape(target);
         let name = format!("model.layers.{layer}.{}", target.path());
         let weight = Frozen::new(w.take(&format!("{name}.weight"), &[o, i])?)?;
@@ -101,7 +101,7 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn load(w: &mut Weights, name: &str, cfg: &ModelConfig) -> Result<Self> {
+    fn load(w: &mut Weights<'_>, name: &str, cfg: &ModelConfig) -> Result<Self> {
         Ok(Self {
             weight: w.take(name, &[cfg.hidden_size])?,
             eps: cfg.rms_norm_eps,
@@ -144,7 +144,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(w: &mut Weights, cfg: &ModelConfig, layer: usize) -> Result<Self> {
+    fn load(w: &mut Weights<'_>, cfg: &ModelConfig, layer: usize) -> Result<Self> {
         Ok(Self {
             q: Linear::load(w, cfg, layer, Target::Q)?,
             k: Linear::load(w, cfg, layer, Target::K)?,
@@ -222,7 +222,7 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(w: &mut Weights, cfg: &ModelConfig, layer: usize) -> Result<Self> {
+    fn load(w: &mut Weights<'_>, cfg: &ModelConfig, layer: usize) -> Result<Self> {
         Ok(Self {
             gate: Linear::load(w, cfg, layer, Target::Gate)?,
             up: Linear::load(w, cfg, layer, Target::Up)?,
@@ -248,7 +248,7 @@ struct Block {
 impl Block {
     /// Projections before norms: the order tensors are checked in, which decides the one an error
     /// names when a checkpoint lacks several.
-    fn load(w: &mut Weights, cfg: &ModelConfig, layer: usize) -> Result<Self> {
+    fn load(w: &mut Weights<'_>, cfg: &ModelConfig, layer: usize) -> Result<Self> {
         let attn = Attention::load(w, cfg, layer)?;
         let mlp = Mlp::load(w, cfg, layer)?;
         let p = format!("model.layers.{layer}");
