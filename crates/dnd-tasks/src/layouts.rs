@@ -183,25 +183,25 @@ pub fn import(template: Template, layout: Layout, path: &Path, name: &str) -> Re
 fn hf(template: Template, src: &Src<'_>) -> Result<Vec<Example>> {
     use Template as T;
     match template {
-        T::Arc => jsonl(&src, |r: HfQuestion| {
+        T::Arc => jsonl(src, |r: HfQuestion| {
             t::arc(
                 &r.question,
                 r.choices.text,
                 gold_of(&r.choices.label, &r.answer_key)?,
             )
         }),
-        T::CommonsenseQa => jsonl(&src, |r: HfQuestion| {
+        T::CommonsenseQa => jsonl(src, |r: HfQuestion| {
             let gold = gold_of(&r.choices.label, &r.answer_key)?;
             t::commonsense_qa(&r.question, r.choices.text, gold)
         }),
-        T::OpenBookQa => jsonl(&src, |r: HfObqa| {
+        T::OpenBookQa => jsonl(src, |r: HfObqa| {
             let gold = gold_of(&r.choices.label, &r.answer_key)?;
             t::openbookqa(&r.question_stem, r.choices.text, gold)
         }),
-        T::Boolq => jsonl(&src, |r: HfBoolq| {
+        T::Boolq => jsonl(src, |r: HfBoolq| {
             t::boolq(&r.passage, &r.question, r.label.boolean()?)
         }),
-        T::Hellaswag => jsonl(&src, |r: HfHellaswag| {
+        T::Hellaswag => jsonl(src, |r: HfHellaswag| {
             t::hellaswag(
                 &r.activity_label,
                 &r.ctx_a,
@@ -210,10 +210,10 @@ fn hf(template: Template, src: &Src<'_>) -> Result<Vec<Example>> {
                 r.label.index(0)?,
             )
         }),
-        T::Piqa => jsonl(&src, |r: HfPiqa| {
+        T::Piqa => jsonl(src, |r: HfPiqa| {
             t::piqa(&r.goal, vec![r.sol1, r.sol2], r.label.index(0)?)
         }),
-        T::Siqa => jsonl(&src, |r: HfSiqa| {
+        T::Siqa => jsonl(src, |r: HfSiqa| {
             let question = format!("{} {}", r.context, r.question);
             t::siqa(
                 &question,
@@ -221,10 +221,10 @@ fn hf(template: Template, src: &Src<'_>) -> Result<Vec<Example>> {
                 r.label.index(1)?,
             )
         }),
-        T::Winogrande => jsonl(&src, |r: HfWinogrande| {
+        T::Winogrande => jsonl(src, |r: HfWinogrande| {
             t::winogrande(&r.sentence, vec![r.option1, r.option2], r.answer.index(1)?)
         }),
-        T::Copa => jsonl(&src, |r: HfCopa| {
+        T::Copa => jsonl(src, |r: HfCopa| {
             let connector = match r.question.as_str() {
                 "cause" => "because",
                 "effect" => "therefore",
@@ -235,7 +235,7 @@ fn hf(template: Template, src: &Src<'_>) -> Result<Vec<Example>> {
             let choices = vec![t::copa_choice(&r.choice1), t::copa_choice(&r.choice2)];
             t::copa(premise, connector, choices, r.label.index(0)?)
         }),
-        T::Gsm8k => jsonl(&src, |r: HfGsm8k| t::gsm8k(&r.question, &r.answer)),
+        T::Gsm8k => jsonl(src, |r: HfGsm8k| t::gsm8k(&r.question, &r.answer)),
         T::HumanEval | T::Gauntlet => code(src),
         _ => unsupported(template, Layout::Hf, src),
     }
@@ -245,21 +245,21 @@ fn hf(template: Template, src: &Src<'_>) -> Result<Vec<Example>> {
 fn gauntlet_mc(template: Template, src: &Src<'_>) -> Result<Vec<Example>> {
     use Template as T;
     match template {
-        T::Arc => jsonl(&src, |r: McRecord| {
+        T::Arc => jsonl(src, |r: McRecord| {
             t::arc(strip(&r.query, "Question: ")?, r.choices, r.gold)
         }),
-        T::OpenBookQa => jsonl(&src, |r: McRecord| {
+        T::OpenBookQa => jsonl(src, |r: McRecord| {
             t::openbookqa(&r.query, r.choices, r.gold)
         }),
-        T::Piqa => jsonl(&src, |r: McRecord| {
+        T::Piqa => jsonl(src, |r: McRecord| {
             let goal = strip(&r.query, "Question: ")?;
             t::piqa(goal.strip_suffix('\n').unwrap_or(goal), r.choices, r.gold)
         }),
-        T::Copa => jsonl(&src, |r: McRecord| {
+        T::Copa => jsonl(src, |r: McRecord| {
             let (premise, connector) = split_copa(&r.query)?;
             t::copa(premise, connector, r.choices, r.gold)
         }),
-        T::CommonsenseQa => jsonl(&src, |r: McRecord| {
+        T::CommonsenseQa => jsonl(src, |r: McRecord| {
             let (question, options) = split_csqa(&r.query)?;
             if options.len() != r.choices.len() {
                 return Err(format!(
@@ -270,7 +270,7 @@ fn gauntlet_mc(template: Template, src: &Src<'_>) -> Result<Vec<Example>> {
             }
             t::commonsense_qa(question, options, r.gold)
         }),
-        T::Gauntlet => jsonl(&src, |r: McRecord| {
+        T::Gauntlet => jsonl(src, |r: McRecord| {
             t::gauntlet_mc(&r.query, r.choices, r.gold)
         }),
         _ => unsupported(template, Layout::GauntletMc, src),
