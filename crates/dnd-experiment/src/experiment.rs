@@ -7,6 +7,7 @@ use crate::position::Position;
 use crate::report::{PcaPoint, Report, Score, TargetResult};
 use crate::{baselines, io_err, read_json, ExperimentError, Result};
 use candle_core::DType;
+use dnd_assets::portable_name;
 use dnd_collect::{task_checkpoints, CollectionIndex};
 use dnd_encode::PromptEncoder;
 use dnd_evaluate::report::{RunResult, Store};
@@ -407,9 +408,9 @@ pub fn run(
     let report = Report {
         command: ctx.command.clone(),
         git_rev: ctx.git_rev.clone(),
-        model: ctx.model_path.display().to_string(),
-        collection: cfg.collection.display().to_string(),
-        work_dir: paths.work.display().to_string(),
+        model: portable_name(ctx.model_path),
+        collection: portable_name(&cfg.collection),
+        work_dir: portable_name(&paths.work),
         limit: cfg.limit,
         adapters: cfg.adapters,
         offset_scale: cfg.offset_scale,
