@@ -2,6 +2,7 @@
 //! matrix, then per target: generator, generated adapters, their scores, the uniform average), each
 //! skipping what its output already holds.
 
+use crate::label::RunLabel;
 use crate::pca::{flatten, stride_for, Pca};
 use crate::position::Position;
 use crate::report::{PcaPoint, Report, Score, TargetResult};
@@ -205,7 +206,7 @@ pub fn run(
         ctx.llm,
         &store,
         &spec,
-        "base",
+        &RunLabel::Base.to_string(),
         None,
         &sets,
         &mut |e| on_event(Event::Score(e)),
@@ -220,7 +221,7 @@ pub fn run(
             ctx.llm,
             &store,
             &spec,
-            &lora_label(task),
+            &RunLabel::Lora(task.clone()).to_string(),
             Some(&last),
             &sets,
             &mut |e| on_event(Event::Score(e)),
@@ -268,7 +269,11 @@ pub fn run(
                 ctx.llm,
                 &store,
                 &spec,
-                &format!("{target}/dnd-{i}"),
+                &RunLabel::Dnd {
+                    target: target.clone(),
+                    index: i,
+                }
+                .to_string(),
                 Some(d),
                 set,
                 &mut |e| on_event(Event::Score(e)),
@@ -285,10 +290,14 @@ pub fn run(
             for (step, dir) in trajectory(&cfg.collection, target, cfg.oracle_trajectory)? {
                 // The last step is the oracle itself, already scored under its own label.
                 let label = if dir == last {
-                    lora_label(target)
+                    RunLabel::Lora(target.clone())
                 } else {
-                    format!("{}@step-{step}", lora_label(target))
-                };
+                    RunLabel::LoraStep {
+                        task: target.clone(),
+                        step,
+                    }
+                }
+                .to_string();
                 let r = score(ctx.llm, &store, &spec, &label, Some(&dir), set, &mut |e| {
                     on_event(Event::Score(e))
                 })?;
@@ -321,7 +330,7 @@ pub fn run(
             ctx.llm,
             &store,
             &spec,
-            &format!("{target}/uniform-avg"),
+            &RunLabel::UniformAverage(target.clone()).to_string(),
             Some(&avg),
             set,
             &mut |e| on_event(Event::Score(e)),
@@ -341,7 +350,7 @@ pub fn run(
     let mut positions = positions(cfg, paths, &tasks, &generated, &mut flat)?;
     timed("pca", t);
 
-    let get = |label: &str, task: &str| -> Result<Score> {
+    let get = |label: &RunLabel, task: &str| -> Result<Score> {
         runs.get(&(label.to_string(), task.to_string()))
             .map(Score::from_run)
             .ok_or_else(|| ExperimentError::Config(format!("no score for {label} on {task}")))
@@ -361,7 +370,7 @@ pub fn run(
         let others: Vec<&String> = tasks.iter().filter(|t| *t != target).collect();
         let loras = others
             .iter()
-            .map(|o| get(&lora_label(o), target))
+            .map(|o| get(&RunLabel::Lora(o.to_string()), target))
             .collect::<Result<Vec<_>>>()?;
         let (nearest, cos) = prompt_cosines
             .iter()
@@ -370,16 +379,22 @@ pub fn run(
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .expect("at least one other task");
         let dnd = (0..cfg.adapters)
-            .map(|i| get(&format!("{target}/dnd-{i}"), target))
+            .map(|index| {
+                let dnd = RunLabel::Dnd {
+                    target: target.clone(),
+                    index,
+                };
+                get(&dnd, target)
+            })
             .collect::<Result<Vec<_>>>()?;
         let m = &manifests[target];
         let mut row = TargetResult::new(
             target,
-            get("base", target)?,
+            get(&RunLabel::Base, target)?,
             loras,
-            get(&format!("{target}/uniform-avg"), target)?,
-            (get(&lora_label(&nearest), target)?, nearest, cos),
-            get(&lora_label(target), target)?,
+            get(&RunLabel::UniformAverage(target.clone()), target)?,
+            (get(&RunLabel::Lora(nearest.clone()), target)?, nearest, cos),
+            get(&RunLabel::Lora(target.clone()), target)?,
             dnd,
             generation_s[target].clone(),
             oracle_seconds(&index, target),
@@ -399,7 +414,7 @@ pub fn run(
         .iter()
         .flat_map(|l| targets.iter().map(move |t| (l.clone(), t.clone())))
         .filter_map(|(l, t)| {
-            runs.get(&(lora_label(&l), t.clone()))
+            runs.get(&(RunLabel::Lora(l.clone()).to_string(), t.clone()))
                 .map(|r| (l, t, r.metrics[&r.primary].value))
         })
         .collect();
@@ -435,11 +450,6 @@ pub fn run(
     };
     report.write(&paths.results, &manifests)?;
     Ok(report)
-}
-
-/// The row label of a task's training LoRA (its collection's last checkpoint), shared by all targets.
-fn lora_label(task: &str) -> String {
-    format!("lora-{task}")
 }
 
 fn last_checkpoint(collection: &Path, task: &str) -> Result<PathBuf> {

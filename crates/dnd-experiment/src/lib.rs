@@ -19,6 +19,7 @@
 
 mod baselines;
 mod experiment;
+mod label;
 pub mod pca;
 mod plot;
 pub mod position;
@@ -26,6 +27,7 @@ pub mod report;
 
 pub use baselines::{cosine, mean_pooled, uniform_average};
 pub use experiment::{run, Context, Event, ExperimentConfig, Paths};
+pub use label::{BadLabel, RunLabel};
 pub use report::{compare, Comparison, DndDiff, Paired, Report, Score};
 
 use std::path::Path;

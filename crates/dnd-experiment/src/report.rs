@@ -2,6 +2,7 @@
 //! win/loss summary against every baseline, the efficiency table and the figures, as `report.md`,
 //! `report.json`, `accuracy.png`, `curves.png` and `pca.png` in the results directory.
 
+use crate::label::RunLabel;
 use crate::position::Position;
 use crate::{plot, ExperimentError, Result};
 use dnd_evaluate::report::RunResult;
@@ -748,11 +749,10 @@ impl Report {
                 p.toward(task)
                     .map_or("-".into(), |v| format!("{v:.3} ({task})"))
             };
-            let best = t
-                .best_lora
-                .label
-                .strip_prefix("lora-")
-                .unwrap_or(&t.best_lora.label);
+            let best = match t.best_lora.label.parse() {
+                Ok(RunLabel::Lora(task)) => task,
+                _ => t.best_lora.label.clone(),
+            };
             let strongest = p
                 .strongest()
                 .map_or("-".into(), |(task, v)| format!("{v:.3} ({task})"));
@@ -762,7 +762,7 @@ impl Report {
                 t.target,
                 p.from_average,
                 toward(&t.nearest_task),
-                toward(best),
+                toward(&best),
                 strongest
             );
         }
