@@ -177,7 +177,7 @@ pub fn compare(a: CompareArgs) -> Result<()> {
             .with_context(|| format!("reading {}", file.display()))?;
         let dir = file.parent().and_then(Path::file_name);
         let name = dir.map_or(file.display().to_string(), |d| d.to_string_lossy().into());
-        if let Ok(report) = serde_json::from_str::<Report>(&text) {
+        if let Ok(report) = Report::from_json(&text) {
             let rows = report.dnd_rows().into_iter();
             return Ok((name, rows.map(|(t, v)| (t.into(), v.to_vec())).collect()));
         }

@@ -5,7 +5,7 @@
 use crate::label::RunLabel;
 use crate::pca::{flatten, stride_for, Pca};
 use crate::position::Position;
-use crate::report::{PcaPoint, Report, Score, TargetResult};
+use crate::report::{PcaPoint, Report, Score, TargetResult, REPORT_SCHEMA};
 use crate::{baselines, io_err, read_json, ExperimentError, Result};
 use candle_core::DType;
 use dnd_assets::portable_name;
@@ -104,8 +104,14 @@ struct GenerationRecord {
     prompt_indices: Vec<usize>,
     generator_sha256: String,
     /// Absent in records written before the scale existed, which all used 1.
-    #[serde(default = "crate::report::unit")]
+    #[serde(default = "unit")]
     offset_scale: f64,
+}
+
+/// Serde's default for a scale absent from generation records written before it existed: 1, the value
+/// they were all made with.
+fn unit() -> f64 {
+    1.0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -421,6 +427,7 @@ pub fn run(
     let work_s = runs.values().map(|r| r.wall_s).sum::<f64>();
     phase_s.push(("total".into(), started.elapsed().as_secs_f64()));
     let report = Report {
+        schema: REPORT_SCHEMA,
         command: ctx.command.clone(),
         git_rev: ctx.git_rev.clone(),
         model: portable_name(ctx.model_path),

@@ -28,7 +28,7 @@ pub mod report;
 pub use baselines::{cosine, mean_pooled, uniform_average};
 pub use experiment::{run, Context, Event, ExperimentConfig, Paths};
 pub use label::{BadLabel, RunLabel};
-pub use report::{compare, Comparison, DndDiff, Paired, Report, Score};
+pub use report::{compare, Comparison, DndDiff, Paired, Report, Score, REPORT_SCHEMA};
 
 use std::path::Path;
 

@@ -70,8 +70,7 @@ pub struct TargetResult {
     /// Mean of the generated adapters' stderrs.
     pub dnd_stderr: f64,
     /// Per test item, the mean over the generated adapters: kept in `report.json` so two reports
-    /// can be compared item by item ([`DndDiff`]); empty in reports written before it was kept.
-    #[serde(default)]
+    /// can be compared item by item ([`DndDiff`]).
     pub dnd_items: Vec<f64>,
     /// Seconds to generate each adapter (encode + decode + write), measured.
     pub generation_s: Vec<f64>,
@@ -84,12 +83,10 @@ pub struct TargetResult {
     pub generator_val_loss: Option<f64>,
     pub generator_val_loss_mean_checkpoint: Option<f64>,
     /// (step, value) of the oracle's scored checkpoints, when asked for.
-    #[serde(default)]
     pub oracle_trajectory: Vec<(usize, f64)>,
     /// Updates of the oracle's whole run.
     pub oracle_steps: usize,
-    /// Where the generated adapters lie in weight space; absent in reports written before it was kept.
-    #[serde(default)]
+    /// Where the generated adapters lie in weight space.
     pub dnd_position: Option<Position>,
 }
 
@@ -183,11 +180,6 @@ impl TargetResult {
             ("oracle LoRA", &self.oracle),
         ]
     }
-}
-
-/// Serde's default for a scale absent from older files: 1, the value they were all made with.
-pub(crate) fn unit() -> f64 {
-    1.0
 }
 
 /// One point of the PCA figure.
@@ -398,9 +390,33 @@ impl DndDiff {
     }
 }
 
+/// The layout `report.json` is written in. 1: the files of sessions 1-6, which had no `schema` field
+/// and lacked, depending on their age, `offset_scale` (all made at 1), `prompt_cosines`, and per
+/// target `dnd_items`, `oracle_trajectory` (then empty) and `dnd_position`.
+pub const REPORT_SCHEMA: u32 = 2;
+
+/// Schema 1 -> 2: the fields added since, with the values the older files were made with.
+fn upgrade_from_1(report: &mut serde_json::Map<String, serde_json::Value>) {
+    use serde_json::Value;
+    report.entry("offset_scale").or_insert(Value::from(1.0));
+    report
+        .entry("prompt_cosines")
+        .or_insert(Value::Array(vec![]));
+    if let Some(Value::Array(targets)) = report.get_mut("targets") {
+        for t in targets.iter_mut().filter_map(Value::as_object_mut) {
+            t.entry("dnd_items").or_insert(Value::Array(vec![]));
+            t.entry("oracle_trajectory").or_insert(Value::Array(vec![]));
+            t.entry("dnd_position").or_insert(Value::Null);
+        }
+    }
+}
+
 /// Everything `report.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
+    /// The layout of this file ([`REPORT_SCHEMA`]); older files are upgraded on reading
+    /// ([`Report::from_json`]).
+    pub schema: u32,
     pub command: Vec<String>,
     pub git_rev: Option<String>,
     pub model: String,
@@ -410,7 +426,6 @@ pub struct Report {
     pub adapters: usize,
     /// The generators' offset scale at generation (1: as trained); see
     /// `dnd_generate::Generator::with_offset_scale`.
-    #[serde(default = "unit")]
     pub offset_scale: f64,
     pub seed: u64,
     pub prompts: usize,
@@ -428,9 +443,7 @@ pub struct Report {
     pub targets: Vec<TargetResult>,
     /// (LoRA's task, target, primary metric value): every training LoRA on every target.
     pub lora_matrix: Vec<(String, String, f64)>,
-    /// (training task, target, cosine of their mean pooled prompt embeddings); absent in reports
-    /// written before it was kept.
-    #[serde(default)]
+    /// (training task, target, cosine of their mean pooled prompt embeddings).
     pub prompt_cosines: Vec<(String, String, f64)>,
     pub pca: Vec<PcaPoint>,
     pub pca_explained: Vec<f64>,
@@ -439,6 +452,26 @@ pub struct Report {
 }
 
 impl Report {
+    /// A `report.json` of any schema up to [`REPORT_SCHEMA`], upgraded to the current one; a newer
+    /// schema is refused (it needs a newer dnd).
+    pub fn from_json(text: &str) -> std::result::Result<Self, String> {
+        let mut v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let map = v.as_object_mut().ok_or("not a JSON object")?;
+        let schema = map.get("schema").map_or(Some(1), |s| s.as_u64());
+        match schema {
+            Some(1) => upgrade_from_1(map),
+            Some(s) if s == u64::from(REPORT_SCHEMA) => {}
+            _ => {
+                return Err(format!(
+                    "report schema {:?}; this dnd reads 1 to {REPORT_SCHEMA}",
+                    map.get("schema")
+                ))
+            }
+        }
+        map.insert("schema".into(), REPORT_SCHEMA.into());
+        serde_json::from_value(v).map_err(|e| e.to_string())
+    }
+
     /// Each target with DnD's per-item values, for [`DndDiff::new`].
     pub fn dnd_rows(&self) -> Vec<(&str, &[f64])> {
         self.targets
