@@ -516,8 +516,25 @@ impl Report {
     }
 
     pub fn markdown(&self) -> String {
-        let pct = |s: &Score| format!("{:.1} ± {:.1}", 100.0 * s.value, 100.0 * s.stderr);
         let mut o = String::from("# Drag-and-Drop LoRA generation: leave-one-out experiment\n\n");
+        for section in [
+            Self::md_header,
+            Self::md_accuracy,
+            Self::md_wins,
+            Self::md_adapters,
+            Self::md_matrices,
+            Self::md_efficiency,
+            Self::md_training,
+            Self::md_pca,
+            Self::md_wall,
+        ] {
+            section(self, &mut o);
+        }
+        o
+    }
+
+    /// Title, what was scored on which model, the command and the protocol.
+    fn md_header(&self, o: &mut String) {
         let limit = self
             .limit
             .map_or("all".to_string(), |l| format!("the first {l}"));
@@ -569,6 +586,11 @@ impl Report {
                 self.offset_scale, self.offset_scale
             );
         }
+    }
+
+    /// The accuracy table, every baseline and DnD per target.
+    fn md_accuracy(&self, o: &mut String) {
+        let pct = |s: &Score| format!("{:.1} ± {:.1}", 100.0 * s.value, 100.0 * s.stderr);
         o.push_str("## Accuracy (%)\n\n");
         o.push_str(
             "Cells: value ± bootstrap stderr; DnD: mean ± std over its generated adapters \
@@ -596,6 +618,10 @@ impl Report {
                 100.0 * t.dnd_stderr,
             );
         }
+    }
+
+    /// DnD against each baseline: where it wins and loses, and how clearly.
+    fn md_wins(&self, o: &mut String) {
         o.push_str("\n![accuracy](accuracy.png)\n\n## Where DnD wins and loses\n\n");
         o.push_str(
             "DnD (averaged over its adapters per item) against each baseline on the same test items. \
@@ -605,6 +631,10 @@ impl Report {
         for c in &self.comparisons {
             let _ = writeln!(o, "- {}", c.sentence());
         }
+    }
+
+    /// Each generated adapter's accuracy.
+    fn md_adapters(&self, o: &mut String) {
         o.push_str("\n## Each generated adapter (%)\n\n| target | adapters |\n|---|---|\n");
         for t in &self.targets {
             let cells: Vec<String> = t
@@ -614,6 +644,10 @@ impl Report {
                 .collect();
             let _ = writeln!(o, "| {} | {} |", t.target, cells.join(", "));
         }
+    }
+
+    /// Every training LoRA on every target, and the prompt similarities.
+    fn md_matrices(&self, o: &mut String) {
         o.push_str("\n## Every training LoRA on every target (%)\n\nRows: the LoRA's task; the diagonal is the oracle.\n\n");
         o.push_str(
             &self.matrix_markdown("LoRA", &self.lora_matrix, |v| format!("{:.1}", 100.0 * v)),
@@ -625,6 +659,10 @@ impl Report {
             );
             o.push_str(&self.matrix_markdown("task", &self.prompt_cosines, |v| format!("{v:.3}")));
         }
+    }
+
+    /// Generation against fine-tuning time, and when the oracle reaches DnD.
+    fn md_efficiency(&self, o: &mut String) {
         o.push_str("\n## Efficiency\n\n");
         o.push_str(
             "Generation: encode the prompt batch (MiniLM, uncached) + one decoder forward + write the \
@@ -691,6 +729,10 @@ impl Report {
             gen_total,
             self.scoring_compute_s
         );
+    }
+
+    /// The generators' held-out losses.
+    fn md_training(&self, o: &mut String) {
         o.push_str("## Generator training\n\n![curves](curves.png)\n\n| target | final held-out loss | held-out loss of the mean checkpoint |\n|---|---|---|\n");
         for t in &self.targets {
             let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
@@ -702,6 +744,10 @@ impl Report {
                 f(t.generator_val_loss_mean_checkpoint)
             );
         }
+    }
+
+    /// The PCA of checkpoints and adapters, and the weight-space positions.
+    fn md_pca(&self, o: &mut String) {
         let ex: Vec<String> = self
             .pca_explained
             .iter()
@@ -717,12 +763,15 @@ impl Report {
             crate::pca::MAX_COORDS,
             ex.join(", ")
         );
-        self.positions_markdown(&mut o);
+        self.positions_markdown(o);
+    }
+
+    /// The wall time of each phase of the invocation that wrote the report.
+    fn md_wall(&self, o: &mut String) {
         o.push_str("## Wall time of this invocation (s)\n\n| phase | s |\n|---|---|\n");
         for (p, s) in &self.phase_wall_s {
             let _ = writeln!(o, "| {p} | {s:.1} |");
         }
-        o
     }
 }
 
