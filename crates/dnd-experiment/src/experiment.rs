@@ -121,312 +121,478 @@ struct Embeddings {
     tasks: BTreeMap<String, Vec<f32>>,
 }
 
-/// Run (or resume) the experiment and write its report; returns the report.
+/// Run (or resume) the experiment and write its report; returns the report. The steps: check the
+/// plan, score the baselines every target shares, then per target the generator, its adapters and
+/// the target's own baselines, then assemble the report.
 pub fn run(
     cfg: &ExperimentConfig,
     paths: &Paths,
     ctx: &Context<'_>,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Report> {
-    let started = Instant::now();
-    let mut phase_s: Vec<(String, f64)> = Vec::new();
-    let mut timed = |name: &str, t: Instant| phase_s.push((name.into(), t.elapsed().as_secs_f64()));
-    let index = CollectionIndex::read(&cfg.collection)?;
-    let tasks: Vec<String> = index.tasks.iter().map(|t| t.task.clone()).collect();
-    if tasks.len() < 2 {
-        return Err(ExperimentError::Config(format!(
-            "{} holds {} task(s); leave-one-out needs at least two",
-            cfg.collection.display(),
-            tasks.len()
-        )));
-    }
-    let targets = if cfg.targets.is_empty() {
-        tasks.clone()
-    } else {
-        cfg.targets.clone()
-    };
-    if let Some(t) = targets.iter().find(|t| !tasks.contains(t)) {
-        return Err(ExperimentError::Config(format!(
-            "target {t} is not in the collection ({})",
-            tasks.join(", ")
-        )));
-    }
-    if cfg.adapters == 0 {
-        return Err(ExperimentError::Config(
-            "generate at least one adapter per target".into(),
-        ));
-    }
-    let split = SplitConfig::default();
-    let mut sets: Vec<(Task, Vec<Example>)> = Vec::new();
-    for t in &targets {
-        let task = find_task(t)?;
-        let examples = select_examples(&task, &cfg.data, Part::Test, cfg.limit, &split)?;
-        if examples.is_empty() {
-            return Err(ExperimentError::Config(format!("{t}: empty test split")));
-        }
-        sets.push((task, examples));
-    }
-    let spec = ScoreSpec {
-        model: ctx.model_path.display().to_string(),
-        split: Part::Test,
-        limit: cfg.limit,
-        data: cfg.data.display().to_string(),
-        split_seed: split.seed,
-        eval: cfg.eval.clone(),
-        git_rev: ctx.git_rev.clone(),
-        command: ctx.command.clone(),
-    };
-    tracing::info!(
-        "{} target(s) ({}), {} training LoRAs: {} scored runs of at most {} test items each \
-         (stored ones are reused), {} generator(s) of {} steps",
-        targets.len(),
-        targets.join(", "),
-        tasks.len(),
-        targets.len() * (1 + tasks.len() + cfg.adapters + 1 + cfg.oracle_trajectory),
-        cfg.limit.map_or("all".into(), |l| l.to_string()),
-        targets.len(),
-        cfg.train.steps
-    );
-    let reused: Vec<PathBuf> = paths.reuse.iter().map(|w| w.join("scores")).collect();
-    if let Some(d) = reused.iter().find(|d| !d.is_dir()) {
-        return Err(ExperimentError::Config(format!(
-            "no stored scores to reuse in {}",
-            d.display()
-        )));
-    }
-    let store = Store::reusing(&paths.work.join("scores"), &reused);
-    let mut runs: BTreeMap<(String, String), RunResult> = BTreeMap::new();
-    // Every new batch of scores also refreshes the store's `results.md`: a partial table to read
-    // while the experiment runs.
-    let mut keep = |rs: Vec<RunResult>| -> Result<()> {
-        for r in rs {
-            runs.insert((r.label.clone(), r.settings.task.clone()), r);
-        }
-        let all: Vec<RunResult> = runs.values().cloned().collect();
-        Ok(store.write_summary(&all, &ctx.command)?)
-    };
-
-    on_event(Event::Phase("base model"));
-    let t = Instant::now();
-    keep(score(
-        ctx.llm,
-        &store,
-        &spec,
-        &RunLabel::Base.to_string(),
-        None,
-        &sets,
-        &mut |e| on_event(Event::Score(e)),
-    )?)?;
-    timed("score base", t);
-
-    on_event(Event::Phase("training LoRAs on every target"));
-    let t = Instant::now();
-    for task in &tasks {
-        let last = last_checkpoint(&cfg.collection, task)?;
-        keep(score(
-            ctx.llm,
-            &store,
-            &spec,
-            &RunLabel::Lora(task.clone()).to_string(),
-            Some(&last),
-            &sets,
-            &mut |e| on_event(Event::Score(e)),
-        )?)?;
-    }
-    timed("score training LoRAs", t);
-
+    let plan = Plan::new(cfg)?;
+    let mut scores = Scores::new(cfg, paths, ctx, &plan)?;
+    score_baselines(cfg, ctx, &plan, &mut scores, on_event)?;
     on_event(Event::Phase("prompt embeddings (nearest task)"));
     let t = Instant::now();
-    let embeddings = task_embeddings(cfg, paths, ctx, &tasks)?;
-    timed("prompt embeddings", t);
-
-    let model_cfg = ctx.llm.model.config();
-    let mut manifests = BTreeMap::new();
-    let mut generator_wall: BTreeMap<String, f64> = BTreeMap::new();
-    let mut trajectories: BTreeMap<String, Vec<(usize, f64)>> = BTreeMap::new();
-    let mut generation_s: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let mut generated: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    for set in sets.chunks(1) {
-        let target = &set[0].0.name;
-        let others: Vec<String> = tasks.iter().filter(|t| *t != target).cloned().collect();
-        on_event(Event::Phase(&format!("{target}: generator")));
-        let t = Instant::now();
-        let gen_dir = paths.work.join("generators").join(target);
-        let manifest = train_generator(cfg, ctx, &index, &others, &gen_dir, target, on_event)?;
-        generator_wall.insert(target.clone(), read_wall(&gen_dir)?);
-        manifests.insert(target.clone(), manifest);
-        timed(&format!("train generator {target}"), t);
-
-        on_event(Event::Phase(&format!("{target}: generate")));
-        let t = Instant::now();
-        let dirs = generate_for(cfg, ctx, paths, target, &gen_dir)?;
-        let mut secs = Vec::new();
-        for d in &dirs {
-            let rec: GenerationRecord = read_json(&d.join(GENERATION_FILE))?;
-            secs.push(rec.seconds);
-        }
-        generation_s.insert(target.clone(), secs);
-        timed(&format!("generate {target}"), t);
-
-        on_event(Event::Phase(&format!("{target}: score generated adapters")));
-        let t = Instant::now();
-        for (i, d) in dirs.iter().enumerate() {
-            keep(score(
-                ctx.llm,
-                &store,
-                &spec,
-                &RunLabel::Dnd {
-                    target: target.clone(),
-                    index: i,
-                }
-                .to_string(),
-                Some(d),
-                set,
-                &mut |e| on_event(Event::Score(e)),
-            )?)?;
-        }
-        generated.insert(target.clone(), dirs);
-        timed(&format!("score dnd {target}"), t);
-
-        if cfg.oracle_trajectory > 0 {
-            on_event(Event::Phase(&format!("{target}: oracle trajectory")));
-            let t = Instant::now();
-            let mut points = Vec::new();
-            let last = last_checkpoint(&cfg.collection, target)?;
-            for (step, dir) in trajectory(&cfg.collection, target, cfg.oracle_trajectory)? {
-                // The last step is the oracle itself, already scored under its own label.
-                let label = if dir == last {
-                    RunLabel::Lora(target.clone())
-                } else {
-                    RunLabel::LoraStep {
-                        task: target.clone(),
-                        step,
-                    }
-                }
-                .to_string();
-                let r = score(ctx.llm, &store, &spec, &label, Some(&dir), set, &mut |e| {
-                    on_event(Event::Score(e))
-                })?;
-                points.push((step, r[0].metrics[&r[0].primary].value));
-                keep(r)?;
-            }
-            trajectories.insert(target.clone(), points);
-            timed(&format!("oracle trajectory {target}"), t);
-        }
-
-        on_event(Event::Phase(&format!("{target}: uniform average")));
-        let t = Instant::now();
-        let avg = paths.work.join("adapters").join(target).join("uniform-avg");
-        if !avg.is_dir() {
-            let mut ckpts = Vec::new();
-            for o in &others {
-                ckpts.extend(task_checkpoints(&cfg.collection, o)?);
-            }
-            let lora = baselines::uniform_average(&ckpts, model_cfg)?;
-            let note = serde_json::json!({ "averaged_checkpoints": ckpts.len(), "tasks": others })
-                .to_string();
-            save_adapter(
-                &lora,
-                &ctx.model_path.display().to_string(),
-                &avg,
-                &[("uniform_average.json", note)],
-            )?;
-        }
-        keep(score(
-            ctx.llm,
-            &store,
-            &spec,
-            &RunLabel::UniformAverage(target.clone()).to_string(),
-            Some(&avg),
-            set,
-            &mut |e| on_event(Event::Score(e)),
-        )?)?;
-        timed(&format!("uniform average {target}"), t);
+    let embeddings = task_embeddings(cfg, paths, ctx, &plan.tasks)?;
+    scores.timed("prompt embeddings", t);
+    let mut work = BTreeMap::new();
+    for set in plan.sets.chunks(1) {
+        let done = per_target(cfg, paths, ctx, &plan, set, &mut scores, on_event)?;
+        work.insert(set[0].0.name.clone(), done);
     }
-
     on_event(Event::Phase(
         "PCA of training checkpoints and generated adapters",
     ));
     let t = Instant::now();
+    let generated: BTreeMap<String, Vec<PathBuf>> = work
+        .iter()
+        .map(|(t, w)| (t.clone(), w.generated.clone()))
+        .collect();
     let mut flat = Flattener {
-        model: model_cfg,
+        model: ctx.llm.model.config(),
         stride: None,
     };
-    let (pca_points, explained) = pca_points(cfg, &tasks, &generated, &mut flat)?;
-    let mut positions = positions(cfg, paths, &tasks, &generated, &mut flat)?;
-    timed("pca", t);
+    let pca = pca_points(cfg, &plan.tasks, &generated, &mut flat)?;
+    let mut positions = positions(cfg, paths, &plan.tasks, &generated, &mut flat)?;
+    scores.timed("pca", t);
+    let cosines = prompt_cosines(&plan, &embeddings);
+    let rows = plan
+        .targets
+        .iter()
+        .map(|t| target_row(cfg, &plan, &scores, &mut work, &mut positions, &cosines, t))
+        .collect::<Result<Vec<_>>>()?;
+    let manifests: BTreeMap<String, TrainManifest> =
+        work.into_iter().map(|(t, w)| (t, w.manifest)).collect();
+    let report = assemble(
+        cfg,
+        paths,
+        ctx,
+        &plan,
+        scores,
+        &manifests,
+        (rows, cosines, pca),
+    );
+    report.write(&paths.results, &manifests)?;
+    Ok(report)
+}
 
-    let get = |label: &RunLabel, task: &str| -> Result<Score> {
-        runs.get(&(label.to_string(), task.to_string()))
+/// What the experiment covers: the collection's tasks, the held-out targets and their test items.
+struct Plan {
+    index: CollectionIndex,
+    tasks: Vec<String>,
+    targets: Vec<String>,
+    sets: Vec<(Task, Vec<Example>)>,
+}
+
+impl Plan {
+    /// The plan of `cfg`, refusing what leave-one-out cannot run on.
+    fn new(cfg: &ExperimentConfig) -> Result<Self> {
+        let index = CollectionIndex::read(&cfg.collection)?;
+        let tasks: Vec<String> = index.tasks.iter().map(|t| t.task.clone()).collect();
+        if tasks.len() < 2 {
+            return Err(ExperimentError::Config(format!(
+                "{} holds {} task(s); leave-one-out needs at least two",
+                cfg.collection.display(),
+                tasks.len()
+            )));
+        }
+        let targets = if cfg.targets.is_empty() {
+            tasks.clone()
+        } else {
+            cfg.targets.clone()
+        };
+        if let Some(t) = targets.iter().find(|t| !tasks.contains(t)) {
+            return Err(ExperimentError::Config(format!(
+                "target {t} is not in the collection ({})",
+                tasks.join(", ")
+            )));
+        }
+        if cfg.adapters == 0 {
+            return Err(ExperimentError::Config(
+                "generate at least one adapter per target".into(),
+            ));
+        }
+        let split = SplitConfig::default();
+        let mut sets: Vec<(Task, Vec<Example>)> = Vec::new();
+        for t in &targets {
+            let task = find_task(t)?;
+            let examples = select_examples(&task, &cfg.data, Part::Test, cfg.limit, &split)?;
+            if examples.is_empty() {
+                return Err(ExperimentError::Config(format!("{t}: empty test split")));
+            }
+            sets.push((task, examples));
+        }
+        Ok(Self {
+            index,
+            tasks,
+            targets,
+            sets,
+        })
+    }
+}
+
+/// The score store and every run scored or reused so far, with the wall time of each phase.
+struct Scores<'a> {
+    store: Store,
+    spec: ScoreSpec,
+    runs: BTreeMap<(String, String), RunResult>,
+    command: &'a [String],
+    phases: Vec<(String, f64)>,
+    started: Instant,
+}
+
+impl<'a> Scores<'a> {
+    fn new(
+        cfg: &ExperimentConfig,
+        paths: &Paths,
+        ctx: &'a Context<'_>,
+        plan: &Plan,
+    ) -> Result<Self> {
+        let spec = ScoreSpec {
+            model: ctx.model_path.display().to_string(),
+            split: Part::Test,
+            limit: cfg.limit,
+            data: cfg.data.display().to_string(),
+            split_seed: SplitConfig::default().seed,
+            eval: cfg.eval.clone(),
+            git_rev: ctx.git_rev.clone(),
+            command: ctx.command.clone(),
+        };
+        let (targets, tasks) = (&plan.targets, &plan.tasks);
+        tracing::info!(
+            "{} target(s) ({}), {} training LoRAs: {} scored runs of at most {} test items each \
+             (stored ones are reused), {} generator(s) of {} steps",
+            targets.len(),
+            targets.join(", "),
+            tasks.len(),
+            targets.len() * (1 + tasks.len() + cfg.adapters + 1 + cfg.oracle_trajectory),
+            cfg.limit.map_or("all".into(), |l| l.to_string()),
+            targets.len(),
+            cfg.train.steps
+        );
+        let reused: Vec<PathBuf> = paths.reuse.iter().map(|w| w.join("scores")).collect();
+        if let Some(d) = reused.iter().find(|d| !d.is_dir()) {
+            return Err(ExperimentError::Config(format!(
+                "no stored scores to reuse in {}",
+                d.display()
+            )));
+        }
+        Ok(Self {
+            store: Store::reusing(&paths.work.join("scores"), &reused),
+            spec,
+            runs: BTreeMap::new(),
+            command: &ctx.command,
+            phases: Vec::new(),
+            started: Instant::now(),
+        })
+    }
+
+    /// Score `label` (with `adapter`) on `sets`, reusing stored runs. Every new batch of scores also
+    /// refreshes the store's `results.md`: a partial table to read while the experiment runs.
+    fn score(
+        &mut self,
+        llm: &Llm,
+        label: &RunLabel,
+        adapter: Option<&Path>,
+        sets: &[(Task, Vec<Example>)],
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<Vec<RunResult>> {
+        let label = label.to_string();
+        let rs = score(
+            llm,
+            &self.store,
+            &self.spec,
+            &label,
+            adapter,
+            sets,
+            &mut |e| on_event(Event::Score(e)),
+        )?;
+        for r in &rs {
+            self.runs
+                .insert((r.label.clone(), r.settings.task.clone()), r.clone());
+        }
+        let all: Vec<RunResult> = self.runs.values().cloned().collect();
+        self.store.write_summary(&all, self.command)?;
+        Ok(rs)
+    }
+
+    /// Record the wall time of phase `name`, begun at `t`.
+    fn timed(&mut self, name: &str, t: Instant) {
+        self.phases.push((name.into(), t.elapsed().as_secs_f64()));
+    }
+
+    /// The stored score of `label` on `task`.
+    fn get(&self, label: &RunLabel, task: &str) -> Result<Score> {
+        self.runs
+            .get(&(label.to_string(), task.to_string()))
             .map(Score::from_run)
             .ok_or_else(|| ExperimentError::Config(format!("no score for {label} on {task}")))
-    };
-    // Every training task against every target: the nearest-prompt pick and the report's table.
-    let prompt_cosines: Vec<(String, String, f64)> = tasks
+    }
+}
+
+/// The runs every target shares: the base model and every training LoRA on every target.
+fn score_baselines(
+    cfg: &ExperimentConfig,
+    ctx: &Context<'_>,
+    plan: &Plan,
+    scores: &mut Scores<'_>,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<()> {
+    on_event(Event::Phase("base model"));
+    let t = Instant::now();
+    scores.score(ctx.llm, &RunLabel::Base, None, &plan.sets, on_event)?;
+    scores.timed("score base", t);
+    on_event(Event::Phase("training LoRAs on every target"));
+    let t = Instant::now();
+    for task in &plan.tasks {
+        let last = last_checkpoint(&cfg.collection, task)?;
+        let label = RunLabel::Lora(task.clone());
+        scores.score(ctx.llm, &label, Some(&last), &plan.sets, on_event)?;
+    }
+    scores.timed("score training LoRAs", t);
+    Ok(())
+}
+
+/// What one target's own steps produced.
+struct TargetWork {
+    manifest: TrainManifest,
+    generator_wall: f64,
+    generation_s: Vec<f64>,
+    generated: Vec<PathBuf>,
+    trajectory: Vec<(usize, f64)>,
+}
+
+/// One held-out target: train its generator on the other tasks, generate and score its adapters,
+/// then its oracle trajectory (when asked for) and the uniform average of the other tasks.
+fn per_target(
+    cfg: &ExperimentConfig,
+    paths: &Paths,
+    ctx: &Context<'_>,
+    plan: &Plan,
+    set: &[(Task, Vec<Example>)],
+    scores: &mut Scores<'_>,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<TargetWork> {
+    let target = &set[0].0.name;
+    let others: Vec<String> = plan
+        .tasks
         .iter()
-        .flat_map(|o| targets.iter().map(move |t| (o, t)))
+        .filter(|t| *t != target)
+        .cloned()
+        .collect();
+    on_event(Event::Phase(&format!("{target}: generator")));
+    let t = Instant::now();
+    let gen_dir = paths.work.join("generators").join(target);
+    let manifest = train_generator(cfg, ctx, &plan.index, &others, &gen_dir, target, on_event)?;
+    let generator_wall = read_wall(&gen_dir)?;
+    scores.timed(&format!("train generator {target}"), t);
+
+    on_event(Event::Phase(&format!("{target}: generate")));
+    let t = Instant::now();
+    let generated = generate_for(cfg, ctx, paths, target, &gen_dir)?;
+    let generation_s = generated
+        .iter()
+        .map(|d| Ok(read_json::<GenerationRecord>(&d.join(GENERATION_FILE))?.seconds))
+        .collect::<Result<Vec<_>>>()?;
+    scores.timed(&format!("generate {target}"), t);
+
+    on_event(Event::Phase(&format!("{target}: score generated adapters")));
+    let t = Instant::now();
+    for (index, d) in generated.iter().enumerate() {
+        let label = RunLabel::Dnd {
+            target: target.clone(),
+            index,
+        };
+        scores.score(ctx.llm, &label, Some(d), set, on_event)?;
+    }
+    scores.timed(&format!("score dnd {target}"), t);
+    let trajectory = oracle_trajectory(cfg, ctx, set, scores, on_event)?;
+    uniform_average_for(cfg, paths, ctx, set, &others, scores, on_event)?;
+    Ok(TargetWork {
+        manifest,
+        generator_wall,
+        generation_s,
+        generated,
+        trajectory,
+    })
+}
+
+/// (step, value) of the oracle's saved checkpoints on its target, when `--oracle-trajectory` asks.
+fn oracle_trajectory(
+    cfg: &ExperimentConfig,
+    ctx: &Context<'_>,
+    set: &[(Task, Vec<Example>)],
+    scores: &mut Scores<'_>,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<Vec<(usize, f64)>> {
+    if cfg.oracle_trajectory == 0 {
+        return Ok(Vec::new());
+    }
+    let target = &set[0].0.name;
+    on_event(Event::Phase(&format!("{target}: oracle trajectory")));
+    let t = Instant::now();
+    let mut points = Vec::new();
+    let last = last_checkpoint(&cfg.collection, target)?;
+    for (step, dir) in trajectory(&cfg.collection, target, cfg.oracle_trajectory)? {
+        // The last step is the oracle itself, already scored under its own label.
+        let label = if dir == last {
+            RunLabel::Lora(target.clone())
+        } else {
+            RunLabel::LoraStep {
+                task: target.clone(),
+                step,
+            }
+        };
+        let r = scores.score(ctx.llm, &label, Some(&dir), set, on_event)?;
+        points.push((step, r[0].metrics[&r[0].primary].value));
+    }
+    scores.timed(&format!("oracle trajectory {target}"), t);
+    Ok(points)
+}
+
+/// The uniform average of every checkpoint of the `others` tasks (built once), scored on the target.
+fn uniform_average_for(
+    cfg: &ExperimentConfig,
+    paths: &Paths,
+    ctx: &Context<'_>,
+    set: &[(Task, Vec<Example>)],
+    others: &[String],
+    scores: &mut Scores<'_>,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<()> {
+    let target = &set[0].0.name;
+    on_event(Event::Phase(&format!("{target}: uniform average")));
+    let t = Instant::now();
+    let avg = paths.work.join("adapters").join(target).join("uniform-avg");
+    if !avg.is_dir() {
+        let mut ckpts = Vec::new();
+        for o in others {
+            ckpts.extend(task_checkpoints(&cfg.collection, o)?);
+        }
+        let lora = baselines::uniform_average(&ckpts, ctx.llm.model.config())?;
+        let note =
+            serde_json::json!({ "averaged_checkpoints": ckpts.len(), "tasks": others }).to_string();
+        save_adapter(
+            &lora,
+            &ctx.model_path.display().to_string(),
+            &avg,
+            &[("uniform_average.json", note)],
+        )?;
+    }
+    let label = RunLabel::UniformAverage(target.clone());
+    scores.score(ctx.llm, &label, Some(&avg), set, on_event)?;
+    scores.timed(&format!("uniform average {target}"), t);
+    Ok(())
+}
+
+/// (training task, target, cosine of their mean pooled prompt embeddings), every training task against
+/// every target: the nearest-prompt pick and the report's table.
+fn prompt_cosines(
+    plan: &Plan,
+    embeddings: &BTreeMap<String, Vec<f32>>,
+) -> Vec<(String, String, f64)> {
+    plan.tasks
+        .iter()
+        .flat_map(|o| plan.targets.iter().map(move |t| (o, t)))
         .filter(|(o, t)| o != t)
         .map(|(o, t)| {
             let c = baselines::cosine(&embeddings[t.as_str()], &embeddings[o.as_str()]);
             (o.clone(), t.clone(), c)
         })
-        .collect();
-    let mut results = Vec::new();
-    for target in &targets {
-        let others: Vec<&String> = tasks.iter().filter(|t| *t != target).collect();
-        let loras = others
-            .iter()
-            .map(|o| get(&RunLabel::Lora(o.to_string()), target))
-            .collect::<Result<Vec<_>>>()?;
-        let (nearest, cos) = prompt_cosines
-            .iter()
-            .filter(|(_, t, _)| t == target)
-            .map(|(o, _, c)| (o.clone(), *c))
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .expect("at least one other task");
-        let dnd = (0..cfg.adapters)
-            .map(|index| {
-                let dnd = RunLabel::Dnd {
-                    target: target.clone(),
-                    index,
-                };
-                get(&dnd, target)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let m = &manifests[target];
-        let mut row = TargetResult::new(
-            target,
-            get(&RunLabel::Base, target)?,
-            loras,
-            get(&RunLabel::UniformAverage(target.clone()), target)?,
-            (get(&RunLabel::Lora(nearest.clone()), target)?, nearest, cos),
-            get(&RunLabel::Lora(target.clone()), target)?,
-            dnd,
-            generation_s[target].clone(),
-            oracle_seconds(&index, target),
-            (
-                m.steps.iter().map(|s| s.seconds).sum(),
-                generator_wall[target],
-            ),
-            m.validations.last().map(|v| v.loss),
-            m.baseline_mean_checkpoint,
-        );
-        row.oracle_trajectory = trajectories.remove(target).unwrap_or_default();
-        row.oracle_steps = oracle_steps(&cfg.collection, target)?;
-        row.dnd_position = positions.remove(target);
-        results.push(row);
-    }
-    let matrix = tasks
+        .collect()
+}
+
+/// The report's row of `target`: every baseline's score, DnD's, and what its steps measured.
+fn target_row(
+    cfg: &ExperimentConfig,
+    plan: &Plan,
+    scores: &Scores<'_>,
+    work: &mut BTreeMap<String, TargetWork>,
+    positions: &mut BTreeMap<String, Position>,
+    cosines: &[(String, String, f64)],
+    target: &String,
+) -> Result<TargetResult> {
+    let loras = plan
+        .tasks
         .iter()
-        .flat_map(|l| targets.iter().map(move |t| (l.clone(), t.clone())))
+        .filter(|t| *t != target)
+        .map(|o| scores.get(&RunLabel::Lora(o.to_string()), target))
+        .collect::<Result<Vec<_>>>()?;
+    let (nearest, cos) = cosines
+        .iter()
+        .filter(|(_, t, _)| t == target)
+        .map(|(o, _, c)| (o.clone(), *c))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("at least one other task");
+    let dnd = (0..cfg.adapters)
+        .map(|index| {
+            let dnd = RunLabel::Dnd {
+                target: target.clone(),
+                index,
+            };
+            scores.get(&dnd, target)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let w = work.get_mut(target).expect("every target has its work");
+    let m = &w.manifest;
+    let mut row = TargetResult::new(
+        target,
+        scores.get(&RunLabel::Base, target)?,
+        loras,
+        scores.get(&RunLabel::UniformAverage(target.clone()), target)?,
+        (
+            scores.get(&RunLabel::Lora(nearest.clone()), target)?,
+            nearest,
+            cos,
+        ),
+        scores.get(&RunLabel::Lora(target.clone()), target)?,
+        dnd,
+        w.generation_s.clone(),
+        oracle_seconds(&plan.index, target),
+        (m.steps.iter().map(|s| s.seconds).sum(), w.generator_wall),
+        m.validations.last().map(|v| v.loss),
+        m.baseline_mean_checkpoint,
+    );
+    row.oracle_trajectory = std::mem::take(&mut w.trajectory);
+    row.oracle_steps = oracle_steps(&cfg.collection, target)?;
+    row.dnd_position = positions.remove(target);
+    Ok(row)
+}
+
+/// The rows, prompt cosines and PCA (points, explained variance) the report is assembled from.
+type Parts = (
+    Vec<TargetResult>,
+    Vec<(String, String, f64)>,
+    (Vec<PcaPoint>, Vec<f64>),
+);
+
+/// The report: settings, every row, the LoRA-by-target matrix, comparisons and the phase times.
+fn assemble(
+    cfg: &ExperimentConfig,
+    paths: &Paths,
+    ctx: &Context<'_>,
+    plan: &Plan,
+    mut scores: Scores<'_>,
+    manifests: &BTreeMap<String, TrainManifest>,
+    (results, prompt_cosines, (pca, pca_explained)): Parts,
+) -> Report {
+    let matrix = plan
+        .tasks
+        .iter()
+        .flat_map(|l| plan.targets.iter().map(move |t| (l.clone(), t.clone())))
         .filter_map(|(l, t)| {
-            runs.get(&(RunLabel::Lora(l.clone()).to_string(), t.clone()))
-                .map(|r| (l, t, r.metrics[&r.primary].value))
+            let r = scores
+                .runs
+                .get(&(RunLabel::Lora(l.clone()).to_string(), t.clone()))?;
+            Some((l, t, r.metrics[&r.primary].value))
         })
         .collect();
-    let work_s = runs.values().map(|r| r.wall_s).sum::<f64>();
-    phase_s.push(("total".into(), started.elapsed().as_secs_f64()));
-    let report = Report {
+    let work_s = scores.runs.values().map(|r| r.wall_s).sum::<f64>();
+    let total = scores.started.elapsed().as_secs_f64();
+    scores.phases.push(("total".into(), total));
+    Report {
         schema: REPORT_SCHEMA,
         command: ctx.command.clone(),
         git_rev: ctx.git_rev.clone(),
@@ -443,20 +609,18 @@ pub fn run(
         decoder: manifests
             .values()
             .next()
-            .map(|m: &TrainManifest| (m.decoder.clone(), m.parameters)),
+            .map(|m| (m.decoder.clone(), m.parameters)),
         protocol: cfg.eval.protocol.name().into(),
-        collection_wall_s: index.wall_time_s,
+        collection_wall_s: plan.index.wall_time_s,
         scoring_compute_s: work_s,
-        phase_wall_s: phase_s,
+        phase_wall_s: scores.phases,
         comparisons: Report::compare_all(&results),
         targets: results,
         lora_matrix: matrix,
         prompt_cosines,
-        pca: pca_points,
-        pca_explained: explained,
-    };
-    report.write(&paths.results, &manifests)?;
-    Ok(report)
+        pca,
+        pca_explained,
+    }
 }
 
 fn last_checkpoint(collection: &Path, task: &str) -> Result<PathBuf> {
