@@ -5,7 +5,9 @@
 use crate::label::RunLabel;
 use crate::pca::{flatten, stride_for, Pca};
 use crate::position::Position;
-use crate::report::{PcaPoint, Report, Score, TargetResult, REPORT_SCHEMA};
+use crate::report::{
+    PcaPoint, Report, Score, TargetCosts, TargetResult, TargetScores, REPORT_SCHEMA,
+};
 use crate::{baselines, io_err, read_json, ExperimentError, Result};
 use candle_core::DType;
 use dnd_assets::portable_name;
@@ -537,24 +539,26 @@ fn target_row(
         .collect::<Result<Vec<_>>>()?;
     let w = work.get_mut(target).expect("every target has its work");
     let m = &w.manifest;
-    let mut row = TargetResult::new(
-        target,
-        scores.get(&RunLabel::Base, target)?,
-        loras,
-        scores.get(&RunLabel::UniformAverage(target.clone()), target)?,
-        (
-            scores.get(&RunLabel::Lora(nearest.clone()), target)?,
-            nearest,
-            cos,
-        ),
-        scores.get(&RunLabel::Lora(target.clone()), target)?,
+    let row_scores = TargetScores {
+        target: target.clone(),
+        base: scores.get(&RunLabel::Base, target)?,
+        training_loras: loras,
+        uniform_average: scores.get(&RunLabel::UniformAverage(target.clone()), target)?,
+        nearest: scores.get(&RunLabel::Lora(nearest.clone()), target)?,
+        nearest_task: nearest,
+        nearest_cosine: cos,
+        oracle: scores.get(&RunLabel::Lora(target.clone()), target)?,
         dnd,
-        w.generation_s.clone(),
-        oracle_seconds(&plan.index, target),
-        (m.steps.iter().map(|s| s.seconds).sum(), w.generator_wall),
-        m.validations.last().map(|v| v.loss),
-        m.baseline_mean_checkpoint,
-    );
+    };
+    let costs = TargetCosts {
+        generation_s: w.generation_s.clone(),
+        oracle_finetune_s: oracle_seconds(&plan.index, target),
+        generator_train_s: m.steps.iter().map(|s| s.seconds).sum(),
+        generator_wall_s: w.generator_wall,
+        generator_val_loss: m.validations.last().map(|v| v.loss),
+        generator_val_loss_mean_checkpoint: m.baseline_mean_checkpoint,
+    };
+    let mut row = TargetResult::new(row_scores, costs);
     row.oracle_trajectory = std::mem::take(&mut w.trajectory);
     row.oracle_steps = oracle_steps(&cfg.collection, target)?;
     row.dnd_position = positions.remove(target);

@@ -90,22 +90,58 @@ pub struct TargetResult {
     pub dnd_position: Option<Position>,
 }
 
+/// A target's scores, the input of [`TargetResult::new`].
+pub struct TargetScores {
+    pub target: String,
+    pub base: Score,
+    /// Every other task's training LoRA on the target.
+    pub training_loras: Vec<Score>,
+    pub uniform_average: Score,
+    /// The LoRA of the task with the nearest prompts, that task and its prompt cosine.
+    pub nearest: Score,
+    pub nearest_task: String,
+    pub nearest_cosine: f64,
+    /// The target's own LoRA.
+    pub oracle: Score,
+    /// Each generated adapter.
+    pub dnd: Vec<Score>,
+}
+
+/// What a target's generation, generator and oracle cost, the input of [`TargetResult::new`].
+pub struct TargetCosts {
+    /// Seconds to generate each adapter.
+    pub generation_s: Vec<f64>,
+    pub oracle_finetune_s: f64,
+    pub generator_train_s: f64,
+    pub generator_wall_s: f64,
+    pub generator_val_loss: Option<f64>,
+    pub generator_val_loss_mean_checkpoint: Option<f64>,
+}
+
 impl TargetResult {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        target: &str,
-        base: Score,
-        training_loras: Vec<Score>,
-        uniform_average: Score,
-        (nearest, nearest_task, nearest_cosine): (Score, String, f64),
-        oracle: Score,
-        dnd: Vec<Score>,
-        generation_s: Vec<f64>,
-        oracle_finetune_s: f64,
-        (generator_train_s, generator_wall_s): (f64, f64),
-        generator_val_loss: Option<f64>,
-        generator_val_loss_mean_checkpoint: Option<f64>,
-    ) -> Self {
+    /// The row from a target's scores and costs; the mean and best training LoRA and DnD's mean,
+    /// spread and per-item means are derived here.
+    pub fn new(scores: TargetScores, costs: TargetCosts) -> Self {
+        let TargetScores {
+            target,
+            base,
+            training_loras,
+            uniform_average,
+            nearest,
+            nearest_task,
+            nearest_cosine,
+            oracle,
+            dnd,
+        } = scores;
+        let TargetCosts {
+            generation_s,
+            oracle_finetune_s,
+            generator_train_s,
+            generator_wall_s,
+            generator_val_loss,
+            generator_val_loss_mean_checkpoint,
+        } = costs;
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
         let values: Vec<f64> = training_loras.iter().map(|s| s.value).collect();
         let errs: Vec<f64> = training_loras.iter().map(|s| s.stderr).collect();
@@ -129,7 +165,7 @@ impl TargetResult {
         let dnd_stderr = mean(&dnd.iter().map(|s| s.stderr).collect::<Vec<_>>());
         let dnd_items = item_means(&dnd);
         TargetResult {
-            target: target.into(),
+            target,
             metric: base.metric.clone(),
             n: base.n,
             base,
