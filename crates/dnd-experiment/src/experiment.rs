@@ -825,6 +825,8 @@ fn generator_hash(dir: &Path) -> Result<String> {
         .map_err(io_err(dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "safetensors"))
+        // A save killed half-way leaves a temporary `.tmp-*.safetensors`: not part of the generator.
+        .filter(|p| !dnd_io::is_temp(p))
         .collect();
     files.sort();
     let hashes = files

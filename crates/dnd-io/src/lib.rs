@@ -78,6 +78,13 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".tmp-{}-{serial}-{name}", std::process::id()))
 }
 
+/// Whether `path` is a temporary name of [`temp_path`]: a writer's unfinished file, or one left by a
+/// killed run, which a reader listing a directory must pass over.
+pub fn is_temp(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
+}
+
 /// Write `bytes` to `path` through a temporary file beside it and a rename, creating missing parent
 /// directories. The error names the directory or temporary file if writing failed, `path` if the
 /// rename did.
@@ -210,6 +217,7 @@ mod tests {
         let p = Path::new("/x/adapter.safetensors");
         let (a, b) = (temp_path(p), temp_path(p));
         assert_ne!(a, b);
+        assert!(is_temp(&a) && !is_temp(p));
         assert_eq!(a.extension().unwrap(), "safetensors");
         assert!(a.file_name().unwrap().to_string_lossy().starts_with('.'));
     }
