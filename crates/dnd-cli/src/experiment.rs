@@ -73,6 +73,7 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
         prompts: g.prompts,
         prompt_len: g.prompt_len,
         decoder_hidden: g.decoder_hidden,
+        head: g.head(),
         train: g.train_config(),
         oracle_trajectory: a.oracle_trajectory,
         offset_scale: a.offset_scale,

@@ -6,9 +6,12 @@ use crate::finetune::step_bar;
 use anyhow::{bail, Context, Result};
 use dnd_collect::default_collection_dir;
 use dnd_collect::CollectionIndex;
-use dnd_decode::CPU_DEFAULT_INPUT;
+use dnd_decode::{Head, CPU_DEFAULT_INPUT};
 use dnd_encode::{CachedEncoder, Encoder, EncoderConfig};
-use dnd_train::{prepare_training, GeneratorTrainConfig, GeneratorTrainer, TrainingInputs};
+use dnd_train::{
+    prepare_training, GeneratorTrainConfig, GeneratorTrainer, Preset, TrainingInputs,
+    DEFAULT_BASIS_K,
+};
 use std::path::PathBuf;
 
 /// The generator-training flags `dnd train` and `dnd experiment` share: the collection, the base
@@ -33,13 +36,26 @@ pub struct GeneratorArgs {
     /// Maps before the decoder's last layer: every output token is mixed from these.
     #[arg(long, default_value_t = dnd_decode::CPU_DEFAULT_HIDDEN)]
     pub decoder_hidden: usize,
-    /// Generator updates (per target in `dnd experiment`; the final generator is used).
-    #[arg(long, default_value_t = GeneratorTrainConfig::default().steps)]
-    pub steps: usize,
+    /// Where every setting below that is not given comes from: `dnd`, this project's defaults, or
+    /// `paper`, the method as published, scaled to the CPU only where it must be (docs/method.md).
+    #[arg(long, value_enum, default_value_t = PresetArg::Dnd)]
+    pub preset: PresetArg,
+    /// The decoder's last layer: `basis` (K learned whole-adapter directions, mixed by coefficients
+    /// read from the prompts; dnd) or `conv` (the paper's hyper-convolutional layer).
+    #[arg(long, value_enum)]
+    pub head: Option<HeadKind>,
+    /// K, the directions of the basis head.
+    #[arg(long, default_value_t = DEFAULT_BASIS_K)]
+    pub basis_k: usize,
+    /// Generator updates (per target in `dnd experiment`; the final generator is used). Default:
+    /// the preset's (dnd 300, paper 1000).
+    #[arg(long)]
+    pub steps: Option<usize>,
     #[arg(long, default_value_t = GeneratorTrainConfig::default().batch)]
     pub batch: usize,
-    #[arg(long, default_value_t = GeneratorTrainConfig::default().lr)]
-    pub lr: f64,
+    /// Peak learning rate. Default: the preset's (dnd 1e-3, paper 3e-5).
+    #[arg(long)]
+    pub lr: Option<f64>,
     #[arg(long, default_value_t = GeneratorTrainConfig::default().validate_every)]
     pub validate_every: usize,
     #[arg(long, default_value_t = GeneratorTrainConfig::default().save_every)]
@@ -50,12 +66,47 @@ pub struct GeneratorArgs {
     /// Weight every token of the loss alike (default: by how much it moves within a task).
     #[arg(long)]
     pub uniform_weights: bool,
+    /// Standardise the prompt states channel by channel with the training prompts' statistics
+    /// (`true`/`false`; default: the preset's, dnd true, paper false).
+    #[arg(long)]
+    pub standardize: Option<bool>,
     /// Data root.
     #[arg(long, env = "DND_DATA", default_value = dnd_tasks::DEFAULT_DATA_DIR)]
     pub data: PathBuf,
 }
 
+/// `--head`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum HeadKind {
+    Conv,
+    Basis,
+}
+
+/// `--preset`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum PresetArg {
+    Dnd,
+    Paper,
+}
+
 impl GeneratorArgs {
+    fn preset(&self) -> Preset {
+        match self.preset {
+            PresetArg::Dnd => Preset::Dnd,
+            PresetArg::Paper => Preset::Paper,
+        }
+    }
+
+    /// The decoder head: --head and --basis-k, else the preset's.
+    pub fn head(&self) -> Head {
+        let basis = Head::Basis { k: self.basis_k };
+        match (self.head, self.preset().head()) {
+            (Some(HeadKind::Conv), _) => Head::Conv,
+            (Some(HeadKind::Basis), _) | (None, Head::Basis { .. }) => basis,
+            (None, preset) => preset,
+        }
+    }
+
     /// --collection-dir, or the directory --collection names.
     pub fn collection_dir(&self) -> PathBuf {
         self.collection_dir
@@ -78,17 +129,19 @@ impl GeneratorArgs {
         })?)
     }
 
-    /// The schedule these flags set; every other setting as `GeneratorTrainConfig::default()`.
+    /// The preset's settings with these flags' changes.
     pub fn train_config(&self) -> GeneratorTrainConfig {
+        let p = self.preset().train_config();
         GeneratorTrainConfig {
-            steps: self.steps,
+            steps: self.steps.unwrap_or(p.steps),
             batch: self.batch,
-            lr: self.lr,
+            lr: self.lr.unwrap_or(p.lr),
             validate_every: self.validate_every,
             save_every: self.save_every,
             mix: self.mix,
-            uniform_weights: self.uniform_weights,
-            ..GeneratorTrainConfig::default()
+            uniform_weights: self.uniform_weights || p.uniform_weights,
+            standardize: self.standardize.unwrap_or(p.standardize),
+            ..p
         }
     }
 }
@@ -111,9 +164,10 @@ pub struct TrainArgs {
     weight_decay: f64,
     #[arg(long, default_value_t = GeneratorTrainConfig::default().clip)]
     clip: f64,
-    /// Lowest per-token loss weight (relative to a mean of 1).
-    #[arg(long, default_value_t = GeneratorTrainConfig::default().min_weight)]
-    min_weight: f64,
+    /// Lowest per-token loss weight (relative to a mean of 1). Default: the preset's (dnd 0.05,
+    /// paper 0).
+    #[arg(long)]
+    min_weight: Option<f64>,
     #[arg(long, default_value_t = GeneratorTrainConfig::default().seed)]
     seed: u64,
     /// Predict whole tokens, as the paper does, instead of offsets from the mean training checkpoint.
@@ -152,32 +206,46 @@ pub fn run(a: TrainArgs) -> Result<()> {
         prompt_len: g.prompt_len,
         out: a.out.clone(),
         decoder_hidden: g.decoder_hidden,
+        head: g.head(),
     };
     let (setup, data) = prepare_training(&inputs, &enc)?;
     if a.fresh && a.out.exists() {
         std::fs::remove_dir_all(&a.out).with_context(|| format!("removing {}", a.out.display()))?;
     }
+    let preset = g.train_config();
     let config = GeneratorTrainConfig {
         weight_decay: a.weight_decay,
         clip: a.clip,
-        min_weight: a.min_weight,
+        min_weight: a.min_weight.unwrap_or(preset.min_weight),
         seed: a.seed,
-        residual: !a.no_residual,
+        residual: preset.residual && !a.no_residual,
         holdout_every: a.holdout_every,
-        ..g.train_config()
+        ..preset
     };
+    let config_steps = config.steps;
     let mut trainer = GeneratorTrainer::open(setup, data, config)?;
     let (mean, own) = trainer.baseline_losses();
     tracing::info!(
         "{} decoder parameters; held-out loss of the mean checkpoint {mean:?}, of the own task's mean {own:?}",
         trainer.decoder().num_parameters()
     );
-    let bar = step_bar(g.steps, "train");
+    if let Some(p) = trainer.condition_probe() {
+        tracing::info!(
+            "prompt features tell the tasks apart: {:.1}% of single held-out prompts, {:.1}% of batches of {}; centroid separation {:.2}",
+            100.0 * p.prompt_accuracy,
+            100.0 * p.batch_accuracy,
+            p.batch,
+            p.separation
+        );
+    }
+    let bar = step_bar(config_steps, "train");
     bar.set_position(trainer.step_count() as u64);
     let mut last_val = String::new();
     let m = trainer.run(a.stop_after, &mut |s, v| {
         if let Some(v) = v {
             last_val = format!(" val {:.4}", v.loss);
+            // Also in the log, for runs whose progress bar nobody sees.
+            tracing::info!("step {}: held-out loss {:.4}", v.step, v.loss);
         }
         bar.set_position(s.step as u64);
         bar.set_message(format!(

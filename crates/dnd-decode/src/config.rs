@@ -17,12 +17,29 @@ pub const CPU_DEFAULT_INPUT: Stage = [32, 32, 384];
 /// (results/generator/README.md: 0.84 s per adapter, 72% of the mean checkpoint's loss).
 pub const CPU_DEFAULT_HIDDEN: usize = 128;
 
-/// A cascade of hyper-convolutional layers, one between each pair of consecutive stages.
+/// How the decoder's last stage is made from the one before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Head {
+    /// The paper's: one more hyper-convolutional layer, every output token mixed from the previous
+    /// stage's N maps by `k x k` kernels.
+    #[default]
+    Conv,
+    /// `k` learned whole-output tensors mixed by `k` coefficients read from the previous stage
+    /// ([`BasisHead`](crate::BasisHead)).
+    Basis { k: usize },
+}
+
+/// A cascade of hyper-convolutional layers, one between each pair of consecutive stages (the last
+/// pair: the [`Head`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecoderConfig {
     pub stages: Vec<Stage>,
     /// Square kernel of every conv; odd, so 'same' padding is symmetric.
     pub kernel: usize,
+    /// Absent in decoders saved before the setting existed: those are all the paper's.
+    #[serde(default)]
+    pub head: Head,
 }
 
 impl DecoderConfig {
@@ -42,6 +59,7 @@ impl DecoderConfig {
                 [4296, 10, 130],
             ],
             kernel: 9,
+            head: Head::Conv,
         }
     }
 
@@ -85,7 +103,16 @@ impl DecoderConfig {
             ]);
         }
         stages.push(output);
-        Self { stages, kernel }
+        Self {
+            stages,
+            kernel,
+            head: Head::Conv,
+        }
+    }
+
+    /// The same stages with another last layer.
+    pub fn with_head(self, head: Head) -> Self {
+        Self { head, ..self }
     }
 
     /// Check the config can be built.
@@ -103,6 +130,11 @@ impl DecoderConfig {
         }
         if let Some(s) = self.stages.iter().find(|s| s.contains(&0)) {
             return Err(DecodeError::Config(format!("stage {s:?} has a zero size")));
+        }
+        if self.head == (Head::Basis { k: 0 }) {
+            return Err(DecodeError::Config(
+                "a basis head needs at least one direction (k > 0)".into(),
+            ));
         }
         Ok(())
     }
@@ -123,19 +155,44 @@ impl DecoderConfig {
         2 * h * w + 2 * (w * w2 + h * h2) * k2 + h2 * w2 + n * n2 * k2 + n2
     }
 
+    /// The stage pairs made by hyper-convolutional layers: all of them, or all but the last with a
+    /// basis head.
+    pub fn conv_layers(&self) -> std::slice::Windows<'_, Stage> {
+        let n = match self.head {
+            Head::Conv => self.stages.len(),
+            Head::Basis { .. } => self.stages.len() - 1,
+        };
+        self.stages[..n].windows(2)
+    }
+
     /// Total parameter count, computed from the shapes only.
     pub fn num_parameters(&self) -> usize {
-        self.stages
-            .windows(2)
+        let head = match self.head {
+            Head::Conv => 0,
+            Head::Basis { k } => {
+                let [n, h, _] = self.stages[self.stages.len() - 2];
+                let out: usize = self.output().iter().product();
+                k * n * h + k + (k + 1) * out
+            }
+        };
+        self.conv_layers()
             .map(|p| Self::layer_parameters(p[0], p[1], self.kernel))
-            .sum()
+            .sum::<usize>()
+            + head
     }
 
     /// Multiply-adds of one forward pass for one sample.
     pub fn forward_macs(&self) -> usize {
         let k2 = self.kernel * self.kernel;
-        self.stages
-            .windows(2)
+        let head = match self.head {
+            Head::Conv => 0,
+            Head::Basis { k } => {
+                let [n, h, _] = self.stages[self.stages.len() - 2];
+                k * (n * h + self.output().iter().product::<usize>())
+            }
+        };
+        head + self
+            .conv_layers()
             .map(|p| {
                 let ([n, h, w], [n2, h2, w2]) = (p[0], p[1]);
                 // path 1: W->W' over (H, N), H->H' over (N, W'); path 2: H->H' over (N, W), W->W' over (H', N)
@@ -143,6 +200,6 @@ impl DecoderConfig {
                     (h * n * w * w2 + n * w2 * h * h2 + n * w * h * h2 + h2 * n * w * w2) * k2;
                 axis + h2 * w2 * n * n2 * k2
             })
-            .sum()
+            .sum::<usize>()
     }
 }

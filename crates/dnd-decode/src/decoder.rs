@@ -2,12 +2,13 @@
 //! weights and `decoder.json` with the shape and what it generates for (base config hash, rank, alpha,
 //! targets, chunk width), so a generator is never applied to an adapter layout it was not trained for.
 
-use crate::config::DecoderConfig;
-use crate::layer::HyperConvLayer;
+use crate::config::{DecoderConfig, Head};
+use crate::head::BasisHead;
+use crate::layer::{HyperConvLayer, Init};
 use crate::{DecodeError, Result};
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use dnd_llm::{LoraConfig, ModelConfig};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -61,6 +62,8 @@ struct Files {
 pub struct HyperConvDecoder {
     config: DecoderConfig,
     layers: Vec<HyperConvLayer>,
+    /// The last stage when the config's head is [`Head::Basis`].
+    head: Option<BasisHead>,
 }
 
 impl HyperConvDecoder {
@@ -68,12 +71,50 @@ impl HyperConvDecoder {
     pub fn new(config: DecoderConfig, dtype: DType, seed: u64) -> Result<Self> {
         config.validate()?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        Self::build(config, |_, shape, init| {
+            let t = match init {
+                Init::Ones => Tensor::ones(shape, dtype, &Device::Cpu)?,
+                Init::Zeros => Tensor::zeros(shape, dtype, &Device::Cpu)?,
+                Init::Uniform(bound) => {
+                    let n = shape.iter().product();
+                    let v: Vec<f64> = (0..n).map(|_| rng.random_range(-bound..=bound)).collect();
+                    Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)?
+                }
+            };
+            Ok(Var::from_tensor(&t)?)
+        })
+    }
+
+    /// A decoder whose tensors come from `make(name, shape, init)`, called layer by layer in a fixed
+    /// order (`name` as in [`named_vars`](Self::named_vars)).
+    fn build(
+        config: DecoderConfig,
+        mut make: impl FnMut(&str, &[usize], Init) -> Result<Var>,
+    ) -> Result<Self> {
         let layers = config
-            .stages
-            .windows(2)
-            .map(|p| HyperConvLayer::new(p[0], p[1], config.kernel, dtype, &mut rng))
+            .conv_layers()
+            .enumerate()
+            .map(|(i, p)| {
+                HyperConvLayer::build(p[0], p[1], config.kernel, |role, shape, init| {
+                    make(&format!("layers.{i}.{role}"), shape, init)
+                })
+            })
             .collect::<Result<_>>()?;
-        Ok(Self { config, layers })
+        let head = match config.head {
+            Head::Conv => None,
+            Head::Basis { k } => {
+                let s = &config.stages;
+                let (a, b) = (s[s.len() - 2], s[s.len() - 1]);
+                Some(BasisHead::build(a, b, k, |role, shape, init| {
+                    make(&format!("head.{role}"), shape, init)
+                })?)
+            }
+        };
+        Ok(Self {
+            config,
+            layers,
+            head,
+        })
     }
 
     pub fn config(&self) -> &DecoderConfig {
@@ -84,17 +125,24 @@ impl HyperConvDecoder {
         &self.layers
     }
 
-    /// Every trainable tensor under a stable name (`layers.I.ROLE`).
+    /// The basis head, when the config has one.
+    pub fn head(&self) -> Option<&BasisHead> {
+        self.head.as_ref()
+    }
+
+    /// Every trainable tensor under a stable name (`layers.I.ROLE`, `head.ROLE`).
     pub fn named_vars(&self) -> Vec<(String, Var)> {
-        self.layers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, l)| {
-                l.named_vars()
-                    .into_iter()
-                    .map(move |(n, v)| (format!("layers.{i}.{n}"), v.clone()))
-            })
-            .collect()
+        let layers = self.layers.iter().enumerate().flat_map(|(i, l)| {
+            l.named_vars()
+                .into_iter()
+                .map(move |(n, v)| (format!("layers.{i}.{n}"), v.clone()))
+        });
+        let head = self.head.iter().flat_map(|h| {
+            h.named_vars()
+                .into_iter()
+                .map(|(n, v)| (format!("head.{n}"), v.clone()))
+        });
+        layers.chain(head).collect()
     }
 
     pub fn vars(&self) -> Vec<Var> {
@@ -121,7 +169,10 @@ impl HyperConvDecoder {
         for layer in &self.layers {
             x = layer.forward(&x)?;
         }
-        Ok(x)
+        match &self.head {
+            Some(head) => head.forward(&x),
+            None => Ok(x),
+        }
     }
 
     /// Write `decoder.safetensors` and `decoder.json` into `dir` (each via a temporary file + rename).
@@ -187,26 +238,17 @@ impl HyperConvDecoder {
         };
         let mut tensors =
             dnd_llm::hf::read_safetensors(&path, dtype).map_err(|e| bad(e.to_string()))?;
-        let layers = config
-            .stages
-            .windows(2)
-            .enumerate()
-            .map(|(i, p)| {
-                HyperConvLayer::build(p[0], p[1], config.kernel, |role, shape, _| {
-                    let name = format!("layers.{i}.{role}");
-                    let t = tensors
-                        .remove(&name)
-                        .ok_or_else(|| bad(format!("tensor `{name}` missing")))?;
-                    if t.dims() != shape {
-                        return Err(bad(format!(
-                            "tensor `{name}` is {:?}, expected {shape:?}",
-                            t.dims()
-                        )));
-                    }
-                    Ok(Var::from_tensor(&t)?)
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self { config, layers })
+        Self::build(config, |name, shape, _| {
+            let t = tensors
+                .remove(name)
+                .ok_or_else(|| bad(format!("tensor `{name}` missing")))?;
+            if t.dims() != shape {
+                return Err(bad(format!(
+                    "tensor `{name}` is {:?}, expected {shape:?}",
+                    t.dims()
+                )));
+            }
+            Ok(Var::from_tensor(&t)?)
+        })
     }
 }

@@ -7,8 +7,7 @@
 use crate::config::Stage;
 use crate::im2col::Im2col;
 use crate::Result;
-use candle_core::{DType, Device, Tensor, Var, D};
-use rand::Rng;
+use candle_core::{Tensor, Var, D};
 
 /// LayerNorm epsilon (PyTorch's default, as the official code uses).
 const LN_EPS: f64 = 1e-5;
@@ -44,31 +43,9 @@ pub(crate) enum Init {
 }
 
 impl HyperConvLayer {
-    /// A freshly initialised layer, as the official code initialises it.
-    pub fn new(
-        input: Stage,
-        output: Stage,
-        kernel: usize,
-        dtype: DType,
-        rng: &mut impl Rng,
-    ) -> Result<Self> {
-        Self::build(input, output, kernel, |_, shape, init| {
-            let t = match init {
-                Init::Ones => Tensor::ones(shape, dtype, &Device::Cpu)?,
-                Init::Zeros => Tensor::zeros(shape, dtype, &Device::Cpu)?,
-                Init::Uniform(bound) => {
-                    let n = shape.iter().product();
-                    let v: Vec<f64> = (0..n).map(|_| rng.random_range(-bound..=bound)).collect();
-                    Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)?
-                }
-            };
-            Ok(Var::from_tensor(&t)?)
-        })
-    }
-
     /// A layer whose tensors come from `make(name, shape, init)`, called in a fixed order (so a seeded
-    /// initialisation is reproducible): fresh ones for [`new`](Self::new), stored ones when loading,
-    /// which then never pays for a random initialisation it would overwrite.
+    /// initialisation is reproducible): fresh ones for a new decoder, stored ones when loading, which
+    /// then never pays for a random initialisation it would overwrite.
     pub(crate) fn build(
         input: Stage,
         output: Stage,

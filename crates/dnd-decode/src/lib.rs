@@ -11,11 +11,13 @@
 
 mod config;
 mod decoder;
+mod head;
 mod im2col;
 mod layer;
 
-pub use config::{DecoderConfig, Stage, CPU_DEFAULT_HIDDEN, CPU_DEFAULT_INPUT};
+pub use config::{DecoderConfig, Head, Stage, CPU_DEFAULT_HIDDEN, CPU_DEFAULT_INPUT};
 pub use decoder::{config_hash, GeneratorMeta, HyperConvDecoder, CONFIG_FILE, WEIGHTS_FILE};
+pub use head::BasisHead;
 pub use layer::{conv_same, HyperConvLayer};
 
 use std::path::{Path, PathBuf};

@@ -1,8 +1,9 @@
 //! Gradients against central finite differences in f64 for every parameter kind of a residual and a
-//! non-residual layer (and the input), shapes, parameter counts, and the generator files.
+//! non-residual layer, of the basis head (and the input), shapes, parameter counts, and the generator
+//! files.
 
 use candle_core::{DType, Device, Tensor, Var};
-use dnd_decode::{DecodeError, DecoderConfig, GeneratorMeta, HyperConvDecoder};
+use dnd_decode::{DecodeError, DecoderConfig, GeneratorMeta, Head, HyperConvDecoder};
 use dnd_llm::{Arch, LoraConfig, ModelConfig, Target};
 use dnd_testkit::max_abs_diff;
 
@@ -11,7 +12,13 @@ fn tiny() -> DecoderConfig {
     DecoderConfig {
         stages: vec![[3, 5, 6], [3, 5, 6], [4, 3, 7]],
         kernel: 3,
+        head: Head::Conv,
     }
+}
+
+/// The same stages with the basis head in place of the last layer.
+fn tiny_basis() -> DecoderConfig {
+    tiny().with_head(Head::Basis { k: 2 })
 }
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
@@ -32,10 +39,22 @@ fn set_elem(var: &Var, idx: usize, value: f64) {
 
 #[test]
 fn gradients_match_finite_differences_for_every_parameter_kind() {
-    let dec = HyperConvDecoder::new(tiny(), DType::F64, 11).unwrap();
-    // Move LayerNorm affine and biases off their initial values so every term is exercised.
+    assert_eq!(check_gradients(tiny()), 2 * 9 + 1);
+}
+
+#[test]
+fn basis_head_gradients_match_finite_differences() {
+    assert_eq!(check_gradients(tiny_basis()), 9 + 4 + 1);
+}
+
+/// Checks every parameter's (and the input's) gradient of a fixed linear functional of the output on
+/// a few elements each; returns how many tensors were checked.
+fn check_gradients(cfg: DecoderConfig) -> usize {
+    let dec = HyperConvDecoder::new(cfg, DType::F64, 11).unwrap();
+    // Move LayerNorm affine, biases and the (zero) basis off their initial values so every term is
+    // exercised.
     for (name, var) in dec.named_vars() {
-        if name.contains("norm") || name.ends_with("bias") {
+        if name.contains("norm") || name.ends_with("bias") || name.ends_with("basis") {
             let t = (var.as_tensor() + randn(var.dims(), 5).affine(0.3, 0.0).unwrap()).unwrap();
             var.set(&t).unwrap();
         }
@@ -90,14 +109,17 @@ fn gradients_match_finite_differences_for_every_parameter_kind() {
         checked.push(format!("{name} {worst:.1e}"));
     }
     eprintln!("{}", checked.join(", "));
-    assert_eq!(checked.len(), 2 * 9 + 1);
+    checked.len()
 }
 
 #[test]
 fn shapes_follow_the_stages() {
-    let dec = HyperConvDecoder::new(tiny(), DType::F32, 0).unwrap();
     let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 6), &Device::Cpu).unwrap();
-    assert_eq!(dec.forward(&x).unwrap().dims(), &[2, 4, 3, 7]);
+    for cfg in [tiny(), tiny_basis()] {
+        let dec = HyperConvDecoder::new(cfg, DType::F32, 0).unwrap();
+        assert_eq!(dec.forward(&x).unwrap().dims(), &[2, 4, 3, 7]);
+    }
+    let dec = HyperConvDecoder::new(tiny(), DType::F32, 0).unwrap();
     let bad = Tensor::zeros((2, 3, 6, 5), DType::F32, &Device::Cpu).unwrap();
     let e = dec.forward(&bad).unwrap_err();
     assert!(matches!(e, DecodeError::Shape(_)), "{e}");
@@ -106,15 +128,19 @@ fn shapes_follow_the_stages() {
         DecoderConfig {
             stages: vec![[1, 2, 3]],
             kernel: 3,
+            head: Head::Conv,
         },
         DecoderConfig {
             stages: vec![[1, 2, 3], [1, 2, 3]],
             kernel: 4,
+            head: Head::Conv,
         },
         DecoderConfig {
             stages: vec![[1, 0, 3], [1, 2, 3]],
             kernel: 3,
+            head: Head::Conv,
         },
+        tiny().with_head(Head::Basis { k: 0 }),
     ] {
         assert!(matches!(
             HyperConvDecoder::new(cfg, DType::F32, 0),
@@ -138,8 +164,13 @@ fn parameter_counts() {
         (mix as f64 / n as f64 - 0.92).abs() < 0.01,
         "92% in the N-mixing convs"
     );
-    let dec = HyperConvDecoder::new(tiny(), DType::F32, 0).unwrap();
-    assert_eq!(dec.num_parameters(), tiny().num_parameters());
+    for cfg in [tiny(), tiny_basis()] {
+        let dec = HyperConvDecoder::new(cfg.clone(), DType::F32, 0).unwrap();
+        assert_eq!(dec.num_parameters(), cfg.num_parameters());
+    }
+    // The basis head: layer 0, then 2 x (3 x 5) coefficient weights, 2 biases, 2 + 1 outputs of 4 x 3 x 7.
+    let layer0 = DecoderConfig::layer_parameters([3, 5, 6], [3, 5, 6], 3);
+    assert_eq!(tiny_basis().num_parameters(), layer0 + 30 + 2 + 3 * 84);
     let cpu = DecoderConfig::cpu_default([32, 64, 384], [1590, 10, 194]);
     assert_eq!(cpu.input(), [32, 64, 384]);
     assert_eq!(cpu.output(), [1590, 10, 194]);
@@ -176,6 +207,36 @@ fn generator_files_round_trip_and_reject_other_layouts() {
     let x = Tensor::randn(0f32, 1.0, (1, 3, 5, 6), &Device::Cpu).unwrap();
     let diff = max_abs_diff(&dec.forward(&x).unwrap(), &back.forward(&x).unwrap());
     assert_eq!(diff, 0.0);
+
+    let basis_dir = tempfile::tempdir().unwrap();
+    let dec = HyperConvDecoder::new(tiny_basis(), DType::F32, 3).unwrap();
+    let basis = &dec.head().unwrap().basis;
+    basis
+        .set(&randn(basis.dims(), 9).to_dtype(DType::F32).unwrap())
+        .unwrap();
+    dec.save(basis_dir.path(), &meta).unwrap();
+    let back = HyperConvDecoder::load(basis_dir.path(), &meta, DType::F32).unwrap();
+    assert_eq!(back.config(), &tiny_basis());
+    let (a, b) = (dec.forward(&x).unwrap(), back.forward(&x).unwrap());
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    assert!(
+        a.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    );
+
+    // decoder.json of a generator saved before the head setting existed: the paper's last layer.
+    let (cfg, _) = HyperConvDecoder::read_meta(dir.path()).unwrap();
+    let json = serde_json::to_value(&cfg).unwrap();
+    let mut old = json.clone();
+    old.as_object_mut().unwrap().remove("head");
+    let parsed: DecoderConfig = serde_json::from_value(old).unwrap();
+    assert_eq!(parsed.head, Head::Conv);
+    assert_eq!(json["head"]["kind"], "conv");
 
     let mut other_base = smollm2();
     other_base.num_layers = 24;

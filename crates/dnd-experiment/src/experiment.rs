@@ -12,6 +12,7 @@ use crate::{baselines, io_err, read_json, ExperimentError, Result};
 use candle_core::DType;
 use dnd_assets::portable_name;
 use dnd_collect::{task_checkpoints, CollectionIndex};
+use dnd_decode::Head;
 use dnd_encode::PromptEncoder;
 use dnd_evaluate::report::{RunResult, Store};
 use dnd_evaluate::{score, select_examples, EvalConfig, ScoreEvent, ScoreSpec};
@@ -50,6 +51,8 @@ pub struct ExperimentConfig {
     pub prompt_len: usize,
     /// Maps before the decoder's last layer (`DecoderConfig::cpu`).
     pub decoder_hidden: usize,
+    /// The decoder's last layer.
+    pub head: Head,
     /// Every generator is trained with this for a fixed number of steps; the final one is used.
     pub train: GeneratorTrainConfig,
     /// Score this many of the oracle's saved checkpoints (evenly spaced, first and last included) on
@@ -688,15 +691,17 @@ fn train_generator(
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<TrainManifest> {
     if let Ok(m) = read_json::<TrainManifest>(&dir.join(TRAIN_MANIFEST_FILE)) {
-        // The maps before the last layer are the one decoder setting the experiment varies; a
-        // generator built with another number must not be taken for this experiment's.
+        // The maps before the last layer and the last layer are the decoder settings the
+        // experiment varies; a generator built with others must not be taken for this experiment's.
         let hidden = m.decoder.stages.iter().rev().nth(1).map(|s| s[0]);
-        if hidden != Some(cfg.decoder_hidden) {
+        if hidden != Some(cfg.decoder_hidden) || m.decoder.head != cfg.head {
             return Err(ExperimentError::Config(format!(
-                "{} holds a generator with {hidden:?} maps before its last layer, not {}: give this \
-                 setting its own --name",
+                "{} holds a generator with {hidden:?} maps before its last layer ({:?}), not {} \
+                 ({:?}): give this setting its own --name",
                 dir.display(),
-                cfg.decoder_hidden
+                m.decoder.head,
+                cfg.decoder_hidden,
+                cfg.head
             )));
         }
         if m.complete && m.config == cfg.train {
@@ -714,6 +719,7 @@ fn train_generator(
         prompt_len: cfg.prompt_len,
         out: dir.to_path_buf(),
         decoder_hidden: cfg.decoder_hidden,
+        head: cfg.head,
     };
     let (setup, data) = prepare_training(&inputs, ctx.pool_encoder)?;
     let mut trainer = GeneratorTrainer::open(setup, data, cfg.train.clone())?;

@@ -5,6 +5,7 @@
 use crate::Result;
 use candle_core::DType;
 use dnd_llm::Lora;
+use dnd_train::gram_eigen;
 
 /// At most this many coordinates of a flattened adapter enter the PCA (an evenly strided subset), so
 /// that a few hundred adapters fit in memory; the projection is of that subset, as the report says.
@@ -47,11 +48,7 @@ impl Pca {
         let total: f64 = (0..n).map(|i| gram[i][i]).sum();
         let mut components = Vec::new();
         let mut explained = Vec::new();
-        for c in 0..k.min(n) {
-            let (lambda, v) = top_eigen(&gram, c as u64);
-            if lambda <= 1e-12 * total.max(1e-300) {
-                break;
-            }
+        for (lambda, v) in gram_eigen(&gram, k) {
             // u = Xcᵀ v / sqrt(λ) has unit norm because ‖Xcᵀ v‖² = vᵀ K v = λ.
             let mut u = vec![0f64; d];
             for (row, w) in centred.iter().zip(&v) {
@@ -61,11 +58,6 @@ impl Pca {
             }
             let s = lambda.sqrt();
             u.iter_mut().for_each(|x| *x /= s);
-            for i in 0..n {
-                for j in 0..n {
-                    gram[i][j] -= lambda * v[i] * v[j];
-                }
-            }
             components.push(u);
             explained.push(lambda / total);
         }
@@ -89,41 +81,6 @@ impl Pca {
             })
             .collect()
     }
-}
-
-/// Largest eigenpair of a symmetric positive semi-definite matrix by power iteration from a seeded
-/// start, with the eigenvector's sign fixed (largest-magnitude entry positive) for reproducible plots.
-fn top_eigen(m: &[Vec<f64>], seed: u64) -> (f64, Vec<f64>) {
-    let n = m.len();
-    let mut v: Vec<f64> = (0..n)
-        .map(|i| 1.0 + ((i as u64 * 2654435761 + seed * 97) % 1000) as f64 / 1000.0)
-        .collect();
-    let mut lambda = 0.0;
-    for _ in 0..1000 {
-        let w: Vec<f64> = m
-            .iter()
-            .map(|row| row.iter().zip(&v).map(|(a, b)| a * b).sum())
-            .collect();
-        let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt();
-        if norm == 0.0 {
-            return (0.0, v);
-        }
-        let next: Vec<f64> = w.iter().map(|x| x / norm).collect();
-        let delta: f64 = next.iter().zip(&v).map(|(a, b)| (a - b).abs()).sum();
-        v = next;
-        lambda = norm;
-        if delta < 1e-12 {
-            break;
-        }
-    }
-    let big = v
-        .iter()
-        .copied()
-        .fold(0f64, |acc, x| if x.abs() > acc.abs() { x } else { acc });
-    if big < 0.0 {
-        v.iter_mut().for_each(|x| *x = -*x);
-    }
-    (lambda, v)
 }
 
 /// An adapter as one vector: every module's A then B, in canonical module order, keeping every

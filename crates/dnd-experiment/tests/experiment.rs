@@ -92,6 +92,7 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
         prompts: 4,
         prompt_len: 8,
         decoder_hidden: 64,
+        head: dnd_decode::Head::Conv,
         offset_scale: 1.0,
         train: GeneratorTrainConfig {
             steps: 3,
@@ -286,4 +287,14 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
         err.contains("maps before its last layer") && err.contains("--name"),
         "{err}"
     );
+    // So is another last layer.
+    let basis = ExperimentConfig {
+        head: dnd_decode::Head::Basis { k: 2 },
+        ..cfg.clone()
+    };
+    let err = run(&basis, &paths, &ctx, &mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("Basis") && err.contains("--name"), "{err}");
 }

@@ -7,8 +7,10 @@
 //! base model or rank. Prompt encoding itself lives in `dnd-encode`; this crate takes per-prompt hidden
 //! states, so it can be tested without the encoder's weights.
 
+mod norm;
 mod pipeline;
 
+pub use norm::{ConditionNorm, NORM_FILE};
 pub use pipeline::{save_adapter, DragAndDrop};
 
 use candle_core::{DType, Tensor};
@@ -72,16 +74,25 @@ pub struct GeneratorInfo {
     pub base_model: String,
 }
 
-/// Write a generator directory: decoder files, the offset (if any), then `generator.json`, each
-/// atomically.
+/// Write a generator directory: decoder files, the offset and the condition's standardisation (each
+/// if any), then `generator.json`, each atomically.
 pub fn save(
     dir: &Path,
     decoder: &HyperConvDecoder,
     meta: &GeneratorMeta,
     info: &GeneratorInfo,
     offset: Option<&Tensor>,
+    norm: Option<&ConditionNorm>,
 ) -> Result<()> {
     decoder.save(dir, meta)?;
+    let norm_path = dir.join(NORM_FILE);
+    match norm {
+        Some(n) => n.save(dir)?,
+        None if norm_path.exists() => {
+            std::fs::remove_file(&norm_path).map_err(dnd_io::io_err::<GenerateError>(&norm_path))?
+        }
+        None => {}
+    }
     let path = dir.join(OFFSET_FILE);
     match offset {
         Some(o) => {
@@ -109,6 +120,7 @@ pub struct Generator {
     tokenizer: LoraTokenizer,
     info: GeneratorInfo,
     offset: Option<Tensor>,
+    norm: Option<ConditionNorm>,
     offset_scale: f64,
 }
 
@@ -140,11 +152,13 @@ impl Generator {
         }
         let info = read_info(dir)?;
         let offset = load_offset(dir, out)?;
+        let norm = ConditionNorm::load(dir, decoder.config().input()[2])?;
         Ok(Self {
             decoder,
             tokenizer,
             info,
             offset,
+            norm,
             offset_scale: 1.0,
         })
     }
@@ -181,10 +195,21 @@ impl Generator {
         self.decoder.config().input()[1]
     }
 
-    /// One adapter from per-prompt hidden states (`[len_i, C]`, exactly N of them): the decoder's
-    /// tokens (times the offset scale) plus the generator's offset, de-tokenized.
+    /// One adapter from per-prompt hidden states (`[len_i, C]`, exactly N of them): standardised if
+    /// the generator was trained so, the decoder's tokens (times the offset scale) plus the
+    /// generator's offset, de-tokenized.
     pub fn generate(&self, states: &[&Tensor]) -> Result<Lora> {
-        let cond = condition(states, self.prompt_len())?.unsqueeze(0)?;
+        let cond = match &self.norm {
+            Some(norm) => {
+                let std = states
+                    .iter()
+                    .map(|s| norm.apply(s))
+                    .collect::<Result<Vec<_>>>()?;
+                condition(&std.iter().collect::<Vec<_>>(), self.prompt_len())?
+            }
+            None => condition(states, self.prompt_len())?,
+        }
+        .unsqueeze(0)?;
         let mut out = self.decoder.forward(&cond)?;
         if self.offset_scale != 1.0 {
             out = (out * self.offset_scale)?;

@@ -3,9 +3,9 @@
 
 use candle_core::{DType, Device, Tensor};
 use dnd_decode::{DecoderConfig, GeneratorMeta, HyperConvDecoder};
-use dnd_generate::{draw, draw_batches, Generator, GeneratorInfo};
+use dnd_generate::{draw, draw_batches, ConditionNorm, Generator, GeneratorInfo};
 use dnd_llm::{LoraConfig, ModelConfig, Target};
-use dnd_testkit::tiny_model_config;
+use dnd_testkit::{max_abs_diff, tiny_model_config};
 use dnd_tokenize::LoraTokenizer;
 use rand::SeedableRng;
 use std::path::Path;
@@ -33,6 +33,7 @@ fn saved_generator_with(dir: &Path, offset: impl Fn([usize; 3]) -> Option<Tensor
         &GeneratorMeta::new(&model, &lora, tok.chunk_width()),
         &info,
         offset([tok.num_tokens(), h, w]).as_ref(),
+        None,
     )
     .unwrap();
 }
@@ -176,4 +177,60 @@ fn prompt_draws_are_even_reproducible_and_refuse_an_empty_pool() {
     s.sort();
     s.dedup();
     assert_eq!(s.len(), 8);
+}
+
+#[test]
+fn the_condition_standardisation_fits_round_trips_and_is_applied() {
+    let prompts: Vec<Tensor> = (0..3)
+        .map(|i| {
+            Tensor::randn(0f32, 1.0, (4 + i, 16), &Device::Cpu)
+                .unwrap()
+                .affine(3.0, 5.0)
+                .unwrap()
+        })
+        .collect();
+    let norm = ConditionNorm::fit(&prompts).unwrap();
+    let all = Tensor::cat(
+        &prompts
+            .iter()
+            .map(|p| norm.apply(p).unwrap())
+            .collect::<Vec<_>>(),
+        0,
+    )
+    .unwrap();
+    let mean: Vec<f32> = all.mean(0).unwrap().to_vec1().unwrap();
+    let var: Vec<f32> = all.sqr().unwrap().mean(0).unwrap().to_vec1().unwrap();
+    assert!(mean.iter().all(|m| m.abs() < 1e-5), "{mean:?}");
+    assert!(var.iter().all(|v| (v - 1.0).abs() < 1e-4), "{var:?}");
+    assert!(ConditionNorm::fit(&[]).is_err());
+    assert!(norm
+        .apply(&Tensor::zeros((2, 8), DType::F32, &Device::Cpu).unwrap())
+        .is_err());
+
+    // Saved with a generator, it is loaded and applied before the decoder.
+    let dir = tempfile::tempdir().unwrap();
+    saved_generator(dir.path());
+    let model = tiny_model_config();
+    let plain = Generator::load(dir.path(), &model, None).unwrap();
+    let [n, _, c] = plain.decoder().config().input();
+    let states: Vec<Tensor> = (0..n)
+        .map(|i| {
+            Tensor::randn(0f32, 1.0, (3 + i % 2, c), &Device::Cpu)
+                .unwrap()
+                .affine(2.0, 1.0)
+                .unwrap()
+        })
+        .collect();
+    let norm = ConditionNorm::fit(&states).unwrap();
+    norm.save(dir.path()).unwrap();
+    assert!(ConditionNorm::load(dir.path(), c + 1).is_err());
+    let with = Generator::load(dir.path(), &model, None).unwrap();
+    let refs: Vec<&Tensor> = states.iter().collect();
+    let std: Vec<Tensor> = states.iter().map(|s| norm.apply(s).unwrap()).collect();
+    let by_hand = plain.generate(&std.iter().collect::<Vec<_>>()).unwrap();
+    let applied = with.generate(&refs).unwrap();
+    let unapplied = plain.generate(&refs).unwrap();
+    let first = |l: &dnd_llm::Lora| l.modules().next().unwrap().2.clone();
+    assert_eq!(max_abs_diff(&first(&by_hand), &first(&applied)), 0.0);
+    assert!(max_abs_diff(&first(&unapplied), &first(&applied)) > 0.0);
 }

@@ -5,8 +5,11 @@
 //! safetensors bit for bit. Around it: the warm-up + cosine learning-rate schedule, global-norm gradient
 //! clipping and gradient accumulation over micro-batches, all with PyTorch's semantics.
 
+mod fused;
+
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
+use fused::{prepared, Ema, Update};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -88,17 +91,29 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
         let step_size = lr / bc1;
+        let first = Ema {
+            a: c.beta1,
+            b: 1.0 - c.beta1,
+            square: false,
+        };
+        let second = Ema {
+            a: c.beta2,
+            b: 1.0 - c.beta2,
+            square: true,
+        };
+        let update = Update {
+            decay: 1.0 - lr * c.weight_decay,
+            step_size,
+            inv_bc2_sqrt: 1.0 / bc2_sqrt,
+            eps: c.eps,
+        };
         for (i, g) in grads.iter().enumerate() {
-            let g = g.to_dtype(self.m[i].dtype())?;
-            let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
-            let theta = self.vars[i].as_tensor();
-            let decayed = (theta * (1.0 - lr * c.weight_decay))?;
-            let update = ((&m / &denom)? * step_size)?;
-            self.vars[i].set(&(decayed - update)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            let g = prepared(g, &self.m[i])?;
+            self.m[i].inplace_op2(&g, &first)?;
+            self.v[i].inplace_op2(&g, &second)?;
+            self.vars[i]
+                .as_tensor()
+                .inplace_op3(&self.m[i], &self.v[i], &update)?;
         }
         Ok(())
     }
@@ -109,9 +124,10 @@ impl AdamW {
             "step".to_string(),
             Tensor::new(&[self.step as i64], &Device::Cpu)?,
         )];
+        // Copies: the moments are updated in place by the next step.
         for (i, (m, v)) in self.m.iter().zip(&self.v).enumerate() {
-            out.push((format!("m.{i}"), m.clone()));
-            out.push((format!("v.{i}"), v.clone()));
+            out.push((format!("m.{i}"), m.copy()?));
+            out.push((format!("v.{i}"), v.copy()?));
         }
         Ok(out)
     }
@@ -144,7 +160,8 @@ impl AdamW {
                         t.dims()
                     )));
                 }
-                *slot = t.to_dtype(slot.dtype())?;
+                // A copy of its own: the moments are updated in place.
+                *slot = t.to_dtype(slot.dtype())?.copy()?;
             }
         }
         self.step = step as u64;

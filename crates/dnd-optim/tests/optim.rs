@@ -1,7 +1,7 @@
 //! AdamW, the schedule and clipping against values printed by `torch.optim.AdamW` and
 //! `torch.nn.utils.clip_grad_norm_` (torch 2.x, fp32), and exact resume through a saved state.
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use dnd_optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator, Schedule};
 
 fn t(v: &[f32]) -> Tensor {
@@ -146,4 +146,69 @@ fn accumulated_micro_batches_equal_the_full_batch() {
     close(&summed[0], &full, 1e-6);
     let empty = acc.take(&vars).unwrap();
     close(&empty[0], &[0.0], 0.0);
+}
+
+/// The update written with candle tensor ops, as `AdamW::step` computed it before the fused kernel.
+fn tensor_ops_step(
+    theta: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    lr: f64,
+    step: i32,
+) -> (Tensor, Tensor, Tensor) {
+    let c = AdamWConfig::default();
+    let bc1 = 1.0 - c.beta1.powi(step);
+    let bc2_sqrt = (1.0 - c.beta2.powi(step)).sqrt();
+    let m = ((m * c.beta1).unwrap() + (g * (1.0 - c.beta1)).unwrap()).unwrap();
+    let v = ((v * c.beta2).unwrap() + (g.sqr().unwrap() * (1.0 - c.beta2)).unwrap()).unwrap();
+    let denom = ((v.sqrt().unwrap() / bc2_sqrt).unwrap() + c.eps).unwrap();
+    let decayed = (theta * (1.0 - lr * c.weight_decay)).unwrap();
+    let update = ((&m / &denom).unwrap() * (lr / bc1)).unwrap();
+    ((decayed - update).unwrap(), m, v)
+}
+
+#[test]
+fn the_in_place_update_equals_the_tensor_formula_bit_for_bit() {
+    for dtype in [DType::F32, DType::F64] {
+        let theta0 = Tensor::randn(0f32, 1.0, (7, 5), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let var = Var::from_tensor(&theta0).unwrap();
+        let mut opt = AdamW::new(vec![var.clone()], AdamWConfig::default()).unwrap();
+        let (mut theta, mut m, mut v) = (
+            theta0.clone(),
+            theta0.zeros_like().unwrap(),
+            theta0.zeros_like().unwrap(),
+        );
+        for step in 1..=4 {
+            // A transposed (strided) gradient, as backward can return.
+            let g = Tensor::randn(0f32, 0.3, (5, 7), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap()
+                .t()
+                .unwrap();
+            let lr = 0.01 * step as f64;
+            opt.step(std::slice::from_ref(&g), lr).unwrap();
+            (theta, m, v) = tensor_ops_step(&theta, &m, &v, &g, lr, step);
+            let state: std::collections::HashMap<_, _> = opt.state().unwrap().into_iter().collect();
+            for (got, want) in [
+                (var.as_tensor(), &theta),
+                (&state["m.0"], &m),
+                (&state["v.0"], &v),
+            ] {
+                let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+                assert_eq!(
+                    diff.to_dtype(DType::F64)
+                        .unwrap()
+                        .to_scalar::<f64>()
+                        .unwrap(),
+                    0.0,
+                    "{dtype:?} step {step}"
+                );
+            }
+        }
+    }
 }

@@ -207,6 +207,71 @@ impl LoraTokenizer {
         )?)
     }
 
+    /// The adapter `tokens` `[N_w, r+2, cw+2]` describe, as [`decode`](Self::decode) reads it, but
+    /// built from tensor operations on `tokens` in their dtype: a loss on the adapter backpropagates
+    /// into whatever produced the tokens (the generator's SFT objective). Border means, the inverse
+    /// scale transform, rescaling, and per-factor concatenation of the chunks along the long axis.
+    pub fn decode_differentiable(&self, tokens: &Tensor) -> Result<Lora> {
+        let (h, w) = self.token_shape();
+        let n = self.tokens.len();
+        if tokens.dims() != [n, h, w] {
+            return Err(TokenizeError::Mismatch(format!(
+                "tokens are {:?}, expected [{n}, {h}, {w}]",
+                tokens.dims()
+            )));
+        }
+        let (r, cw) = (self.lora.rank, self.cw);
+        // The scales in f64 whatever the tokens' dtype: for a small std, `exp(s' - 1.6) - 0.1`
+        // cancels, and in f32 it would lose what `decode` keeps (see the module doc).
+        let wide = tokens.to_dtype(DType::F64)?;
+        let (m_cells, s_cells) = border_masks(r, cw)?;
+        let border = |cells: &Tensor| -> Result<Tensor> {
+            let count = cells.sum_all()?.to_scalar::<f64>()?;
+            Ok((wide.broadcast_mul(cells)?.sum((1, 2))? / count)?)
+        };
+        let mean = (border(&m_cells)? / MEAN_SCALE)?.to_dtype(tokens.dtype())?;
+        let grown = (border(&s_cells)? - STD_BIAS)?.exp()?;
+        let std = ((grown - 0.1)? / 0.9)?.relu()?.to_dtype(tokens.dtype())?;
+        let values = tokens
+            .narrow(1, 0, r)?
+            .narrow(2, 0, cw)?
+            .broadcast_mul(&std.reshape((n, 1, 1))?)?
+            .broadcast_add(&mean.reshape((n, 1, 1))?)?;
+        let mut parts = Vec::new();
+        let mut first = 0;
+        while first < n {
+            let t0 = &self.tokens[first];
+            let same = |t: &TokenInfo| (t.layer, t.target) == (t0.layer, t0.target);
+            let count_a = self.tokens[first..]
+                .iter()
+                .take_while(|t| same(t) && t.factor == Factor::A)
+                .count();
+            let count_b = self.tokens[first + count_a..]
+                .iter()
+                .take_while(|t| same(t) && t.factor == Factor::B)
+                .count();
+            let (inp, out) = self.model.module_shape(t0.target);
+            // [count, r, cw] -> [r, count * cw] -> the factor's real columns.
+            let factor = |start: usize, count: usize, len: usize| -> Result<Tensor> {
+                Ok(values
+                    .narrow(0, start, count)?
+                    .transpose(0, 1)?
+                    .reshape((r, count * cw))?
+                    .narrow(1, 0, len)?)
+            };
+            let a = factor(first, count_a, inp)?;
+            let b = factor(first + count_a, count_b, out)?.t()?;
+            parts.push((t0.layer, t0.target, a, b));
+            first += count_a + count_b;
+        }
+        Ok(Lora::from_parts(
+            self.lora.clone(),
+            &self.model,
+            parts,
+            Path::new("<tokens>"),
+        )?)
+    }
+
     /// `(layer, target, A, B)` in f32 from the row-major A and B^T buffers.
     fn assemble(
         &self,
@@ -228,6 +293,28 @@ fn scales(m_border: f32, s_border: f32) -> (f64, f64) {
     let mean = m_border as f64 / MEAN_SCALE;
     let std = ((((s_border as f64) - STD_BIAS).exp() - 0.1) / 0.9).max(0.0);
     (mean, std)
+}
+
+/// The `(r+2) x (cw+2)` masks of the cells holding `m'` and `s'` (see the module doc).
+fn border_masks(r: usize, cw: usize) -> Result<(Tensor, Tensor)> {
+    let w = cw + 2;
+    let mut m = vec![0f64; (r + 2) * w];
+    let mut s = vec![0f64; (r + 2) * w];
+    for i in 0..r {
+        m[i * w + cw] = 1.0;
+        s[i * w + cw + 1] = 1.0;
+    }
+    for i in r..r + 2 {
+        for j in 0..w {
+            if j % 2 == 0 {
+                m[i * w + j] = 1.0;
+            } else {
+                s[i * w + j] = 1.0;
+            }
+        }
+    }
+    let t = |v| Tensor::from_vec(v, (r + 2, w), &Device::Cpu);
+    Ok((t(m)?, t(s)?))
 }
 
 /// Write one chunk (`r x width`, row-major) into its canvas (`(r+2) x (cw+2)`, zeroed gap).

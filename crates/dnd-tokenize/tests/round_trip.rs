@@ -358,3 +358,95 @@ fn real_checkpoint_round_trips() {
     );
     assert!(err <= 1e-5, "{err}");
 }
+
+/// The tensor-op decoding equals the reference decoding, on tiny configs and the SmolLM2 shape.
+#[test]
+fn differentiable_decoding_equals_decoding() {
+    let tiny = config(Arch::Qwen2, 48, 112, 3, 6, 2, 8);
+    let mut worst = 0f64;
+    for (model, targets, rank, cw) in [
+        (tiny.clone(), &Target::ALL[..], 3, 16),
+        (tiny, &[Target::Q, Target::Down][..], 1, 7),
+        (smollm2(), &Target::ALL[..], 8, 0),
+    ] {
+        let lora = LoraConfig::new(rank, 16.0, targets);
+        let cw = if cw == 0 {
+            default_chunk_width(&model, targets)
+        } else {
+            cw
+        };
+        let tok = LoraTokenizer::new(&model, &lora, cw).unwrap();
+        let (tokens, _) = tok.encode(&random_lora(&model, &lora, 5)).unwrap();
+        let plain = tok.decode(&tokens).unwrap();
+        let tensor = tok.decode_differentiable(&tokens).unwrap();
+        worst = worst.max(max_relative_error(&plain, &tensor));
+    }
+    eprintln!("differentiable vs reference decoding: max relative difference {worst:.2e}");
+    assert!(worst < 1e-5, "{worst}");
+}
+
+/// Gradients of a fixed linear functional of the decoded adapter with respect to the tokens (data
+/// cells and both border kinds) against central finite differences in f64.
+#[test]
+fn differentiable_decoding_gradients_match_finite_differences() {
+    let model = config(Arch::Llama, 64, 160, 1, 4, 2, 16);
+    let lora = LoraConfig::new(2, 4.0, &[Target::Q, Target::Up]);
+    let tok = LoraTokenizer::new(&model, &lora, 24).unwrap();
+    let (tokens, _) = tok.encode(&random_lora(&model, &lora, 9)).unwrap();
+    let tokens = candle_core::Var::from_tensor(&tokens.to_dtype(DType::F64).unwrap()).unwrap();
+    let weights: Vec<Tensor> = {
+        let l = tok.decode_differentiable(tokens.as_tensor()).unwrap();
+        l.modules()
+            .enumerate()
+            .flat_map(|(i, (_, _, a, b))| {
+                [(a, 2 * i), (b, 2 * i + 1)].map(|(t, s)| {
+                    let n = t.elem_count();
+                    let v: Vec<f64> = (0..n).map(|k| ((k + 3 * s) as f64 * 0.37).sin()).collect();
+                    Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap()
+                })
+            })
+            .collect()
+    };
+    let loss = |t: &Tensor| -> Tensor {
+        let l = tok.decode_differentiable(t).unwrap();
+        let mut terms = Vec::new();
+        for (_, _, a, b) in l.modules() {
+            terms.push(a.clone());
+            terms.push(b.clone());
+        }
+        terms
+            .iter()
+            .zip(&weights)
+            .map(|(t, w)| (t * w).unwrap().sum_all().unwrap())
+            .reduce(|x, y| (x + y).unwrap())
+            .unwrap()
+    };
+    let grads = loss(tokens.as_tensor()).backward().unwrap();
+    let g: Vec<f64> = grads
+        .get(tokens.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let (h, w) = tok.token_shape();
+    let base: Vec<f64> = tokens.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+    let eps = 1e-6;
+    // A data cell, an m' cell on the right column, an s' cell in the bottom rows, of several tokens.
+    let mut worst = 0f64;
+    for n in [0, 1, tok.num_tokens() - 1] {
+        for (i, j) in [(0, 3), (1, w - 2), (h - 1, 1), (h - 2, 4)] {
+            let idx = n * h * w + i * w + j;
+            let at = |d: f64| {
+                let mut v = base.clone();
+                v[idx] += d;
+                let t = Tensor::from_vec(v, tokens.dims(), &Device::Cpu).unwrap();
+                loss(&t).to_scalar::<f64>().unwrap()
+            };
+            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+            worst = worst.max((g[idx] - numeric).abs() / numeric.abs().max(1.0));
+        }
+    }
+    eprintln!("decoding gradient: worst relative error {worst:.1e}");
+    assert!(worst < 1e-6, "{worst}");
+}

@@ -19,16 +19,20 @@
 //! which keeps the loop testable without the encoder's weights.
 
 mod data;
+mod eigen;
 mod plot;
 mod prepare;
+mod probe;
 mod trainer;
 
 pub use data::{load_checkpoints, token_weights, weighted_mse, TrainingTask};
+pub use eigen::gram_eigen;
 pub use plot::loss_png;
 pub use prepare::{prepare_training, TrainingInputs};
+pub use probe::{condition_probe, ConditionProbe};
 pub use trainer::{
-    GeneratorTrainConfig, GeneratorTrainer, Setup, StepLog, TaskSummary, TrainManifest, ValLog,
-    TRAIN_LOSS_PNG, TRAIN_MANIFEST_FILE, WEIGHTS_FILE,
+    GeneratorTrainConfig, GeneratorTrainer, Preset, Setup, StepLog, TaskSummary, TrainManifest,
+    ValLog, DEFAULT_BASIS_K, TRAIN_LOSS_PNG, TRAIN_MANIFEST_FILE, WEIGHTS_FILE,
 };
 
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 use crate::{load_checkpoints, Result, Setup, TrainError, TrainingTask};
 use candle_core::DType;
 use dnd_collect::CollectionIndex;
-use dnd_decode::{DecoderConfig, GeneratorMeta};
+use dnd_decode::{DecoderConfig, GeneratorMeta, Head};
 use dnd_encode::PromptEncoder;
 use dnd_generate::GeneratorInfo;
 use dnd_llm::{Lora, ModelConfig};
@@ -32,6 +32,8 @@ pub struct TrainingInputs<'a> {
     pub out: PathBuf,
     /// Maps before the decoder's last layer ([`DecoderConfig::cpu`]).
     pub decoder_hidden: usize,
+    /// The decoder's last layer.
+    pub head: Head,
 }
 
 /// The trainer's [`Setup`] and per-task data: each task's checkpoints as LoRA tokens and its `prompts`
@@ -61,7 +63,8 @@ pub fn prepare_training(
             [inp.prompts, inp.prompt_len, enc.hidden_size()],
             [tok.num_tokens(), h, w],
             inp.decoder_hidden,
-        ),
+        )
+        .with_head(inp.head),
         meta: GeneratorMeta::new(&model, &lora, tok.chunk_width()),
         info: GeneratorInfo {
             encoder_model_hash: enc.model_hash(),

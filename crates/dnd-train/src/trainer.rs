@@ -6,11 +6,13 @@
 //! needs no RNG state, only the decoder, the optimizer and the step.
 
 use crate::data::{token_weights, weighted_mask, weighted_mse, TrainingTask};
+use crate::eigen::gram_eigen;
 use crate::plot::loss_png;
+use crate::probe::{condition_probe, ConditionProbe};
 use crate::{io_err, Result, TrainError};
 use candle_core::{DType, Device, Tensor};
-use dnd_decode::{DecoderConfig, GeneratorMeta, HyperConvDecoder};
-use dnd_generate::{condition, draw, with_offset, GeneratorInfo};
+use dnd_decode::{BasisHead, DecoderConfig, GeneratorMeta, Head, HyperConvDecoder};
+use dnd_generate::{condition, draw, with_offset, ConditionNorm, GeneratorInfo};
 use dnd_optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
 use dnd_tokenize::{Factor, TokenInfo};
 use rand::seq::SliceRandom;
@@ -68,6 +70,10 @@ pub struct GeneratorTrainConfig {
     /// Weight every token alike instead of by how much it moves within a task (docs/method.md step 6).
     #[serde(default)]
     pub uniform_weights: bool,
+    /// Standardise the prompt states channel by channel with statistics of the training prompts,
+    /// stored with the generator ([`ConditionNorm`]). Absent in older manifests: off.
+    #[serde(default)]
+    pub standardize: bool,
     pub validate_every: usize,
     pub save_every: usize,
 }
@@ -89,8 +95,50 @@ impl Default for GeneratorTrainConfig {
             holdout_every: 5,
             mix: 0.0,
             uniform_weights: false,
+            standardize: false,
             validate_every: 50,
             save_every: 50,
+        }
+    }
+}
+
+/// The basis head's K in the dnd preset: twice the 8 tasks of the default collection, so the task
+/// means' 7 directions and the main within-task directions both fit.
+pub const DEFAULT_BASIS_K: usize = 16;
+
+/// A named starting point for every generator setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preset {
+    /// This project's defaults: [`GeneratorTrainConfig::default`] and the basis head.
+    #[default]
+    Dnd,
+    /// The method as published (docs/method.md step 6), scaled to the CPU only where it must be: the
+    /// paper's last layer, whole tokens instead of offsets from the mean, its learning rate 3e-5 and
+    /// the low end of its 1000-5000 steps, its loss weights without dnd's floor, raw encoder states;
+    /// the decoder's size and N stay the CPU's.
+    Paper,
+}
+
+impl Preset {
+    pub fn train_config(self) -> GeneratorTrainConfig {
+        match self {
+            Preset::Dnd => GeneratorTrainConfig::default(),
+            Preset::Paper => GeneratorTrainConfig {
+                steps: 1000,
+                lr: 3e-5,
+                residual: false,
+                min_weight: 0.0,
+                standardize: false,
+                ..GeneratorTrainConfig::default()
+            },
+        }
+    }
+
+    /// The decoder's last layer.
+    pub fn head(self) -> Head {
+        match self {
+            Preset::Dnd => Head::Basis { k: DEFAULT_BASIS_K },
+            Preset::Paper => Head::Conv,
         }
     }
 }
@@ -137,6 +185,15 @@ pub struct TrainManifest {
     /// predicting the mean of the held-out checkpoint's own task (an oracle that knows the task).
     pub baseline_mean_checkpoint: Option<f64>,
     pub baseline_task_mean: Option<f64>,
+    /// Held-out loss of a generator that reads prompts as well as the [`ConditionProbe`]: for task t
+    /// it emits the task means weighted by the probe's confusion row t (the mean squared error's best
+    /// answer when t's prompts look like u's that often). What a decoder that decodes perfectly
+    /// would reach from a condition this separable.
+    #[serde(default)]
+    pub baseline_probe_task_mean: Option<f64>,
+    /// Whether the prompt encoder's states tell the training tasks apart (absent in older manifests).
+    #[serde(default)]
+    pub condition_probe: Option<ConditionProbe>,
     /// Mean loss weight of the A and of the B tokens.
     pub weight_a: f64,
     pub weight_b: f64,
@@ -166,6 +223,14 @@ struct Progress {
     validations: Vec<ValLog>,
 }
 
+/// Held-out losses of fixed predictions (see the fields of [`TrainManifest`] of the same names).
+#[derive(Default)]
+struct Baselines {
+    mean_checkpoint: Option<f64>,
+    task_mean: Option<f64>,
+    probe_task_mean: Option<f64>,
+}
+
 /// A generator being trained, fresh or resumed from `out/state`.
 pub struct GeneratorTrainer {
     setup: Setup,
@@ -180,10 +245,13 @@ pub struct GeneratorTrainer {
     wmask: Tensor,
     /// Added to the decoder's output when `config.residual`: the mean training checkpoint.
     offset: Option<Tensor>,
+    /// Applied to every task's prompts at the start when `config.standardize`.
+    norm: Option<ConditionNorm>,
     cells: f64,
     steps: Vec<StepLog>,
     validations: Vec<ValLog>,
-    baselines: (Option<f64>, Option<f64>),
+    baselines: Baselines,
+    probe: Option<ConditionProbe>,
 }
 
 impl GeneratorTrainer {
@@ -191,10 +259,23 @@ impl GeneratorTrainer {
     /// same config, else an error).
     pub fn open(
         setup: Setup,
-        tasks: Vec<TrainingTask>,
+        mut tasks: Vec<TrainingTask>,
         config: GeneratorTrainConfig,
     ) -> Result<Self> {
         validate(&setup, &tasks, &config)?;
+        let norm = if config.standardize {
+            let norm = ConditionNorm::fit(tasks.iter().flat_map(|t| &t.prompts))?;
+            for t in &mut tasks {
+                t.prompts = t
+                    .prompts
+                    .iter()
+                    .map(|p| norm.apply(p))
+                    .collect::<std::result::Result<_, _>>()?;
+            }
+            Some(norm)
+        } else {
+            None
+        };
         let k = config.holdout_every;
         let is_held = |i: usize| k > 1 && (i + 1).is_multiple_of(k);
         let train: Vec<Vec<usize>> = tasks
@@ -245,6 +326,13 @@ impl GeneratorTrainer {
             (decoder, opt, progress.steps, progress.validations)
         } else {
             let decoder = HyperConvDecoder::new(setup.decoder.clone(), DType::F32, config.seed)?;
+            if let Some(head) = decoder.head() {
+                let rows = train
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(t, idx)| idx.iter().map(move |&i| &checkpoints[t].checkpoints[i]));
+                init_basis(head, rows, &train_mean, config.residual)?;
+            }
             let opt = AdamW::new(decoder.vars(), adamw(&config))?;
             (decoder, opt, Vec::new(), Vec::new())
         };
@@ -259,11 +347,14 @@ impl GeneratorTrainer {
             weights,
             wmask,
             offset,
+            norm,
             cells,
             steps,
             validations,
-            baselines: (None, None),
+            baselines: Baselines::default(),
+            probe: None,
         };
+        me.probe = condition_probe(&me.tasks, me.decoder.config().input()[0])?;
         me.baselines = me.baselines(&train_mean)?;
         Ok(me)
     }
@@ -285,9 +376,14 @@ impl GeneratorTrainer {
         &self.decoder
     }
 
+    /// The linear probe on the training tasks' prompts (`None` for a single task).
+    pub fn condition_probe(&self) -> Option<&ConditionProbe> {
+        self.probe.as_ref()
+    }
+
     /// Held-out loss of the global-mean and own-task-mean predictions.
     pub fn baseline_losses(&self) -> (Option<f64>, Option<f64>) {
-        self.baselines
+        (self.baselines.mean_checkpoint, self.baselines.task_mean)
     }
 
     /// Train up to `config.steps` (or `stop_after` more updates, as a kill would), validating and
@@ -427,6 +523,7 @@ impl GeneratorTrainer {
             &self.setup.meta,
             &self.setup.info,
             self.offset.as_ref(),
+            self.norm.as_ref(),
         )?;
         let weights = [("weights".to_string(), self.weights.clone())].into();
         dnd_io::write_atomic_with(&out.join(WEIGHTS_FILE), |tmp| {
@@ -476,8 +573,10 @@ impl GeneratorTrainer {
             generator: self.setup.meta.clone(),
             step: self.steps.len(),
             complete,
-            baseline_mean_checkpoint: self.baselines.0,
-            baseline_task_mean: self.baselines.1,
+            baseline_mean_checkpoint: self.baselines.mean_checkpoint,
+            baseline_task_mean: self.baselines.task_mean,
+            baseline_probe_task_mean: self.baselines.probe_task_mean,
+            condition_probe: self.probe.clone(),
             weight_a: mean_of(Factor::A)?,
             weight_b: mean_of(Factor::B)?,
             steps: self.steps.clone(),
@@ -541,9 +640,9 @@ impl GeneratorTrainer {
         Ok(Some(sum / self.held.len() as f64))
     }
 
-    /// Held-out losses of predicting `train_mean` (the mean of all training checkpoints), and the
-    /// mean of the own task's.
-    fn baselines(&self, train_mean: &Tensor) -> Result<(Option<f64>, Option<f64>)> {
+    /// Held-out losses of predicting `train_mean` (the mean of all training checkpoints), the mean of
+    /// the own task's, and the mean of the task the probe takes the prompts for.
+    fn baselines(&self, train_mean: &Tensor) -> Result<Baselines> {
         let per_task = self
             .train
             .iter()
@@ -557,7 +656,27 @@ impl GeneratorTrainer {
         let all = train_mean.unsqueeze(0)?;
         let global = self.held_out_loss(|_, _, _, _| Ok(all.clone()))?;
         let own = self.held_out_loss(|_, task, _, _| Ok(per_task[task].clone()))?;
-        Ok((global, own))
+        let mut out = Baselines {
+            mean_checkpoint: global,
+            task_mean: own,
+            probe_task_mean: None,
+        };
+        let Some(probe) = &self.probe else {
+            return Ok(out);
+        };
+        // The probe's reading of task t's prompts as a prediction: its choices' means, weighted.
+        let probed = (0..per_task.len())
+            .map(|t| {
+                let mut mix = (&per_task[0] * probe.confusion[t][0])?;
+                for (u, mean_u) in per_task.iter().enumerate().skip(1) {
+                    mix = (mix + (mean_u * probe.confusion[t][u])?)?;
+                }
+                Ok(mix)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let probed = self.held_out_loss(|_, task, _, _| Ok(probed[task].clone()))?;
+        out.probe_task_mean = probed;
+        Ok(out)
     }
 }
 
@@ -572,6 +691,48 @@ fn mean_of<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Result<Tensor> 
         Ok::<_, TrainError>(((sum + t)?, n + 1))
     })?;
     Ok((sum / n as f64)?)
+}
+
+/// Start a basis head at the top principal directions of the training checkpoints around their mean
+/// `mean`, each scaled to the std of the checkpoints' coordinate along it (so coefficients of order
+/// one reach them), and its bias at `mean` when the decoder predicts whole tokens (`!residual`).
+/// Directions beyond the checkpoints' rank stay zero. Training then starts in the subspace the
+/// checkpoints span instead of building it from zero at the learning rate's pace.
+fn init_basis<'a>(
+    head: &BasisHead,
+    rows: impl Iterator<Item = &'a Tensor>,
+    mean: &Tensor,
+    residual: bool,
+) -> Result<()> {
+    let x = Tensor::stack(
+        &rows
+            .map(|t| (t - mean)?.flatten_all())
+            .collect::<candle_core::Result<Vec<_>>>()?,
+        0,
+    )?;
+    let n = x.dim(0)?;
+    let gram = x.matmul(&x.t()?)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+    let [k, d] = [head.basis.dim(0)?, head.basis.dim(1)?];
+    let pairs = gram_eigen(&gram, k);
+    let v: Vec<f32> = pairs
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|&x| x as f32))
+        .collect();
+    // Xᵀ v / sqrt(n): the unit direction Xᵀ v / sqrt(λ) times the coordinate's std sqrt(λ / n).
+    let dirs =
+        (Tensor::from_vec(v, (pairs.len(), n), x.device())?.matmul(&x)? / (n as f64).sqrt())?;
+    let dirs = dirs.pad_with_zeros(0, 0, k - pairs.len())?;
+    if dirs.dims() != [k, d] {
+        return Err(TrainError::Config(format!(
+            "basis head of {k} x {d} for checkpoints of {} values",
+            x.dim(1)?
+        )));
+    }
+    head.basis.set(&dirs)?;
+    if !residual {
+        head.bias.set(&mean.flatten_all()?)?;
+    }
+    Ok(())
 }
 
 fn adamw(c: &GeneratorTrainConfig) -> AdamWConfig {

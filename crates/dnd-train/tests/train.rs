@@ -3,10 +3,10 @@
 //! held-out checkpoints, and a run interrupted and resumed ends with the same bytes.
 
 use candle_core::{DType, Device, Tensor};
-use dnd_decode::{DecoderConfig, GeneratorMeta};
-use dnd_generate::GeneratorInfo;
+use dnd_decode::{DecoderConfig, GeneratorMeta, Head};
+use dnd_generate::{ConditionNorm, Generator, GeneratorInfo};
 use dnd_llm::{Lora, LoraConfig, Target};
-use dnd_testkit::tiny_model_config;
+use dnd_testkit::{max_abs_diff, tiny_model_config};
 use dnd_tokenize::LoraTokenizer;
 use dnd_train::{
     weighted_mse, GeneratorTrainConfig, GeneratorTrainer, Setup, TrainingTask, TRAIN_MANIFEST_FILE,
@@ -243,8 +243,13 @@ fn mixed_pairs_teach_the_midpoint_between_tasks() {
             .unwrap()
             .unsqueeze(0)
             .unwrap();
-        let mut t =
-            GeneratorTrainer::open(s, tasks, GeneratorTrainConfig { mix, ..config(120) }).unwrap();
+        // The condition is built from raw states here, so the trainer must not standardise them.
+        let c = GeneratorTrainConfig {
+            mix,
+            standardize: false,
+            ..config(120)
+        };
+        let mut t = GeneratorTrainer::open(s, tasks, c).unwrap();
         t.run(None, &mut |_, _| {}).unwrap();
         let pred = t.predict(&cond).unwrap();
         weighted_mse(&pred, &midpoint, &wmask, cells)
@@ -255,4 +260,144 @@ fn mixed_pairs_teach_the_midpoint_between_tasks() {
     let (plain, mixed) = (err(0.0), err(0.5));
     eprintln!("distance to the midpoint: without mixing {plain:.5}, with {mixed:.5}");
     assert!(mixed < 0.5 * plain, "{plain} -> {mixed}");
+}
+
+/// The basis head starts at the training checkpoints' principal directions (orthogonal, spanning the
+/// difference between the two tasks' means), fits, and the generator it saves (with the condition's
+/// standardisation) generates from raw prompt states exactly what the trainer predicts.
+#[test]
+fn the_basis_head_fits_and_its_generator_reproduces_the_trainer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, tasks) = setup(dir.path());
+    s.decoder = s.decoder.with_head(Head::Basis { k: 4 });
+    let task_mean = |t: &TrainingTask| {
+        Tensor::stack(&t.checkpoints, 0)
+            .unwrap()
+            .mean(0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+    };
+    let diff = (task_mean(&tasks[0]) - task_mean(&tasks[1])).unwrap();
+    let t = GeneratorTrainer::open(s, tasks, config(30)).unwrap();
+    let basis = t.decoder().head().unwrap().basis.as_tensor().clone();
+    let gram: Vec<Vec<f32>> = basis
+        .matmul(&basis.t().unwrap())
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    for (i, row) in gram.iter().enumerate() {
+        for (j, g) in row.iter().enumerate() {
+            if i != j {
+                assert!(
+                    g.abs() < 1e-3 * (gram[i][i] * gram[j][j]).sqrt().max(1e-12),
+                    "{gram:?}"
+                );
+            }
+        }
+    }
+    // The part of the task difference outside the basis' span is small.
+    let coords = basis.matmul(&diff.unsqueeze(1).unwrap()).unwrap();
+    let norms = basis
+        .sqr()
+        .unwrap()
+        .sum_keepdim(1)
+        .unwrap()
+        .clamp(1e-12, f64::INFINITY)
+        .unwrap();
+    let inside = basis
+        .t()
+        .unwrap()
+        .matmul(&(coords / norms).unwrap())
+        .unwrap()
+        .squeeze(1)
+        .unwrap();
+    let rest = (&diff - inside)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let whole = diff
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(rest < 0.05 * whole, "{rest} of {whole} outside the basis");
+
+    let run = |head: Head| {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, tasks) = setup(dir.path());
+        s.decoder = s.decoder.with_head(head);
+        let c = GeneratorTrainConfig {
+            standardize: true,
+            ..config(30)
+        };
+        let mut t = GeneratorTrainer::open(s, tasks, c).unwrap();
+        let m = t.run(None, &mut |_, _| {}).unwrap();
+        (dir, t, m)
+    };
+    let (dir, t, basis) = run(Head::Basis { k: 4 });
+    let val = basis.validations.last().unwrap().loss;
+    let mean = basis.baseline_mean_checkpoint.unwrap();
+    eprintln!(
+        "held-out after 30 steps: {val:.4}; mean checkpoint {mean:.4}, own task {:.4}",
+        basis.baseline_task_mean.unwrap()
+    );
+    assert!(val < 0.1 * mean, "{val} vs {mean}");
+
+    assert!(dir.path().join(dnd_generate::NORM_FILE).is_file());
+    let (_, tasks) = setup(dir.path());
+    let raw: Vec<&Tensor> = tasks[0].prompts[..4].iter().collect();
+    let g = Generator::load(dir.path(), &tiny_model_config(), None).unwrap();
+    let generated = g.generate(&raw).unwrap();
+    let norm = ConditionNorm::load(dir.path(), C).unwrap().unwrap();
+    let std: Vec<Tensor> = raw.iter().map(|p| norm.apply(p).unwrap()).collect();
+    let cond = dnd_generate::condition(&std.iter().collect::<Vec<_>>(), 8)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let predicted = g
+        .tokenizer()
+        .decode(&t.predict(&cond).unwrap().squeeze(0).unwrap())
+        .unwrap();
+    for ((_, _, a1, b1), (_, _, a2, b2)) in generated.modules().zip(predicted.modules()) {
+        assert_eq!(max_abs_diff(a1, a2), 0.0);
+        assert_eq!(max_abs_diff(b1, b2), 0.0);
+    }
+}
+
+/// Prompts of the two synthetic tasks are shifted apart: the linear probe tells every batch apart,
+/// so the probe's baseline is the own task's mean.
+#[test]
+fn the_condition_probe_tells_separable_tasks_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, tasks) = setup(dir.path());
+    let m = GeneratorTrainer::open(s, tasks, config(1))
+        .unwrap()
+        .run(None, &mut |_, _| {})
+        .unwrap();
+    let p = m.condition_probe.unwrap();
+    assert_eq!(p.batch, 4);
+    assert_eq!(p.batch_accuracy, 1.0);
+    assert_eq!(p.confusion, vec![vec![1.0, 0.0], vec![0.0, 1.0]]);
+    assert!(p.separation > 1.0, "{}", p.separation);
+    let (own, probed) = (
+        m.baseline_task_mean.unwrap(),
+        m.baseline_probe_task_mean.unwrap(),
+    );
+    assert!((own - probed).abs() < 1e-12, "{own} vs {probed}");
+
+    // One task with another's prompts: the probe cannot tell them apart.
+    let (_, mut tasks) = setup(dir.path());
+    tasks[1].prompts = tasks[0].prompts.clone();
+    let none = dnd_train::condition_probe(&tasks, 4).unwrap().unwrap();
+    assert!(
+        none.batch_accuracy < 1.0 && none.separation < 1e-9,
+        "{none:?}"
+    );
 }

@@ -62,7 +62,7 @@ pub(super) fn untrained_generator(model: &Path, dir: &Path) -> Result<()> {
         base_model: model.display().to_string(),
     };
     let meta = GeneratorMeta::new(&cfg, &lora, tok.chunk_width());
-    dnd_generate::save(dir, &decoder, &meta, &info, None)?;
+    dnd_generate::save(dir, &decoder, &meta, &info, None, None)?;
     Ok(())
 }
 
