@@ -9,7 +9,7 @@ use dnd_collect::CollectionIndex;
 use dnd_decode::{Head, CPU_DEFAULT_INPUT};
 use dnd_encode::{CachedEncoder, Encoder, EncoderConfig};
 use dnd_train::{
-    prepare_training, GeneratorTrainConfig, GeneratorTrainer, Preset, TrainingInputs,
+    prepare_training, GeneratorTrainConfig, GeneratorTrainer, Objective, Preset, TrainingInputs,
     DEFAULT_BASIS_K,
 };
 use std::path::PathBuf;
@@ -70,6 +70,16 @@ pub struct GeneratorArgs {
     /// (`true`/`false`; default: the preset's, dnd true, paper false).
     #[arg(long)]
     pub standardize: Option<bool>,
+    /// What the decoder minimises: `reconstruction` (MSE to the checkpoints, the paper's), `sft` (the
+    /// base LLM's answer-token loss with the generated adapter on the task's labelled examples), or
+    /// `hybrid` (both, the SFT part weighted by --sft-weight).
+    #[arg(long, value_enum, default_value_t = ObjectiveArg::Reconstruction)]
+    pub objective: ObjectiveArg,
+    #[arg(long, default_value_t = GeneratorTrainConfig::default().sft_weight)]
+    pub sft_weight: f64,
+    /// Labelled sequences per prompt/checkpoint pair for the SFT loss.
+    #[arg(long, default_value_t = GeneratorTrainConfig::default().sft_batch)]
+    pub sft_batch: usize,
     /// Data root.
     #[arg(long, env = "DND_DATA", default_value = dnd_tasks::DEFAULT_DATA_DIR)]
     pub data: PathBuf,
@@ -80,6 +90,14 @@ pub struct GeneratorArgs {
 pub enum HeadKind {
     Conv,
     Basis,
+}
+
+/// `--objective`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ObjectiveArg {
+    Reconstruction,
+    Sft,
+    Hybrid,
 }
 
 /// `--preset`.
@@ -141,6 +159,13 @@ impl GeneratorArgs {
             mix: self.mix,
             uniform_weights: self.uniform_weights || p.uniform_weights,
             standardize: self.standardize.unwrap_or(p.standardize),
+            objective: match self.objective {
+                ObjectiveArg::Reconstruction => Objective::Reconstruction,
+                ObjectiveArg::Sft => Objective::Sft,
+                ObjectiveArg::Hybrid => Objective::Hybrid,
+            },
+            sft_weight: self.sft_weight,
+            sft_batch: self.sft_batch,
             ..p
         }
     }
@@ -207,6 +232,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         out: a.out.clone(),
         decoder_hidden: g.decoder_hidden,
         head: g.head(),
+        sft: g.train_config().objective.needs_llm(),
     };
     let (setup, data) = prepare_training(&inputs, &enc)?;
     if a.fresh && a.out.exists() {

@@ -30,6 +30,12 @@ pub enum Head {
     Basis { k: usize },
 }
 
+impl Head {
+    pub fn is_conv(&self) -> bool {
+        *self == Head::Conv
+    }
+}
+
 /// A cascade of hyper-convolutional layers, one between each pair of consecutive stages (the last
 /// pair: the [`Head`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,8 +43,9 @@ pub struct DecoderConfig {
     pub stages: Vec<Stage>,
     /// Square kernel of every conv; odd, so 'same' padding is symmetric.
     pub kernel: usize,
-    /// Absent in decoders saved before the setting existed: those are all the paper's.
-    #[serde(default)]
+    /// Absent in decoders saved before the setting existed, which are all the paper's; not written
+    /// for the paper's, so their files stay as they were.
+    #[serde(default, skip_serializing_if = "Head::is_conv")]
     pub head: Head,
 }
 

@@ -720,6 +720,7 @@ fn train_generator(
         out: dir.to_path_buf(),
         decoder_hidden: cfg.decoder_hidden,
         head: cfg.head,
+        sft: cfg.train.objective.needs_llm(),
     };
     let (setup, data) = prepare_training(&inputs, ctx.pool_encoder)?;
     let mut trainer = GeneratorTrainer::open(setup, data, cfg.train.clone())?;

@@ -23,6 +23,7 @@ mod eigen;
 mod plot;
 mod prepare;
 mod probe;
+mod sft;
 mod trainer;
 
 pub use data::{load_checkpoints, token_weights, weighted_mse, TrainingTask};
@@ -30,9 +31,10 @@ pub use eigen::gram_eigen;
 pub use plot::loss_png;
 pub use prepare::{prepare_training, TrainingInputs};
 pub use probe::{condition_probe, ConditionProbe};
+pub use sft::Sft;
 pub use trainer::{
-    GeneratorTrainConfig, GeneratorTrainer, Preset, Setup, StepLog, TaskSummary, TrainManifest,
-    ValLog, DEFAULT_BASIS_K, TRAIN_LOSS_PNG, TRAIN_MANIFEST_FILE, WEIGHTS_FILE,
+    GeneratorTrainConfig, GeneratorTrainer, Objective, Preset, Setup, StepLog, TaskSummary,
+    TrainManifest, ValLog, DEFAULT_BASIS_K, TRAIN_LOSS_PNG, TRAIN_MANIFEST_FILE, WEIGHTS_FILE,
 };
 
 use std::path::{Path, PathBuf};

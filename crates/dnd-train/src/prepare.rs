@@ -1,14 +1,14 @@
 //! From a collection on disk to what the trainer consumes: each task's checkpoints as LoRA tokens and
 //! its `prompts` split encoded, plus the decoder shape and the metadata the generator will carry.
 
-use crate::{load_checkpoints, Result, Setup, TrainError, TrainingTask};
+use crate::{load_checkpoints, Result, Setup, Sft, TrainError, TrainingTask};
 use candle_core::DType;
-use dnd_collect::CollectionIndex;
+use dnd_collect::{prepare_task, CollectionIndex};
 use dnd_decode::{DecoderConfig, GeneratorMeta, Head};
 use dnd_encode::PromptEncoder;
 use dnd_generate::GeneratorInfo;
-use dnd_llm::{Lora, ModelConfig};
-use dnd_tasks::{task_prompts, Part};
+use dnd_llm::{Llm, Lora, ModelConfig};
+use dnd_tasks::{task_prompts, Part, SplitConfig};
 use dnd_tokenize::LoraTokenizer;
 use std::path::{Path, PathBuf};
 
@@ -34,6 +34,9 @@ pub struct TrainingInputs<'a> {
     pub decoder_hidden: usize,
     /// The decoder's last layer.
     pub head: Head,
+    /// Also load the base model and each task's labelled adapter-train sequences (split and length
+    /// cap as the collection was trained with), for the `sft` and `hybrid` objectives.
+    pub sft: bool,
 }
 
 /// The trainer's [`Setup`] and per-task data: each task's checkpoints as LoRA tokens and its `prompts`
@@ -57,6 +60,11 @@ pub fn prepare_training(
     let mask = tok
         .encode(&Lora::init(lora.clone(), &model, 0, DType::F32)?)?
         .1;
+    let sft = if inp.sft {
+        Some(sft_data(inp, &tok)?)
+    } else {
+        None
+    };
     let setup = Setup {
         out: inp.out.clone(),
         decoder: DecoderConfig::cpu(
@@ -74,8 +82,34 @@ pub fn prepare_training(
         collection: inp.collection.display().to_string(),
         mask,
         tokens: tok.tokens().to_vec(),
+        sft,
     };
     Ok((setup, data))
+}
+
+/// The base model and every task's adapter-train part, encoded as `dnd collect` encodes it.
+fn sft_data(inp: &TrainingInputs<'_>, tok: &LoraTokenizer) -> Result<Sft> {
+    let llm = Llm::load(inp.model_path, DType::F32)?;
+    let sequences = inp
+        .tasks
+        .iter()
+        .map(|t| {
+            let s = prepare_task(
+                &llm.tokenizer,
+                t,
+                inp.data,
+                &SplitConfig::default(),
+                inp.index.train.max_len,
+            )?;
+            Ok(s.seqs)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Sft::new(
+        llm.model,
+        tok.clone(),
+        sequences,
+        inp.index.train.micro_batch_tokens,
+    )
 }
 
 /// One task's checkpoints, tokenized, and its `prompts` split, encoded.

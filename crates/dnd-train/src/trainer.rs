@@ -9,6 +9,7 @@ use crate::data::{token_weights, weighted_mask, weighted_mse, TrainingTask};
 use crate::eigen::gram_eigen;
 use crate::plot::loss_png;
 use crate::probe::{condition_probe, ConditionProbe};
+use crate::sft::Sft;
 use crate::{io_err, Result, TrainError};
 use candle_core::{DType, Device, Tensor};
 use dnd_decode::{BasisHead, DecoderConfig, GeneratorMeta, Head, HyperConvDecoder};
@@ -33,10 +34,10 @@ const PROGRESS_FILE: &str = "progress.json";
 const VALIDATION_STREAM: u64 = 1 << 62;
 
 /// Hyper-parameters; defaults are the paper's (docs/method.md step 6) except the step count and the learning
-/// rate, sized for a 2-core CPU, and two additions (`residual`, `min_weight`). 300 updates at the
-/// paper's lr of 3e-5 barely move the CPU decoder (held-out loss 0.84 after 50 steps against 0.51 for
-/// the mean checkpoint), while lr 1e-3 trains stably with clipping at 1.0 (see results/generator/ for
-/// the measured curves).
+/// rate, sized for a 2-core CPU, and three additions (`residual`, `min_weight`, `standardize`). 300
+/// updates at the paper's lr of 3e-5 barely move the CPU decoder (held-out loss 0.84 after 50 steps
+/// against 0.51 for the mean checkpoint), while lr 1e-3 trains stably with clipping at 1.0 (see
+/// results/generator/ for the measured curves). [`Preset::Paper`] gives the paper's values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GeneratorTrainConfig {
     pub steps: usize,
@@ -74,6 +75,15 @@ pub struct GeneratorTrainConfig {
     /// stored with the generator ([`ConditionNorm`]). Absent in older manifests: off.
     #[serde(default)]
     pub standardize: bool,
+    /// What the decoder minimises (absent in older manifests: reconstruction).
+    #[serde(default)]
+    pub objective: Objective,
+    /// `hybrid`: the SFT loss's weight next to the reconstruction loss.
+    #[serde(default = "one")]
+    pub sft_weight: f64,
+    /// `sft`, `hybrid`: labelled sequences of the pair's task per pair and update.
+    #[serde(default = "four")]
+    pub sft_batch: usize,
     pub validate_every: usize,
     pub save_every: usize,
 }
@@ -95,11 +105,42 @@ impl Default for GeneratorTrainConfig {
             holdout_every: 5,
             mix: 0.0,
             uniform_weights: false,
-            standardize: false,
+            standardize: true,
+            objective: Objective::Reconstruction,
+            sft_weight: 1.0,
+            sft_batch: 4,
             validate_every: 50,
             save_every: 50,
         }
     }
+}
+
+/// The generator's training objective (docs/method.md step 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// The paper's: weighted MSE to the checkpoints' tokens.
+    #[default]
+    Reconstruction,
+    /// The base LLM's answer-token loss with the generated adapter, on the pair's task's labelled
+    /// examples ([`Sft`]).
+    Sft,
+    /// Reconstruction plus `sft_weight` times SFT.
+    Hybrid,
+}
+
+impl Objective {
+    pub fn needs_llm(self) -> bool {
+        self != Objective::Reconstruction
+    }
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn four() -> usize {
+    4
 }
 
 /// The basis head's K in the dnd preset: twice the 8 tasks of the default collection, so the task
@@ -152,6 +193,9 @@ pub struct StepLog {
     pub lr: f64,
     pub grad_norm: f64,
     pub seconds: f64,
+    /// The batch's SFT loss before the update (`sft` and `hybrid` objectives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sft_loss: Option<f64>,
 }
 
 /// Loss on the held-out checkpoints after `step` updates.
@@ -214,6 +258,8 @@ pub struct Setup {
     /// The tokenizer's loss mask `[N_w, H, W]` and token layout.
     pub mask: Tensor,
     pub tokens: Vec<TokenInfo>,
+    /// The base model and labelled sequences the `sft` and `hybrid` objectives train through.
+    pub sft: Option<Sft>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -425,8 +471,10 @@ impl GeneratorTrainer {
         rng.set_stream(s as u64);
         let mut conds = Vec::new();
         let mut targets = Vec::new();
+        let mut drawn = Vec::new();
         for _ in 0..self.config.batch {
             let task = rng.random_range(0..self.tasks.len());
+            drawn.push(task);
             let ck = self.train[task][rng.random_range(0..self.train[task].len())];
             // Without mixing no extra number is drawn: runs stay as they were before the option.
             if self.config.mix > 0.0
@@ -453,7 +501,18 @@ impl GeneratorTrainer {
         )?;
         let pred = self.predict(&cond)?;
         let loss = weighted_mse(&pred, &target, &self.wmask, self.cells)?;
-        let store = loss.backward()?;
+        let (objective, sft_loss) = match self.config.objective {
+            Objective::Reconstruction => (loss.clone(), None),
+            o => {
+                let (surrogate, sft) = self.sft_surrogate(&pred, &drawn, &mut rng)?;
+                let objective = match o {
+                    Objective::Sft => surrogate,
+                    _ => (&loss + (surrogate * self.config.sft_weight)?)?,
+                };
+                (objective, Some(sft))
+            }
+        };
+        let store = objective.backward()?;
         let vars = self.opt.vars().to_vec();
         let mut grads = vars
             .iter()
@@ -471,9 +530,37 @@ impl GeneratorTrainer {
             lr,
             grad_norm,
             seconds: t0.elapsed().as_secs_f64(),
+            sft_loss,
         };
         self.steps.push(log.clone());
         Ok(log)
+    }
+
+    /// For predictions `pred` `[B, N_w, H, W]` of pairs from tasks `drawn`: a scalar whose gradient
+    /// with respect to `pred` is that of the batch's mean SFT loss (`sum(pred * g) / B`, `g` from
+    /// [`Sft::loss_and_grad`]), and that loss.
+    fn sft_surrogate(
+        &self,
+        pred: &Tensor,
+        drawn: &[usize],
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(Tensor, f64)> {
+        let sft =
+            self.setup.sft.as_ref().ok_or_else(|| {
+                TrainError::Config("the SFT objective needs the base model".into())
+            })?;
+        let b = drawn.len() as f64;
+        let mut terms = Vec::with_capacity(drawn.len());
+        let mut total = 0.0;
+        for (i, &task) in drawn.iter().enumerate() {
+            let batch = sft.draw(task, self.config.sft_batch, rng);
+            let tokens = pred.get(i)?;
+            let (loss, grad) = sft.loss_and_grad(&tokens, &batch)?;
+            terms.push((tokens * grad)?.sum_all()?);
+            total += loss / b;
+        }
+        let surrogate = (Tensor::stack(&terms, 0)?.sum_all()? / b)?;
+        Ok((surrogate, total))
     }
 
     /// Mean loss over the held-out checkpoints, each with a fixed prompt draw and no noise; `None`
@@ -749,6 +836,29 @@ fn validate(setup: &Setup, tasks: &[TrainingTask], c: &GeneratorTrainConfig) -> 
     }
     if c.steps == 0 || c.batch == 0 || c.validate_every == 0 || c.save_every == 0 {
         return bad("steps, batch, validate_every and save_every must be positive".into());
+    }
+    if c.objective.needs_llm() {
+        match &setup.sft {
+            None => {
+                return bad(format!(
+                    "the {:?} objective needs the base model and labelled sequences",
+                    c.objective
+                ))
+            }
+            Some(s) if s.num_tasks() != tasks.len() => {
+                return bad(format!(
+                    "labelled sequences for {} tasks, {} training tasks",
+                    s.num_tasks(),
+                    tasks.len()
+                ))
+            }
+            Some(_) => {}
+        }
+        if c.mix > 0.0 || c.sft_batch == 0 {
+            return bad(
+                "the SFT objective takes no mixed pairs and at least one sequence per pair".into(),
+            );
+        }
     }
     if !(0.0..=1.0).contains(&c.mix) {
         return bad(format!(

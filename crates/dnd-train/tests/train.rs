@@ -87,6 +87,7 @@ fn setup(out: &Path) -> (Setup, Vec<TrainingTask>) {
         collection: "synthetic".into(),
         mask,
         tokens: tok.tokens().to_vec(),
+        sft: None,
     };
     (setup, tasks)
 }
