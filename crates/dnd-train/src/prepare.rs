@@ -79,7 +79,7 @@ pub fn prepare_training(
             encoder_max_len: enc.max_len(),
             base_model: inp.model_path.display().to_string(),
         },
-        collection: inp.collection.display().to_string(),
+        collection: dnd_assets::portable_name(inp.collection),
         mask,
         tokens: tok.tokens().to_vec(),
         sft,

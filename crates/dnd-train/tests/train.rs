@@ -169,6 +169,17 @@ fn an_interrupted_run_resumes_to_the_same_bytes() {
     );
     t.run(None, &mut |_, _| {}).unwrap();
 
+    let finished = b.path().join("state/step-000012");
+    assert!(finished.join("decoder.safetensors").is_file());
+    assert!(
+        !finished.join("optimizer.safetensors").exists(),
+        "a finished run keeps no optimizer state"
+    );
+    // Reopening the finished run resumes nothing and steps no more.
+    let (s, tasks) = setup(b.path());
+    let mut again = GeneratorTrainer::open(s, tasks, config(12)).unwrap();
+    assert_eq!(again.step_count(), 12);
+    assert!(again.run(None, &mut |_, _| {}).unwrap().complete);
     let bytes = |d: &Path| std::fs::read(d.join("decoder.safetensors")).unwrap();
     assert!(
         bytes(a.path()) == bytes(b.path()),
