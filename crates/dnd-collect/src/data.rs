@@ -6,7 +6,9 @@
 //! its step number to see the same batches.
 
 use crate::error::{CollectError, Result};
+use candle_core::Device;
 use dnd_llm::score::encode_pair;
+use dnd_llm::train::LmBatch;
 use dnd_llm::Tokenizer;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -103,6 +105,28 @@ pub fn batch_indices(n: usize, batch: usize, step: usize, seed: u64) -> Vec<usiz
         out.push(order[p % n]);
     }
     out
+}
+
+/// `batch` as [`micro_batches`] ready for `dnd_llm::train::lm_loss`, each with its share of the
+/// batch's answer tokens: the micro-batch losses weighted by their shares sum to the whole batch's mean
+/// answer-token loss, and so do their gradients, however the batch was cut.
+pub fn lm_micro_batches(batch: &[&Sequence], max_tokens: usize) -> Result<Vec<(LmBatch, f64)>> {
+    let targets: usize = batch.iter().map(|s| s.answer_len()).sum();
+    if targets == 0 {
+        return Err(CollectError::Config("a batch without answer tokens".into()));
+    }
+    micro_batches(batch, max_tokens)
+        .into_iter()
+        .map(|mb| {
+            let seqs: Vec<(Vec<u32>, Vec<bool>)> = mb
+                .iter()
+                .map(|s| (s.ids.clone(), s.target_flags()))
+                .collect();
+            let lm = LmBatch::new(&seqs, 0, &Device::Cpu)?;
+            let share = lm.num_targets as f64 / targets as f64;
+            Ok((lm, share))
+        })
+        .collect()
 }
 
 /// Cut a batch into micro-batches of at most `max_tokens` padded tokens (always at least one sequence),

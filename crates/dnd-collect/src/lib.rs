@@ -33,7 +33,7 @@ pub use collection::{
     collect, finetune, prepare_task, task_checkpoints, CollectPlan, CollectionIndex, Event,
     TaskEntry, TaskSequences, INDEX_FILE,
 };
-pub use data::{batch_indices, encode, micro_batches, EncodeStats, Sequence};
+pub use data::{batch_indices, encode, lm_micro_batches, micro_batches, EncodeStats, Sequence};
 pub use defaults::{default_collection_dir, CollectDefaults, COMMONSENSE_TASKS, DEFAULT_SEED};
 pub use error::{CollectError, Result};
 pub use hash::model_sha256;

@@ -1,10 +1,10 @@
 //! One LoRA update: micro-batched forward/backward with the loss on answer tokens, gradient
 //! accumulation, global-norm clipping and AdamW on the warm-up + cosine schedule.
 
-use crate::data::{micro_batches, Sequence};
+use crate::data::{lm_micro_batches, Sequence};
 use crate::error::{CollectError, Result};
-use candle_core::{Device, Tensor, Var};
-use dnd_llm::train::{lm_loss, LmBatch};
+use candle_core::{Tensor, Var};
+use dnd_llm::train::lm_loss;
 use dnd_llm::{Lora, LoraConfig, Transformer};
 use dnd_optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator, Schedule};
 use serde::{Deserialize, Serialize};
@@ -137,21 +137,10 @@ impl<'m> Trainer<'m> {
     pub fn step(&mut self, batch: &[&Sequence]) -> Result<StepRecord> {
         let start = Instant::now();
         let targets: usize = batch.iter().map(|s| s.answer_len()).sum();
-        if targets == 0 {
-            return Err(CollectError::Config("a batch without answer tokens".into()));
-        }
         let vars: Vec<Var> = self.opt.vars().to_vec();
         let mut acc = GradAccumulator::new(vars.len());
         let mut loss_sum = 0f64;
-        for mb in micro_batches(batch, self.config.micro_batch_tokens) {
-            let seqs: Vec<(Vec<u32>, Vec<bool>)> = mb
-                .iter()
-                .map(|s| (s.ids.clone(), s.target_flags()))
-                .collect();
-            let lm = LmBatch::new(&seqs, 0, &Device::Cpu)?;
-            // Weighting each micro-batch's mean by its share of the answer tokens makes the summed
-            // gradient that of the whole batch's mean: the result does not depend on the split.
-            let share = lm.num_targets as f64 / targets as f64;
+        for (lm, share) in lm_micro_batches(batch, self.config.micro_batch_tokens)? {
             let loss = (lm_loss(self.model, Some(&self.lora), &lm)? * share)?;
             acc.add(&vars, &loss.backward()?)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;

@@ -158,14 +158,8 @@ impl LoraTokenizer {
 
     /// The adapter (f32) that `tokens` `[N_w, r+2, cw+2]` describe, with this tokenizer's LoRA config.
     pub fn decode(&self, tokens: &Tensor) -> Result<Lora> {
+        self.check_tokens(tokens)?;
         let (h, w) = self.token_shape();
-        if tokens.dims() != [self.tokens.len(), h, w] {
-            return Err(TokenizeError::Mismatch(format!(
-                "tokens are {:?}, expected [{}, {h}, {w}]",
-                tokens.dims(),
-                self.tokens.len()
-            )));
-        }
         // Read as f32, as the decoder emits them (the adapter is f32 and the border is stored in f32),
         // not widened to an f64 copy: that copy doubled the memory `dnd generate` touched here.
         let data: Vec<f32> = tokens.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
@@ -199,12 +193,7 @@ impl LoraTokenizer {
         if let Some(done) = cur {
             parts.push(self.assemble(done)?);
         }
-        Ok(Lora::from_parts(
-            self.lora.clone(),
-            &self.model,
-            parts,
-            Path::new("<tokens>"),
-        )?)
+        self.adapter(parts)
     }
 
     /// The adapter `tokens` `[N_w, r+2, cw+2]` describe, as [`decode`](Self::decode) reads it, but
@@ -212,14 +201,8 @@ impl LoraTokenizer {
     /// into whatever produced the tokens (the generator's SFT objective). Border means, the inverse
     /// scale transform, rescaling, and per-factor concatenation of the chunks along the long axis.
     pub fn decode_differentiable(&self, tokens: &Tensor) -> Result<Lora> {
-        let (h, w) = self.token_shape();
+        self.check_tokens(tokens)?;
         let n = self.tokens.len();
-        if tokens.dims() != [n, h, w] {
-            return Err(TokenizeError::Mismatch(format!(
-                "tokens are {:?}, expected [{n}, {h}, {w}]",
-                tokens.dims()
-            )));
-        }
         let (r, cw) = (self.lora.rank, self.cw);
         // The scales in f64 whatever the tokens' dtype: for a small std, `exp(s' - 1.6) - 0.1`
         // cancels, and in f32 it would lose what `decode` keeps (see the module doc).
@@ -264,6 +247,24 @@ impl LoraTokenizer {
             parts.push((t0.layer, t0.target, a, b));
             first += count_a + count_b;
         }
+        self.adapter(parts)
+    }
+
+    /// `tokens` must be `[N_w, r+2, cw+2]` for this layout.
+    fn check_tokens(&self, tokens: &Tensor) -> Result<()> {
+        let (h, w) = self.token_shape();
+        if tokens.dims() != [self.tokens.len(), h, w] {
+            return Err(TokenizeError::Mismatch(format!(
+                "tokens are {:?}, expected [{}, {h}, {w}]",
+                tokens.dims(),
+                self.tokens.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The adapter of this layout from its decoded `(layer, target, A, B)` parts.
+    fn adapter(&self, parts: Vec<(usize, dnd_llm::Target, Tensor, Tensor)>) -> Result<Lora> {
         Ok(Lora::from_parts(
             self.lora.clone(),
             &self.model,

@@ -9,9 +9,9 @@
 //! decoder's, and gives the decoder exactly the chain rule's gradient.
 
 use crate::{Result, TrainError};
-use candle_core::{DType, Device, Tensor, Var};
-use dnd_collect::{micro_batches, Sequence};
-use dnd_llm::train::{lm_loss, LmBatch};
+use candle_core::{DType, Tensor, Var};
+use dnd_collect::{lm_micro_batches, Sequence};
+use dnd_llm::train::lm_loss;
 use dnd_llm::Transformer;
 use dnd_tokenize::LoraTokenizer;
 use rand::Rng;
@@ -65,12 +65,6 @@ impl Sft {
     /// `[N_w, r+2, cw+2]` describe, applied to the base model, and its gradient with respect to
     /// `tokens` (same shape and dtype).
     pub fn loss_and_grad(&self, tokens: &Tensor, batch: &[&Sequence]) -> Result<(f64, Tensor)> {
-        let targets: usize = batch.iter().map(|s| s.answer_len()).sum();
-        if targets == 0 {
-            return Err(TrainError::Data(
-                "an SFT batch without answer tokens".into(),
-            ));
-        }
         let var = Var::from_tensor(&tokens.detach())?;
         let lora = self
             .tokenizer
@@ -78,15 +72,7 @@ impl Sft {
             .to_dtype(self.model.dtype())?;
         let mut grad = var.as_tensor().zeros_like()?;
         let mut loss = 0f64;
-        for mb in micro_batches(batch, self.micro_batch_tokens) {
-            let seqs: Vec<(Vec<u32>, Vec<bool>)> = mb
-                .iter()
-                .map(|s| (s.ids.clone(), s.target_flags()))
-                .collect();
-            let lm = LmBatch::new(&seqs, 0, &Device::Cpu)?;
-            // Each micro-batch's mean weighted by its share of the answer tokens: the sum is the
-            // whole batch's mean and its gradient.
-            let share = lm.num_targets as f64 / targets as f64;
+        for (lm, share) in lm_micro_batches(batch, self.micro_batch_tokens)? {
             let l = (lm_loss(&self.model, Some(&lora), &lm)? * share)?;
             if let Some(g) = l.backward()?.get(var.as_tensor()) {
                 grad = (grad + g.to_dtype(tokens.dtype())?)?;
