@@ -48,12 +48,12 @@ pub struct GeneratorArgs {
     #[arg(long, default_value_t = DEFAULT_BASIS_K)]
     pub basis_k: usize,
     /// Generator updates (per target in `dnd experiment`; the final generator is used). Default:
-    /// the preset's (dnd 300, paper 1000).
+    /// the preset's (dnd 600, paper 1000).
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long, default_value_t = GeneratorTrainConfig::default().batch)]
     pub batch: usize,
-    /// Peak learning rate. Default: the preset's (dnd 1e-3, paper 3e-5).
+    /// Peak learning rate. Default: the preset's (dnd 3e-4, paper 3e-5).
     #[arg(long)]
     pub lr: Option<f64>,
     #[arg(long, default_value_t = GeneratorTrainConfig::default().validate_every)]
