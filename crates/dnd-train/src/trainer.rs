@@ -387,11 +387,8 @@ impl GeneratorTrainer {
         } else {
             let decoder = HyperConvDecoder::new(setup.decoder.clone(), DType::F32, config.seed)?;
             if let Some(head) = decoder.head() {
-                let rows = train
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(t, idx)| idx.iter().map(move |&i| &checkpoints[t].checkpoints[i]));
-                init_basis(head, rows, &train_mean, config.residual)?;
+                let rows = basis_rows(checkpoints, &train)?;
+                init_basis(head, rows.iter(), &train_mean, config.residual)?;
             }
             let opt = AdamW::new(decoder.vars(), adamw(&config))?;
             (decoder, opt, Vec::new(), Vec::new())
@@ -817,6 +814,29 @@ fn mean_of<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Result<Tensor> 
     Ok((sum / n as f64)?)
 }
 
+/// At most this many adapters enter the basis head's principal directions: each is a few million values
+/// and all of them are held at once (128 of SmolLM2's take 1.6 GB).
+const MAX_BASIS_ROWS: usize = 128;
+
+/// The adapters whose principal directions start the basis head: every training checkpoint, or, when
+/// there are more than [`MAX_BASIS_ROWS`], each task's mean training checkpoint (evenly strided down to
+/// that many tasks): with many tasks the directions that matter are those between tasks.
+fn basis_rows(tasks: &[TrainingTask], train: &[Vec<usize>]) -> Result<Vec<Tensor>> {
+    let total: usize = train.iter().map(Vec::len).sum();
+    if total <= MAX_BASIS_ROWS {
+        return Ok(train
+            .iter()
+            .enumerate()
+            .flat_map(|(t, idx)| idx.iter().map(move |&i| tasks[t].checkpoints[i].clone()))
+            .collect());
+    }
+    let stride = tasks.len().div_ceil(MAX_BASIS_ROWS);
+    (0..tasks.len())
+        .step_by(stride)
+        .map(|t| mean_of(train[t].iter().map(|&i| &tasks[t].checkpoints[i])))
+        .collect()
+}
+
 /// Start a basis head at the top principal directions of the training checkpoints around their mean
 /// `mean`, each scaled to the std of the checkpoints' coordinate along it (so coefficients of order
 /// one reach them), and its bias at `mean` when the decoder predicts whole tokens (`!residual`).
@@ -949,4 +969,33 @@ fn add_noise(x: &Tensor, std: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
     z.truncate(n);
     let noise = Tensor::from_vec(z, x.dims(), x.device())?.to_dtype(x.dtype())?;
     Ok((x + noise)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(n: usize, base: f32) -> TrainingTask {
+        TrainingTask {
+            name: format!("t{base}"),
+            checkpoints: (0..n)
+                .map(|i| Tensor::new(&[[[base + i as f32, 1.0]]], &Device::Cpu).unwrap())
+                .collect(),
+            prompts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_basis_starts_from_every_checkpoint_or_from_the_task_means() {
+        let few = vec![task(3, 0.0), task(2, 10.0)];
+        let all: Vec<Vec<usize>> = vec![vec![0, 1, 2], vec![0, 1]];
+        assert_eq!(basis_rows(&few, &all).unwrap().len(), 5);
+
+        let many = vec![task(50, 0.0), task(50, 100.0), task(50, 200.0)];
+        let train: Vec<Vec<usize>> = vec![(0..50).collect(); 3];
+        let rows = basis_rows(&many, &train).unwrap();
+        assert_eq!(rows.len(), 3, "150 checkpoints: one mean per task");
+        let first: Vec<f32> = rows[1].flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(first, vec![124.5, 1.0]);
+    }
 }
