@@ -6,8 +6,9 @@
 //! last layer (`DecoderConfig::cpu` for other sizes). The last layer's N-mixing conv costs
 //! `H' W' N_w N k^2` multiply-adds, so N stays small until it. Candidate shapes were timed with `cargo run
 //! --release -p dnd-decode --example bench` (results/bench/README.md, "Choosing the CPU decoder shape").
-//! Capacity, not input size, limits how well the generator fits real checkpoints
-//! (results/generator/README.md).
+//! The last stage is made by the paper's layer ([`Head::Conv`]) or by the basis head
+//! ([`Head::Basis`], [`BasisHead`]): the paper's cannot hold per-token differences between tasks, and
+//! a generator with it does not fit its own training tasks (results/generator/README.md).
 
 mod config;
 mod decoder;
