@@ -316,34 +316,11 @@ impl GeneratorTrainer {
     ) -> Result<Self> {
         validate(&setup, &tasks, &config)?;
         let norm = if config.standardize {
-            let norm = ConditionNorm::fit(tasks.iter().flat_map(|t| &t.prompts))?;
-            for t in &mut tasks {
-                t.prompts = t
-                    .prompts
-                    .iter()
-                    .map(|p| norm.apply(p))
-                    .collect::<std::result::Result<_, _>>()?;
-            }
-            Some(norm)
+            Some(standardize(&mut tasks)?)
         } else {
             None
         };
-        let k = config.holdout_every;
-        let is_held = |i: usize| k > 1 && (i + 1).is_multiple_of(k);
-        let train: Vec<Vec<usize>> = tasks
-            .iter()
-            .map(|t| {
-                (0..t.checkpoints.len())
-                    .filter(|&i| !is_held(i) || t.checkpoints.len() == 1)
-                    .collect()
-            })
-            .collect();
-        let held = tasks
-            .iter()
-            .enumerate()
-            .flat_map(|(ti, t)| (0..t.checkpoints.len()).map(move |i| (ti, i)))
-            .filter(|&(ti, i)| !train[ti].contains(&i))
-            .collect();
+        let (train, held) = split_held_out(&tasks, config.holdout_every);
         let weights = if config.uniform_weights {
             Tensor::ones(setup.mask.dim(0)?, DType::F32, setup.mask.device())?
         } else {
@@ -352,46 +329,26 @@ impl GeneratorTrainer {
         let (wmask, cells) = weighted_mask(&weights, &setup.mask)?;
         // The mean training checkpoint: the offset the decoder predicts from (when `residual`) and
         // the paper's baseline prediction.
-        let checkpoints = &tasks;
+        let tasks_ref = &tasks;
         let train_mean = mean_of(
             train
                 .iter()
                 .enumerate()
-                .flat_map(|(t, idx)| idx.iter().map(move |&i| &checkpoints[t].checkpoints[i])),
+                .flat_map(|(t, idx)| idx.iter().map(move |&i| &tasks_ref[t].checkpoints[i])),
         )?;
         let offset = config.residual.then(|| train_mean.clone());
-        let latest = setup.out.join(STATE_DIR).join(LATEST);
-        let (decoder, opt, steps, validations) = if latest.is_file() {
-            let name = std::fs::read_to_string(&latest).map_err(io_err(&latest))?;
-            let dir = setup.out.join(STATE_DIR).join(name.trim());
-            let progress: Progress = dnd_io::read_json::<_, TrainError>(&dir.join(PROGRESS_FILE))?;
-            if progress.config != config {
-                return Err(TrainError::Config(format!(
-                    "{} holds a run with other settings ({:?}); train into another directory or start fresh",
-                    setup.out.display(),
-                    progress.config
-                )));
+        let (decoder, opt, steps, validations) = match resume(&setup, &config)? {
+            Some(resumed) => resumed,
+            None => {
+                let decoder =
+                    HyperConvDecoder::new(setup.decoder.clone(), DType::F32, config.seed)?;
+                if let Some(head) = decoder.head() {
+                    let rows = basis_rows(&tasks, &train)?;
+                    init_basis(head, rows.iter(), &train_mean, config.residual)?;
+                }
+                let opt = AdamW::new(decoder.vars(), adamw(&config))?;
+                (decoder, opt, Vec::new(), Vec::new())
             }
-            let decoder = HyperConvDecoder::load(&dir, &setup.meta, DType::F32)?;
-            let mut opt = AdamW::new(decoder.vars(), adamw(&config))?;
-            let opt_path = dir.join(OPTIM_FILE);
-            if opt_path.is_file() {
-                opt.load(&opt_path)?;
-            } else if progress.steps.len() < config.steps {
-                return Err(TrainError::State {
-                    path: opt_path,
-                    reason: "the optimizer state of an unfinished run is missing".into(),
-                });
-            }
-            (decoder, opt, progress.steps, progress.validations)
-        } else {
-            let decoder = HyperConvDecoder::new(setup.decoder.clone(), DType::F32, config.seed)?;
-            if let Some(head) = decoder.head() {
-                let rows = basis_rows(checkpoints, &train)?;
-                init_basis(head, rows.iter(), &train_mean, config.residual)?;
-            }
-            let opt = AdamW::new(decoder.vars(), adamw(&config))?;
-            (decoder, opt, Vec::new(), Vec::new())
         };
         let mut me = Self {
             setup,
@@ -480,36 +437,7 @@ impl GeneratorTrainer {
         let s = self.steps.len() + 1;
         let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed);
         rng.set_stream(s as u64);
-        let mut conds = Vec::new();
-        let mut targets = Vec::new();
-        let mut drawn = Vec::new();
-        for _ in 0..self.config.batch {
-            let task = rng.random_range(0..self.tasks.len());
-            drawn.push(task);
-            let ck = self.train[task][rng.random_range(0..self.train[task].len())];
-            // Without mixing no extra number is drawn: runs stay as they were before the option.
-            if self.config.mix > 0.0
-                && self.tasks.len() > 1
-                && rng.random::<f64>() < self.config.mix
-            {
-                let (cond, target) = self.mixed_pair(task, ck, &mut rng)?;
-                conds.push(cond);
-                targets.push(target);
-            } else {
-                conds.push(self.condition(task, &mut rng)?);
-                targets.push(self.tasks[task].checkpoints[ck].clone());
-            }
-        }
-        let cond = add_noise(
-            &Tensor::stack(&conds, 0)?,
-            self.config.condition_noise,
-            &mut rng,
-        )?;
-        let target = add_noise(
-            &Tensor::stack(&targets, 0)?,
-            self.config.target_noise,
-            &mut rng,
-        )?;
+        let (cond, target, drawn) = self.batch(&mut rng)?;
         let pred = self.predict(&cond)?;
         let loss = weighted_mse(&pred, &target, &self.wmask, self.cells)?;
         let (objective, sft_loss) = match self.config.objective {
@@ -545,6 +473,34 @@ impl GeneratorTrainer {
         };
         self.steps.push(log.clone());
         Ok(log)
+    }
+
+    /// A fresh batch of `config.batch` pairs drawn from `rng`: conditions `[B, N, L, C]` and targets
+    /// `[B, N_w, H, W]`, both with their noise, and the task each pair was drawn for.
+    fn batch(&self, rng: &mut ChaCha8Rng) -> Result<(Tensor, Tensor, Vec<usize>)> {
+        let mut conds = Vec::new();
+        let mut targets = Vec::new();
+        let mut drawn = Vec::new();
+        for _ in 0..self.config.batch {
+            let task = rng.random_range(0..self.tasks.len());
+            drawn.push(task);
+            let ck = self.train[task][rng.random_range(0..self.train[task].len())];
+            // Without mixing no extra number is drawn: runs stay as they were before the option.
+            if self.config.mix > 0.0
+                && self.tasks.len() > 1
+                && rng.random::<f64>() < self.config.mix
+            {
+                let (cond, target) = self.mixed_pair(task, ck, rng)?;
+                conds.push(cond);
+                targets.push(target);
+            } else {
+                conds.push(self.condition(task, rng)?);
+                targets.push(self.tasks[task].checkpoints[ck].clone());
+            }
+        }
+        let cond = add_noise(&Tensor::stack(&conds, 0)?, self.config.condition_noise, rng)?;
+        let target = add_noise(&Tensor::stack(&targets, 0)?, self.config.target_noise, rng)?;
+        Ok((cond, target, drawn))
     }
 
     /// For predictions `pred` `[B, N_w, H, W]` of pairs from tasks `drawn`: a scalar whose gradient
@@ -812,6 +768,75 @@ fn mean_of<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Result<Tensor> 
         Ok::<_, TrainError>(((sum + t)?, n + 1))
     })?;
     Ok((sum / n as f64)?)
+}
+
+/// What a resumed run continues from: decoder, optimizer, and the logs so far.
+type Resumed = (HyperConvDecoder, AdamW, Vec<StepLog>, Vec<ValLog>);
+
+/// The last saved state in `setup.out`, if there is one; an error if it was saved with other settings
+/// or an unfinished run lacks its optimizer state.
+fn resume(setup: &Setup, config: &GeneratorTrainConfig) -> Result<Option<Resumed>> {
+    let latest = setup.out.join(STATE_DIR).join(LATEST);
+    if !latest.is_file() {
+        return Ok(None);
+    }
+    let name = std::fs::read_to_string(&latest).map_err(io_err(&latest))?;
+    let dir = setup.out.join(STATE_DIR).join(name.trim());
+    let progress: Progress = dnd_io::read_json::<_, TrainError>(&dir.join(PROGRESS_FILE))?;
+    if progress.config != *config {
+        return Err(TrainError::Config(format!(
+            "{} holds a run with other settings ({:?}); train into another directory or start fresh",
+            setup.out.display(),
+            progress.config
+        )));
+    }
+    let decoder = HyperConvDecoder::load(&dir, &setup.meta, DType::F32)?;
+    let mut opt = AdamW::new(decoder.vars(), adamw(config))?;
+    let opt_path = dir.join(OPTIM_FILE);
+    if opt_path.is_file() {
+        opt.load(&opt_path)?;
+    } else if progress.steps.len() < config.steps {
+        return Err(TrainError::State {
+            path: opt_path,
+            reason: "the optimizer state of an unfinished run is missing".into(),
+        });
+    }
+    Ok(Some((decoder, opt, progress.steps, progress.validations)))
+}
+
+/// Fit the condition's standardisation on every task's prompts and apply it to them.
+fn standardize(tasks: &mut [TrainingTask]) -> Result<ConditionNorm> {
+    let norm = ConditionNorm::fit(tasks.iter().flat_map(|t| &t.prompts))?;
+    for t in tasks.iter_mut() {
+        t.prompts = t
+            .prompts
+            .iter()
+            .map(|p| norm.apply(p))
+            .collect::<std::result::Result<_, _>>()?;
+    }
+    Ok(norm)
+}
+
+/// Every `k`-th checkpoint of each task held out (none for `k` <= 1, or for a task with a single
+/// checkpoint): per task, the indices trained on, and the held-out (task, index) pairs.
+#[allow(clippy::type_complexity)]
+fn split_held_out(tasks: &[TrainingTask], k: usize) -> (Vec<Vec<usize>>, Vec<(usize, usize)>) {
+    let is_held = |i: usize| k > 1 && (i + 1).is_multiple_of(k);
+    let train: Vec<Vec<usize>> = tasks
+        .iter()
+        .map(|t| {
+            (0..t.checkpoints.len())
+                .filter(|&i| !is_held(i) || t.checkpoints.len() == 1)
+                .collect()
+        })
+        .collect();
+    let held = tasks
+        .iter()
+        .enumerate()
+        .flat_map(|(ti, t)| (0..t.checkpoints.len()).map(move |i| (ti, i)))
+        .filter(|&(ti, i)| !train[ti].contains(&i))
+        .collect();
+    (train, held)
 }
 
 /// At most this many adapters enter the basis head's principal directions: each is a few million values
