@@ -35,7 +35,11 @@ pub fn run(b: Bench) -> Result<()> {
 /// current directory (the repository root, where the README runs every command), so that the binary
 /// does not depend on the path of the checkout it was built in.
 #[derive(clap::Args)]
-pub struct ScriptsArg {
+pub struct ReferenceArgs {
+    /// Python of the reference virtualenv (torch, transformers, peft, sentence-transformers: see
+    /// scripts/reference/README.md); without it only dnd is measured.
+    #[arg(long, env = "DND_REF_PYTHON")]
+    python: Option<PathBuf>,
     /// Directory of the reference scripts (`scripts/reference` of a checkout).
     #[arg(
         long,
@@ -45,10 +49,10 @@ pub struct ScriptsArg {
     scripts: PathBuf,
 }
 
-impl ScriptsArg {
+impl ReferenceArgs {
     /// The reference side, if a Python was given.
-    fn reference(&self, python: Option<&PathBuf>) -> Option<Reference> {
-        python.map(|python| Reference {
+    fn reference(&self) -> Option<Reference> {
+        self.python.as_ref().map(|python| Reference {
             python: python.clone(),
             scripts: self.scripts.clone(),
         })

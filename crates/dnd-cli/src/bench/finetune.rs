@@ -1,6 +1,6 @@
 //! `dnd bench finetune`.
 
-use super::ScriptsArg;
+use super::ReferenceArgs;
 use crate::common::ModelArg;
 use anyhow::Result;
 use dnd_bench::finetune::FinetuneBenchConfig;
@@ -28,11 +28,8 @@ pub struct Args {
     /// machine drifts, so ratios are taken per round and the median is reported.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
-    /// Python with torch/transformers/peft (scripts/reference/README.md); without it only dnd runs.
-    #[arg(long, env = "DND_REF_PYTHON")]
-    python: Option<PathBuf>,
     #[command(flatten)]
-    scripts: ScriptsArg,
+    reference: ReferenceArgs,
     /// Result file (JSON); a Markdown table goes to stdout.
     #[arg(long, default_value = "results/finetune/throughput.json")]
     out: PathBuf,
@@ -48,7 +45,7 @@ pub fn run(a: Args) -> Result<()> {
         alpha: a.alpha,
         steps: a.steps,
         rounds: a.rounds,
-        reference: a.scripts.reference(a.python.as_ref()),
+        reference: a.reference.reference(),
     })?;
     super::write_and_print(&a.out, &record, &record.table())
 }

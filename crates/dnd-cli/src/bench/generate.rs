@@ -1,6 +1,6 @@
 //! `dnd bench generate`.
 
-use super::ScriptsArg;
+use super::ReferenceArgs;
 use crate::common::ModelArg;
 use anyhow::{bail, Result};
 use dnd_bench::generate::{GenerateBenchConfig, OfficialReference};
@@ -26,12 +26,8 @@ pub struct Args {
     /// Timed decoder training steps (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     train_steps: usize,
-    /// Python with torch and sentence-transformers (scripts/reference/README.md); without it only dnd
-    /// is measured.
-    #[arg(long, env = "DND_REF_PYTHON")]
-    python: Option<PathBuf>,
     #[command(flatten)]
-    scripts: ScriptsArg,
+    reference: ReferenceArgs,
     /// Checkout of github.com/jerryliang24/Drag-and-Drop-LLMs (outside this repository), whose
     /// `HyperConvDecoder` the reference imports. Needed with --python.
     #[arg(long, env = "DND_OFFICIAL_SRC")]
@@ -42,7 +38,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let official = match (a.scripts.reference(a.python.as_ref()), &a.official_src) {
+    let official = match (a.reference.reference(), &a.official_src) {
         (Some(reference), Some(src)) => Some(OfficialReference {
             reference,
             source: src.clone(),

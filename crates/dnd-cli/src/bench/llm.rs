@@ -1,6 +1,6 @@
 //! `dnd bench llm`.
 
-use super::ScriptsArg;
+use super::ReferenceArgs;
 use crate::common::ModelArg;
 use anyhow::Result;
 use dnd_bench::llm::LlmBenchConfig;
@@ -17,12 +17,8 @@ pub struct Args {
     /// Timed steps per measurement (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     steps: usize,
-    /// Python with torch/transformers/peft for the reference (see scripts/reference/README.md).
-    /// Without it only dnd is measured.
-    #[arg(long, env = "DND_REF_PYTHON")]
-    python: Option<PathBuf>,
     #[command(flatten)]
-    scripts: ScriptsArg,
+    reference: ReferenceArgs,
     /// Result file (JSON); a Markdown table goes to stdout.
     #[arg(long, default_value = "results/bench/llm.json")]
     out: PathBuf,
@@ -34,7 +30,7 @@ pub fn run(a: Args) -> Result<()> {
         batch: a.batch,
         seq: a.seq,
         steps: a.steps,
-        reference: a.scripts.reference(a.python.as_ref()),
+        reference: a.reference.reference(),
     })?;
     super::write_and_print(&a.out, &record, &record.table())
 }
