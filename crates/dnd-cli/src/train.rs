@@ -221,6 +221,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     let model_path = g.model(&index).path()?;
     let enc = CachedEncoder::new(g.encoder()?, CachedEncoder::default_dir());
+    let preset = g.train_config();
     let inputs = TrainingInputs {
         collection: &dir,
         index: &index,
@@ -232,13 +233,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         out: a.out.clone(),
         decoder_hidden: g.decoder_hidden,
         head: g.head(),
-        sft: g.train_config().objective.needs_llm(),
+        sft: preset.objective.needs_llm(),
     };
     let (setup, data) = prepare_training(&inputs, &enc)?;
     if a.fresh && a.out.exists() {
         std::fs::remove_dir_all(&a.out).with_context(|| format!("removing {}", a.out.display()))?;
     }
-    let preset = g.train_config();
     let config = GeneratorTrainConfig {
         weight_decay: a.weight_decay,
         clip: a.clip,

@@ -162,6 +162,11 @@ impl DecoderConfig {
         2 * h * w + 2 * (w * w2 + h * h2) * k2 + h2 * w2 + n * n2 * k2 + n2
     }
 
+    /// The stage before the output: what the last layer (or the basis head) reads.
+    pub fn last_input(&self) -> Stage {
+        self.stages[self.stages.len() - 2]
+    }
+
     /// The stage pairs made by hyper-convolutional layers: all of them, or all but the last with a
     /// basis head.
     pub fn conv_layers(&self) -> std::slice::Windows<'_, Stage> {
@@ -177,7 +182,7 @@ impl DecoderConfig {
         let head = match self.head {
             Head::Conv => 0,
             Head::Basis { k } => {
-                let [n, h, _] = self.stages[self.stages.len() - 2];
+                let [n, h, _] = self.last_input();
                 let out: usize = self.output().iter().product();
                 k * n * h + k + (k + 1) * out
             }
@@ -194,7 +199,7 @@ impl DecoderConfig {
         let head = match self.head {
             Head::Conv => 0,
             Head::Basis { k } => {
-                let [n, h, _] = self.stages[self.stages.len() - 2];
+                let [n, h, _] = self.last_input();
                 k * (n * h + self.output().iter().product::<usize>())
             }
         };

@@ -103,8 +103,7 @@ impl HyperConvDecoder {
         let head = match config.head {
             Head::Conv => None,
             Head::Basis { k } => {
-                let s = &config.stages;
-                let (a, b) = (s[s.len() - 2], s[s.len() - 1]);
+                let (a, b) = (config.last_input(), config.output());
                 Some(BasisHead::build(a, b, k, |role, shape, init| {
                     make(&format!("head.{role}"), shape, init)
                 })?)

@@ -54,8 +54,8 @@ impl ConditionNorm {
     pub fn apply(&self, states: &Tensor) -> Result<Tensor> {
         let c = self.mean.dim(0)?;
         if states.rank() != 2 || states.dim(1)? != c {
-            return Err(GenerateError::NoPrompts(format!(
-                "prompt states {:?}, the standardisation has {c} channels",
+            return Err(GenerateError::Encoder(format!(
+                "prompt states {:?}, the generator's standardisation has {c} channels",
                 states.dims()
             )));
         }

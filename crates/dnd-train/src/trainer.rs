@@ -881,7 +881,7 @@ fn init_basis<'a>(
     )?;
     let n = x.dim(0)?;
     let gram = x.matmul(&x.t()?)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
-    let [k, d] = [head.basis.dim(0)?, head.basis.dim(1)?];
+    let k = head.basis.dim(0)?;
     let pairs = gram_eigen(&gram, k);
     let v: Vec<f32> = pairs
         .iter()
@@ -890,14 +890,9 @@ fn init_basis<'a>(
     // Xᵀ v / sqrt(n): the unit direction Xᵀ v / sqrt(λ) times the coordinate's std sqrt(λ / n).
     let dirs =
         (Tensor::from_vec(v, (pairs.len(), n), x.device())?.matmul(&x)? / (n as f64).sqrt())?;
-    let dirs = dirs.pad_with_zeros(0, 0, k - pairs.len())?;
-    if dirs.dims() != [k, d] {
-        return Err(TrainError::Config(format!(
-            "basis head of {k} x {d} for checkpoints of {} values",
-            x.dim(1)?
-        )));
-    }
-    head.basis.set(&dirs)?;
+    // `validate` checked that checkpoints have the decoder's output shape, so `dirs` fits the basis.
+    head.basis
+        .set(&dirs.pad_with_zeros(0, 0, k - pairs.len())?)?;
     if !residual {
         head.bias.set(&mean.flatten_all()?)?;
     }
