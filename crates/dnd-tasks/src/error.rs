@@ -40,8 +40,32 @@ pub enum Error {
         template: String,
         layout: String,
     },
-    #[error("unknown task `{0}`")]
+    #[error("unknown task `{0}` (not built in, nor in a --task-file)")]
     UnknownTask(String),
+    #[error("unknown suite `{0}` (`dnd tasks --suites` lists them)")]
+    UnknownSuite(String),
+    /// A task file entry that does not define a task.
+    #[error("{}: task entry {entry} (`{name}`): {msg}", path.display())]
+    Entry {
+        path: PathBuf,
+        entry: usize,
+        name: String,
+        msg: String,
+    },
+    #[error("task `{name}` is defined twice: in {first} and in {second}")]
+    DuplicateTask {
+        name: String,
+        first: String,
+        second: String,
+    },
+    /// A source file differs from the one a collection was made from.
+    #[error("task `{task}`: {} changed since it was collected (sha256 {now}, recorded {recorded})", path.display())]
+    SourceChanged {
+        task: String,
+        path: PathBuf,
+        recorded: String,
+        now: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

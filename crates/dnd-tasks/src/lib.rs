@@ -21,6 +21,7 @@ mod read;
 mod records;
 mod registry;
 mod split;
+mod taskfile;
 mod templates;
 
 pub use error::{Error, Loc, Result};
@@ -33,4 +34,5 @@ pub use registry::{
     builtin_tasks, find_task, task_prompts, Metric, Source, Task, DEFAULT_DATA_DIR,
 };
 pub use split::{split, split_hash, Part, Role, Shares, SplitConfig, Splits, DEFAULT_SEED};
+pub use taskfile::{read_task_file, suite, Catalog, SUITES};
 pub use templates::{hellaswag_preprocess, Template};

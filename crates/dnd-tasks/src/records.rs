@@ -176,6 +176,13 @@ pub(crate) struct LmRecord {
     pub(crate) continuation: String,
 }
 
+/// A prompt/completion pair (T0 files, and the simplest file a user writes).
+#[derive(Deserialize)]
+pub(crate) struct PromptCompletionRecord {
+    pub(crate) prompt: String,
+    pub(crate) completion: String,
+}
+
 #[derive(Deserialize)]
 pub(crate) struct GenRecord {
     pub(crate) context: String,

@@ -3,31 +3,62 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 use crate::example::Example;
 use crate::layouts::{import, Layout};
-use crate::split::{split, Role, SplitConfig, Splits};
+use crate::split::{split, Part, Role, Shares, SplitConfig, Splits};
 use crate::templates::Template;
 
 /// Where the shared data lives relative to the working directory by default; callers (the CLI's
 /// `--data DIR` / `DND_DATA`) pass another root.
 pub const DEFAULT_DATA_DIR: &str = "../shared/data";
 
-/// How a task is scored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a task is scored (task files name it as [`Metric::name`] says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Metric {
     /// Log-likelihood multiple choice reporting lm-eval's `acc` and `acc_norm`.
+    #[serde(rename = "acc_norm")]
     AccAndAccNorm,
     /// Log-likelihood multiple choice reporting `acc` only (as lm-eval's task does).
+    #[serde(rename = "acc")]
     Acc,
     /// Greedy generation, answer extraction, exact match (GSM8K).
+    #[serde(rename = "exact_match")]
     ExactMatch,
     /// Generated code run against the tests.
+    #[serde(rename = "pass@1")]
     PassAt1,
 }
 
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::AccAndAccNorm => "acc_norm",
+            Metric::Acc => "acc",
+            Metric::ExactMatch => "exact_match",
+            Metric::PassAt1 => "pass@1",
+        }
+    }
+
+    /// What a task is scored by when its definition does not say: code runs its tests, generation
+    /// is matched exactly, multiple choice reports accuracy.
+    pub fn default_for(template: Template, layout: Layout) -> Metric {
+        match (template, layout) {
+            (Template::HumanEval, _) | (_, Layout::HumanEval) => Metric::PassAt1,
+            (Template::Gsm8k, _)
+            | (_, Layout::GauntletGen | Layout::GauntletLm | Layout::PromptCompletion) => {
+                Metric::ExactMatch
+            }
+            _ => Metric::Acc,
+        }
+    }
+}
+
 /// One file of a task.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Source {
     /// Relative to the data root (or absolute).
     pub path: PathBuf,
@@ -35,13 +66,22 @@ pub struct Source {
     pub role: Role,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// A task's full definition: what a task file entry becomes and what a collection records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Task {
     pub name: String,
+    /// The source dataset. Tasks of one dataset share inputs (two prompt templates of one
+    /// dataset), so held-out experiments hold out whole datasets.
+    pub dataset: String,
     pub template: Template,
     pub metric: Metric,
     pub sources: Vec<Source>,
+    /// Pool shares of this task's split, instead of the split configuration's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<Shares>,
     /// Why these sources and this rendering.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub notes: String,
 }
 
@@ -51,18 +91,24 @@ impl Task {
     pub fn custom(name: &str, template: Template, layout: Layout, path: &Path) -> Task {
         Task {
             name: name.to_string(),
+            dataset: name.to_string(),
             template,
-            metric: match template {
-                Template::Gsm8k => Metric::ExactMatch,
-                Template::HumanEval => Metric::PassAt1,
-                _ => Metric::Acc,
-            },
+            metric: Metric::default_for(template, layout),
             sources: vec![Source {
                 path: path.to_path_buf(),
                 layout,
                 role: Role::Pool,
             }],
+            shares: None,
             notes: format!("user file {}", path.display()),
+        }
+    }
+
+    /// The same task, tagged with another source dataset.
+    pub fn with_dataset(self, dataset: &str) -> Task {
+        Task {
+            dataset: dataset.to_string(),
+            ..self
         }
     }
 
@@ -82,8 +128,47 @@ impl Task {
         Ok(out)
     }
 
+    /// The task cut into its parts under `cfg`, with this task's own pool shares where it has them.
     pub fn splits(&self, root: &Path, cfg: &SplitConfig) -> Result<Splits> {
+        let cfg = match self.shares {
+            Some(pool) => &SplitConfig {
+                pool,
+                ..cfg.clone()
+            },
+            None => cfg,
+        };
         Ok(split(&self.name, self.load(root)?, cfg))
+    }
+
+    /// The unlabeled prompts of split part `part` under the default split: what a generator is
+    /// conditioned on.
+    pub fn prompts(&self, root: &Path, part: Part) -> Result<Vec<String>> {
+        let splits = self.splits(root, &SplitConfig::default())?;
+        Ok(splits.part(part).iter().map(|e| e.prompt.clone()).collect())
+    }
+
+    /// Refuse sources that differ from the hashes `recorded` (by [`Task::source_hashes`]).
+    pub fn check_sources(&self, root: &Path, recorded: &[String]) -> Result<()> {
+        let now = self.source_hashes(root)?;
+        for ((s, now), recorded) in self.sources.iter().zip(now).zip(recorded) {
+            if now != *recorded {
+                return Err(Error::SourceChanged {
+                    task: self.name.clone(),
+                    path: root.join(&s.path),
+                    recorded: recorded.clone(),
+                    now,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The hex sha256 of each source file, in source order: what a collection pins.
+    pub fn source_hashes(&self, root: &Path) -> Result<Vec<String>> {
+        self.sources
+            .iter()
+            .map(|s| Ok(dnd_io::sha256_file(&root.join(&s.path))?))
+            .collect()
     }
 }
 
@@ -96,6 +181,7 @@ fn task(
 ) -> Task {
     Task {
         name: name.to_string(),
+        dataset: name.to_string(),
         template,
         metric,
         sources: sources
@@ -106,6 +192,7 @@ fn task(
                 role,
             })
             .collect(),
+        shares: None,
         notes: notes.to_string(),
     }
 }
@@ -186,8 +273,10 @@ pub fn builtin_tasks() -> Vec<Task> {
             &[("llm-adapters/social_i_qa/test.json", L::Adapters, R::Pool)],
             "LLM-Adapters Social-IQA (the validation set) keeps all three answers; the Gauntlet \
              file keeps only two, so it is not used. Its question is `context question` joined \
-             by one space, which is exactly lm-eval's `{{context}} {{question}}`.",
-        ),
+             by one space, which is exactly lm-eval's `{{context}} {{question}}`. Its dataset \
+             is social_i_qa, as the T0 templates of Social-IQA name it.",
+        )
+        .with_dataset("social_i_qa"),
         task(
             "winogrande",
             T::Winogrande,
@@ -292,7 +381,6 @@ pub fn builtin_tasks() -> Vec<Task> {
     ]
 }
 
-/// A built-in task by name.
 /// A Gauntlet multiple-choice file used as it is written (query, then each choice), split as a pool.
 fn gauntlet_mc(name: &str, file: &str, notes: &str) -> Task {
     task(
@@ -304,6 +392,7 @@ fn gauntlet_mc(name: &str, file: &str, notes: &str) -> Task {
     )
 }
 
+/// A built-in task by name.
 pub fn find_task(name: &str) -> Result<Task> {
     builtin_tasks()
         .into_iter()
@@ -313,7 +402,6 @@ pub fn find_task(name: &str) -> Result<Task> {
 
 /// The prompts of a built-in task's split `part` under the default split, as text: what a generator is
 /// conditioned on, with no labels.
-pub fn task_prompts(task: &str, data: &Path, part: crate::split::Part) -> Result<Vec<String>> {
-    let splits = find_task(task)?.splits(data, &SplitConfig::default())?;
-    Ok(splits.part(part).iter().map(|e| e.prompt.clone()).collect())
+pub fn task_prompts(task: &str, data: &Path, part: Part) -> Result<Vec<String>> {
+    find_task(task)?.prompts(data, part)
 }

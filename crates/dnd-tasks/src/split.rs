@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::example::Example;
@@ -11,8 +12,9 @@ use crate::example::Example;
 /// The default split seed: the paper's arXiv number (2506.16406), fixed so splits never drift.
 pub const DEFAULT_SEED: u64 = 250_616_406;
 
-/// What a source file is for, as the registry declares it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What a source file is for, as the registry declares it (lower case in task files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// An official test split: everything scored.
     Test,
@@ -57,7 +59,8 @@ impl Part {
 }
 
 /// Shares of a pool-only file, taken in this order along the hash line; any rest is unused.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Shares {
     pub test: f64,
     pub adapter_train: f64,

@@ -6,28 +6,43 @@
 use std::sync::LazyLock;
 
 use regex::Regex;
+use serde::{Deserialize, Serialize};
 
 use crate::example::{normalise, Body, Example};
 
 type Rendered = Result<Example, String>;
 
-/// How a task's raw fields become scored text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a task's raw fields become scored text. Task files name it as [`Template::name`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Template {
+    #[serde(rename = "arc")]
     Arc,
+    #[serde(rename = "openbookqa")]
     OpenBookQa,
+    #[serde(rename = "boolq")]
     Boolq,
+    #[serde(rename = "hellaswag")]
     Hellaswag,
+    #[serde(rename = "piqa")]
     Piqa,
+    #[serde(rename = "siqa")]
     Siqa,
+    #[serde(rename = "winogrande")]
     Winogrande,
+    #[serde(rename = "copa")]
     Copa,
+    #[serde(rename = "commonsense_qa")]
     CommonsenseQa,
+    #[serde(rename = "gsm8k")]
     Gsm8k,
+    #[serde(rename = "humaneval")]
     HumanEval,
     /// PubMedQA (lm-eval `pubmedqa`): an abstract, a question, yes / no / maybe.
+    #[serde(rename = "pubmedqa")]
     PubmedQa,
-    /// Any MosaicML Gauntlet (or LLM-Adapters) file taken as it is: the query is the context.
+    /// Any file taken as it is written (a Gauntlet or LLM-Adapters file, or a user's): the query or
+    /// prompt is the context, each choice or the completion its continuation. `as-written` in task files.
+    #[serde(rename = "gauntlet", alias = "as-written")]
     Gauntlet,
 }
 

@@ -196,12 +196,14 @@ fn a_task_with_one_bad_file_loads_nothing() {
     };
     let task = Task {
         name: "t".into(),
+        dataset: "t".into(),
         template: Template::Arc,
         metric: Metric::Acc,
         sources: vec![
             source("good.jsonl", Role::Test),
             source("bad.jsonl", Role::Train),
         ],
+        shares: None,
         notes: String::new(),
     };
     let err = task.load(dir.path()).unwrap_err();
