@@ -1,20 +1,19 @@
 //! `dnd collect`: the LoRA checkpoint collection the generator learns from, resumable per step.
 
-use crate::common::ModelArg;
+use crate::common::{ModelArg, TaskArgs};
 use crate::finetune::{base_model, show_step, step_bar, TrainArgs};
 use anyhow::{Context, Result};
 use dnd_collect::{
     collect, default_collection_dir, CollectDefaults, CollectPlan, CollectionIndex, Event,
-    COMMONSENSE_TASKS,
 };
 use dnd_tasks::SplitConfig;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct CollectArgs {
-    /// Comma-separated built-in tasks.
-    #[arg(long, value_delimiter = ',', default_values_t = COMMONSENSE_TASKS.map(String::from))]
-    tasks: Vec<String>,
+    /// The tasks to collect (default: the suite `commonsense`).
+    #[command(flatten)]
+    tasks: TaskArgs,
     #[command(flatten)]
     model: ModelArg,
     #[command(flatten)]
@@ -52,7 +51,7 @@ pub fn run(a: CollectArgs) -> Result<()> {
     }
     let plan = CollectPlan {
         dir: dir.clone(),
-        tasks: a.tasks.clone(),
+        tasks: a.tasks.resolve(Some("commonsense"))?,
         train: a.train.config(a.first_phase + a.checkpoints)?,
         first_phase: a.first_phase,
         data_root: a.train.data.clone(),

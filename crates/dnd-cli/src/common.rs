@@ -1,8 +1,9 @@
 //! Argument pieces shared by several subcommands.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use dnd_llm::{Llm, Lora};
+use dnd_tasks::{Catalog, Task};
 use std::path::{Path, PathBuf};
 
 /// `--model`: a GGUF file, a Hugging Face directory, or the name of a pinned asset (`smollm2`, `qwen2`),
@@ -42,4 +43,58 @@ impl ModelArg {
 pub fn load_adapter(llm: &Llm, dir: &Path) -> Result<Lora> {
     dnd_llm::peft::load(dir, llm.model.config(), llm.model.dtype())
         .with_context(|| format!("loading adapter {}", dir.display()))
+}
+
+/// Which tasks a command works on: names, a suite, or the tasks of task files.
+#[derive(clap::Args, Clone)]
+pub struct TaskArgs {
+    /// Comma-separated task names: built-in ones (`dnd tasks --suite builtin`) or those of --task-file.
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// A suite shipped with dnd (`dnd tasks --suites`), instead of --tasks.
+    #[arg(long, conflicts_with = "tasks")]
+    pub suite: Option<String>,
+    /// A task file (TOML or JSON, README "Task files"), repeatable. Its tasks can be named in
+    /// --tasks; with neither --tasks nor --suite, all of them are used.
+    #[arg(long)]
+    pub task_file: Vec<PathBuf>,
+}
+
+impl TaskArgs {
+    /// The built-in tasks and those of --task-file.
+    pub fn catalog(&self) -> Result<Catalog> {
+        Ok(Catalog::new(&self.task_file)?)
+    }
+
+    /// The selected tasks; the suite `default` when none are selected (an error if there is none).
+    pub fn resolve(&self, default: Option<&str>) -> Result<Vec<Task>> {
+        let catalog = self.catalog()?;
+        if !self.tasks.is_empty() {
+            return Ok(catalog.resolve(&self.tasks)?);
+        }
+        match (&self.suite, default) {
+            (Some(s), _) => Ok(dnd_tasks::suite(s)?),
+            (None, _) if !self.task_file.is_empty() => Ok(catalog.file_tasks().to_vec()),
+            (None, Some(s)) => Ok(dnd_tasks::suite(s)?),
+            (None, None) => bail!("name the tasks: --tasks, --suite or --task-file"),
+        }
+    }
+}
+
+/// Refuse task files whose definition of a collected task differs from the collection's: the
+/// generator trains on the tasks as they were collected.
+pub fn check_task_files(files: &[PathBuf], collected: &[Task]) -> Result<()> {
+    let catalog = Catalog::new(files)?;
+    for t in collected {
+        if let Some(own) = catalog.file_tasks().iter().find(|f| f.name == t.name) {
+            if own != t {
+                bail!(
+                    "task `{}` of the task file differs from the collection's definition: collect it \
+                     again (a new --name) or use the file it was collected with",
+                    t.name
+                );
+            }
+        }
+    }
+    Ok(())
 }

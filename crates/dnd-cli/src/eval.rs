@@ -1,7 +1,7 @@
 //! `dnd eval`: score the base model and any adapters on benchmark tasks (dnd_evaluate), resumable
 //! per (adapter, task); or export the exact scoring requests for a cross-check with lm-eval.
 
-use crate::common::ModelArg;
+use crate::common::{ModelArg, TaskArgs};
 use anyhow::{bail, Context, Result};
 use dnd_evaluate::report::Store;
 use dnd_evaluate::{
@@ -9,7 +9,7 @@ use dnd_evaluate::{
 };
 use dnd_llm::score::encode_pair;
 use dnd_llm::Llm;
-use dnd_tasks::{find_task, Body, Example, Part, PromptStyle, SplitConfig, Task};
+use dnd_tasks::{Body, Example, Part, PromptStyle, SplitConfig, Task};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,10 +17,10 @@ use std::time::Duration;
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,
-    /// Comma-separated built-in task names (arc_easy, arc_challenge, boolq, hellaswag, openbookqa,
-    /// piqa, winogrande, siqa, copa, commonsense_qa, gsm8k, humaneval).
-    #[arg(long, value_delimiter = ',', required = true)]
-    tasks: Vec<String>,
+    /// The tasks to score: built-in ones (arc_easy, arc_challenge, boolq, hellaswag, openbookqa,
+    /// piqa, winogrande, siqa, copa, commonsense_qa, gsm8k, humaneval, ...), a suite, or task files.
+    #[command(flatten)]
+    tasks: TaskArgs,
     /// The split part to score: test, validation, prompts or adapter-train.
     #[arg(long, default_value = "test")]
     split: String,
@@ -81,8 +81,8 @@ pub fn run(a: Args) -> Result<()> {
         .with_context(|| format!("unknown split `{}`", a.split))?;
     let split_cfg = SplitConfig::default();
     let mut sets: Vec<(Task, Vec<Example>)> = Vec::new();
-    for name in &a.tasks {
-        let task = find_task(name)?;
+    for task in a.tasks.resolve(None)? {
+        let name = &task.name;
         let examples = select_examples(&task, &a.data, part, a.limit, &split_cfg)
             .with_context(|| format!("loading {name} from {}", a.data.display()))?;
         if examples.is_empty() {

@@ -1,6 +1,7 @@
 //! `dnd experiment`: the leave-one-out protocol on a checkpoint collection, every baseline, and the
 //! report (see `dnd_experiment`); resumable, reusing every artifact it has produced.
 
+use crate::common::check_task_files;
 use crate::eval::ScoreProgress;
 use crate::finetune::step_bar;
 use crate::train::GeneratorArgs;
@@ -23,6 +24,10 @@ pub struct ExperimentArgs {
     /// Comma-separated held-out targets (default: every task of the collection).
     #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
+    /// Task files the collection's tasks came from (checked: a task defined differently from the
+    /// collection's record is refused); repeatable.
+    #[arg(long)]
+    task_file: Vec<PathBuf>,
     /// Score the first N test items of each target (0: all). 100 keeps the whole run (collection,
     /// 8 generators, ~120 scored runs) within 4 hours on 2 cores; the stderr is then about 5 points.
     #[arg(long, default_value_t = 100)]
@@ -58,6 +63,7 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
     let collection = g.collection_dir();
     let index = CollectionIndex::read(&collection)
         .with_context(|| format!("collection {}", collection.display()))?;
+    check_task_files(&a.task_file, &index.resolve(&[], &g.data)?)?;
     let model = g.model(&index);
     let model_path = model.path()?;
     let llm = model.load()?;

@@ -121,9 +121,12 @@ pub fn show_step(bar: &indicatif::ProgressBar, r: &StepRecord) {
 
 #[derive(clap::Args)]
 pub struct FinetuneArgs {
-    /// Built-in task whose adapter-train split is trained on.
+    /// Task whose adapter-train split is trained on: built in or from --task-file.
     #[arg(long)]
     task: String,
+    /// A task file (TOML or JSON, README "Task files") defining --task; repeatable.
+    #[arg(long)]
+    task_file: Vec<PathBuf>,
     #[command(flatten)]
     model: ModelArg,
     #[command(flatten)]
@@ -144,6 +147,7 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     if a.fresh && a.out.exists() {
         std::fs::remove_dir_all(&a.out).with_context(|| format!("removing {}", a.out.display()))?;
     }
+    let task = dnd_tasks::Catalog::new(&a.task_file)?.get(&a.task)?.clone();
     let base = base_model(&a.model)?;
     let llm = a.model.load()?;
     let bar = step_bar(config.steps, &a.task);
@@ -151,7 +155,7 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         &llm.model,
         &llm.tokenizer,
         &base,
-        &a.task,
+        &task,
         &config,
         &a.train.data,
         &SplitConfig::default(),

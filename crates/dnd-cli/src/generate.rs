@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use dnd_encode::{Encoder, EncoderConfig};
 use dnd_generate::{draw_batches, DragAndDrop, Generator};
 use dnd_llm::ModelConfig;
-use dnd_tasks::{task_prompts, Part};
+use dnd_tasks::Part;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -17,9 +17,12 @@ pub struct GenerateArgs {
     /// text, one prompt per line.
     #[arg(long, conflicts_with_all = ["task", "description"])]
     prompts: Option<PathBuf>,
-    /// Draw the prompts from a built-in task's split instead.
+    /// Draw the prompts from a task's split instead: built in or from --task-file.
     #[arg(long, conflicts_with = "description")]
     task: Option<String>,
+    /// A task file (TOML or JSON, README "Task files") defining --task; repeatable.
+    #[arg(long, requires = "task")]
+    task_file: Vec<PathBuf>,
     #[arg(long, default_value = "prompts", requires = "task")]
     split: String,
     /// A single task description used as the whole prompt set.
@@ -115,7 +118,9 @@ fn read_prompts(a: &GenerateArgs) -> Result<Vec<String>> {
             .into_iter()
             .find(|p| p.name() == a.split)
             .with_context(|| format!("unknown split `{}`", a.split))?;
-        task_prompts(t, &a.data, part)?
+        dnd_tasks::Catalog::new(&a.task_file)?
+            .get(t)?
+            .prompts(&a.data, part)?
     } else if let Some(d) = &a.description {
         vec![d.clone()]
     } else {

@@ -10,6 +10,7 @@ mod fetch;
 mod finetune;
 mod generate;
 mod info;
+mod tasks;
 mod text;
 mod train;
 
@@ -74,6 +75,8 @@ enum Command {
     /// Benchmarks, side by side with the reference implementation.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// List tasks (built in, a suite, or a task file's) with their split sizes.
+    Tasks(tasks::Args),
     /// Score the base model and adapters on benchmark tasks (lm-eval protocol), resumable.
     Eval(eval::Args),
     /// Fine-tune one LoRA adapter on a task's adapter-train split (answer-token loss).
@@ -109,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         Command::GenerateText(a) => text::generate(a),
         Command::Score(a) => text::score(a),
         Command::Bench(b) => bench::run(b),
+        Command::Tasks(a) => tasks::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Finetune(a) => finetune::run(a),
         Command::Collect(a) => collect::run(a),

@@ -1,7 +1,7 @@
 //! `dnd train`: the parameter generator, trained on a checkpoint collection with prompts drawn afresh
 //! from each task's `prompts` split at every step; resumable from its output directory.
 
-use crate::common::ModelArg;
+use crate::common::{check_task_files, ModelArg};
 use crate::finetune::step_bar;
 use anyhow::{bail, Context, Result};
 use dnd_collect::default_collection_dir;
@@ -179,6 +179,10 @@ pub struct TrainArgs {
     /// held-out one.
     #[arg(long, value_delimiter = ',')]
     tasks: Vec<String>,
+    /// Task files the collection's tasks came from (checked: a task defined differently from the
+    /// collection's record is refused); repeatable.
+    #[arg(long)]
+    task_file: Vec<PathBuf>,
     /// Generator directory (resumed if it holds an unfinished run with the same settings).
     #[arg(long)]
     out: PathBuf,
@@ -211,11 +215,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let dir = g.collection_dir();
     let index =
         CollectionIndex::read(&dir).with_context(|| format!("collection {}", dir.display()))?;
-    let tasks: Vec<String> = if a.tasks.is_empty() {
-        index.tasks.iter().map(|t| t.task.clone()).collect()
-    } else {
-        a.tasks.clone()
-    };
+    let tasks = index.resolve(&a.tasks, &g.data)?;
+    check_task_files(&a.task_file, &tasks)?;
     if tasks.is_empty() {
         bail!("{} lists no tasks", dir.display());
     }

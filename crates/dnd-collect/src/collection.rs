@@ -6,7 +6,7 @@ use crate::run::{run, BaseModel, DataInfo, Manifest, RunOptions, RunOutcome, Run
 use crate::stats::{checkpoint_std, mean_spread, save_std, STD_FILE};
 use crate::trainer::{LoraTrainConfig, StepRecord};
 use dnd_llm::{Tokenizer, Transformer};
-use dnd_tasks::{find_task, Part, SplitConfig};
+use dnd_tasks::{find_task, Part, SplitConfig, Task};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,21 +19,21 @@ pub struct TaskSequences {
     pub info: DataInfo,
 }
 
-/// Load a built-in task's adapter-train part from `root` and encode it (see [`encode`]).
+/// Load a task's adapter-train part from `root` and encode it (see [`encode`]).
 pub fn prepare_task(
     tok: &Tokenizer,
-    task: &str,
+    task: &Task,
     root: &Path,
     split: &SplitConfig,
     max_len: usize,
 ) -> Result<TaskSequences> {
-    let splits = find_task(task)?.splits(root, split)?;
+    let splits = task.splits(root, split)?;
     let pairs: Vec<(String, String)> = splits
         .adapter_train
         .iter()
         .map(|e| e.training_pair())
         .collect();
-    let (seqs, encoded) = encode(tok, task, &pairs, max_len)?;
+    let (seqs, encoded) = encode(tok, &task.name, &pairs, max_len)?;
     let info = DataInfo {
         root: root.display().to_string(),
         part: Part::AdapterTrain.name().into(),
@@ -58,7 +58,7 @@ pub enum Event<'a> {
 /// A collection: the same schedule, seed and base model for every task.
 pub struct CollectPlan {
     pub dir: PathBuf,
-    pub tasks: Vec<String>,
+    pub tasks: Vec<Task>,
     pub train: LoraTrainConfig,
     /// Updates before the first saved checkpoint; every later update (up to `train.steps`) is saved.
     pub first_phase: usize,
@@ -83,11 +83,45 @@ impl CollectionIndex {
     pub fn read(collection: &Path) -> Result<Self> {
         dnd_io::read_json(&collection.join(INDEX_FILE))
     }
+
+    /// The collected task `name` as it was defined when collected, its source files checked against
+    /// the recorded hashes (a collection from before definitions were recorded names a built-in task).
+    pub fn task(&self, name: &str, root: &Path) -> Result<Task> {
+        let entry =
+            self.tasks.iter().find(|t| t.task == name).ok_or_else(|| {
+                CollectError::Config(format!("task {name} is not in the collection"))
+            })?;
+        match &entry.definition {
+            Some(task) => {
+                task.check_sources(root, &entry.sources_sha256)?;
+                Ok(task.clone())
+            }
+            None => Ok(find_task(name)?),
+        }
+    }
+
+    /// [`CollectionIndex::task`] for each name; every task of the collection when `names` is empty.
+    pub fn resolve(&self, names: &[String], root: &Path) -> Result<Vec<Task>> {
+        if names.is_empty() {
+            return self
+                .tasks
+                .iter()
+                .map(|t| self.task(&t.task, root))
+                .collect();
+        }
+        names.iter().map(|n| self.task(n, root)).collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEntry {
     pub task: String,
+    /// The task's full definition when collected (absent in collections made before task files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<Task>,
+    /// sha256 of each of the definition's source files when collected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources_sha256: Vec<String>,
     /// Relative to the collection directory.
     pub dir: String,
     pub checkpoints: usize,
@@ -116,8 +150,10 @@ pub fn collect(
             plan.first_phase, plan.train.steps
         )));
     }
+    check_recorded(plan)?;
+    let mut hashes = Vec::with_capacity(plan.tasks.len());
     for t in &plan.tasks {
-        find_task(t)?;
+        hashes.push(t.source_hashes(&plan.data_root)?);
     }
     let mut index = CollectionIndex {
         base_model: base.clone(),
@@ -126,21 +162,21 @@ pub fn collect(
         tasks: Vec::new(),
         wall_time_s: 0.0,
     };
-    for task in &plan.tasks {
+    for (task, sha256) in plan.tasks.iter().zip(hashes) {
         let started = Instant::now();
         on_event(Event::TaskStart {
-            task,
+            task: &task.name,
             steps: plan.train.steps,
         });
         let data = prepare_task(tok, task, &plan.data_root, &plan.split, plan.train.max_len)?;
         let spec = RunSpec {
-            task: task.clone(),
+            task: task.name.clone(),
             base_model: base.clone(),
             data: data.info,
             train: plan.train.clone(),
             saves: Saves::EveryStepFrom(plan.first_phase + 1),
         };
-        let dir = plan.dir.join(task);
+        let dir = plan.dir.join(&task.name);
         let mut on_step = |r: &StepRecord| on_event(Event::Step(r));
         let mut opts = RunOptions {
             state_every: plan.state_every,
@@ -151,7 +187,7 @@ pub fn collect(
         let RunOutcome::Complete(manifest) = run(model, &data.seqs, &spec, &dir, &mut opts)? else {
             unreachable!("runs without stop_after complete");
         };
-        index.tasks.push(task_entry(&dir, task, &manifest)?);
+        index.tasks.push(task_entry(&dir, task, sha256, &manifest)?);
         on_event(Event::TaskDone(&manifest));
         index.wall_time_s = index.tasks.iter().map(|t| t.wall_time_s).sum();
         std::fs::create_dir_all(&plan.dir).map_err(io_err(&plan.dir))?;
@@ -160,8 +196,34 @@ pub fn collect(
     Ok(index)
 }
 
+/// Refuse to go on with a task the collection already holds under another definition or from
+/// source files that changed since: its checkpoints would no longer match what the index says.
+fn check_recorded(plan: &CollectPlan) -> Result<()> {
+    let Ok(existing) = CollectionIndex::read(&plan.dir) else {
+        return Ok(());
+    };
+    for task in &plan.tasks {
+        let Some(entry) = existing.tasks.iter().find(|e| e.task == task.name) else {
+            continue;
+        };
+        if entry.definition.as_ref().is_some_and(|d| d != task) {
+            return Err(CollectError::Mismatch {
+                dir: plan.dir.join(&task.name),
+                reason: format!("task {} was collected under another definition", task.name),
+            });
+        }
+        existing.task(&task.name, &plan.data_root)?;
+    }
+    Ok(())
+}
+
 /// The index entry of a finished task, computing its checkpoint spread on first sight.
-fn task_entry(dir: &Path, task: &str, m: &Manifest) -> Result<TaskEntry> {
+fn task_entry(
+    dir: &Path,
+    task: &Task,
+    sources_sha256: Vec<String>,
+    m: &Manifest,
+) -> Result<TaskEntry> {
     let ckpts: Vec<PathBuf> = m.checkpoints.iter().map(|c| dir.join(c)).collect();
     let std_path = dir.join(STD_FILE);
     let std = if std_path.is_file() {
@@ -173,8 +235,10 @@ fn task_entry(dir: &Path, task: &str, m: &Manifest) -> Result<TaskEntry> {
     };
     let (a, b) = mean_spread(&std)?;
     Ok(TaskEntry {
-        task: task.into(),
-        dir: task.into(),
+        task: task.name.clone(),
+        definition: Some(task.clone()),
+        sources_sha256,
+        dir: task.name.clone(),
         checkpoints: m.checkpoints.len(),
         first_loss: m.steps.first().map_or(f64::NAN, |r| r.loss),
         final_loss: m.steps.last().map_or(f64::NAN, |r| r.loss),
@@ -190,7 +254,7 @@ pub fn finetune(
     model: &Transformer,
     tok: &Tokenizer,
     base: &BaseModel,
-    task: &str,
+    task: &Task,
     train: &LoraTrainConfig,
     data_root: &Path,
     split: &SplitConfig,
@@ -200,7 +264,7 @@ pub fn finetune(
     let started = Instant::now();
     let data = prepare_task(tok, task, data_root, split, train.max_len)?;
     let spec = RunSpec {
-        task: task.into(),
+        task: task.name.clone(),
         base_model: base.clone(),
         data: data.info,
         train: train.clone(),

@@ -15,18 +15,6 @@ use std::path::PathBuf;
 /// their checkpoints share one starting point.
 pub const DEFAULT_SEED: u64 = 42;
 
-/// The paper's common-sense datasets plus SIQA.
-pub const COMMONSENSE_TASKS: [&str; 8] = [
-    "arc_easy",
-    "arc_challenge",
-    "boolq",
-    "hellaswag",
-    "openbookqa",
-    "piqa",
-    "winogrande",
-    "siqa",
-];
-
 /// `$DND_CACHE/collections/<name>` (`~/.cache/dnd/...` by default): collections are large and never
 /// belong in the repository.
 pub fn default_collection_dir(name: &str) -> PathBuf {

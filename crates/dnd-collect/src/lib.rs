@@ -34,7 +34,7 @@ pub use collection::{
     TaskEntry, TaskSequences, INDEX_FILE,
 };
 pub use data::{batch_indices, encode, lm_micro_batches, micro_batches, EncodeStats, Sequence};
-pub use defaults::{default_collection_dir, CollectDefaults, COMMONSENSE_TASKS, DEFAULT_SEED};
+pub use defaults::{default_collection_dir, CollectDefaults, DEFAULT_SEED};
 pub use error::{CollectError, Result};
 pub use hash::model_sha256;
 pub use plot::loss_png;

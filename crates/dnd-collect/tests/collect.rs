@@ -91,16 +91,23 @@ fn bad_input_gives_clear_errors() {
     let root = tmp.path().join("data");
     boolq_root(&root, 80);
     let dir = tmp.path().join("coll");
+    let mut plan = tiny_collect_plan(&dir, &root, &["boolq"]);
+    plan.tasks.push(dnd_tasks::Task::custom(
+        "nope",
+        dnd_tasks::Template::Gauntlet,
+        dnd_tasks::Layout::GauntletMc,
+        &tmp.path().join("missing.jsonl"),
+    ));
     let err = collect(
         &llm.model,
         &llm.tokenizer,
         &test_base_model("tiny"),
-        &tiny_collect_plan(&dir, &root, &["boolq", "nope"]),
+        &plan,
         &mut |_| {},
     )
     .unwrap_err();
     assert!(
-        matches!(err, CollectError::Task(_)) && err.to_string().contains("nope"),
+        matches!(err, CollectError::Task(_)) && err.to_string().contains("missing.jsonl"),
         "{err}"
     );
     assert!(
@@ -146,7 +153,7 @@ fn finetune_writes_a_peft_adapter_with_its_manifest_and_curve() {
         &llm.model,
         &llm.tokenizer,
         &test_base_model("tiny"),
-        "boolq",
+        &dnd_tasks::find_task("boolq").unwrap(),
         &tiny_collect_config(4),
         &root,
         &SplitConfig::default(),

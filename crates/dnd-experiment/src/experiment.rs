@@ -18,7 +18,7 @@ use dnd_evaluate::report::{RunResult, Store};
 use dnd_evaluate::{score, select_examples, EvalConfig, ScoreEvent, ScoreSpec};
 use dnd_generate::{draw_batches, save_adapter, DragAndDrop, Generator};
 use dnd_llm::Llm;
-use dnd_tasks::{find_task, task_prompts, Example, Part, SplitConfig, Task};
+use dnd_tasks::{Example, Part, SplitConfig, Task};
 use dnd_train::{
     prepare_training, GeneratorTrainConfig, GeneratorTrainer, TrainManifest, TrainingInputs,
     TRAIN_MANIFEST_FILE,
@@ -140,7 +140,7 @@ pub fn run(
     score_baselines(cfg, ctx, &plan, &mut scores, on_event)?;
     on_event(Event::Phase("prompt embeddings (nearest task)"));
     let t = Instant::now();
-    let embeddings = task_embeddings(cfg, paths, ctx, &plan.tasks)?;
+    let embeddings = task_embeddings(cfg, paths, ctx, &plan.defs)?;
     scores.timed("prompt embeddings", t);
     let mut work = BTreeMap::new();
     for set in plan.sets.chunks(1) {
@@ -186,6 +186,8 @@ pub fn run(
 /// What the experiment covers: the collection's tasks, the held-out targets and their test items.
 struct Plan {
     index: CollectionIndex,
+    /// The collection's tasks as it defines them, and their names.
+    defs: Vec<Task>,
     tasks: Vec<String>,
     targets: Vec<String>,
     sets: Vec<(Task, Vec<Example>)>,
@@ -195,7 +197,8 @@ impl Plan {
     /// The plan of `cfg`, refusing what leave-one-out cannot run on.
     fn new(cfg: &ExperimentConfig) -> Result<Self> {
         let index = CollectionIndex::read(&cfg.collection)?;
-        let tasks: Vec<String> = index.tasks.iter().map(|t| t.task.clone()).collect();
+        let defs = index.resolve(&[], &cfg.data)?;
+        let tasks: Vec<String> = defs.iter().map(|t| t.name.clone()).collect();
         if tasks.len() < 2 {
             return Err(ExperimentError::Config(format!(
                 "{} holds {} task(s); leave-one-out needs at least two",
@@ -222,7 +225,7 @@ impl Plan {
         let split = SplitConfig::default();
         let mut sets: Vec<(Task, Vec<Example>)> = Vec::new();
         for t in &targets {
-            let task = find_task(t)?;
+            let task = defs[tasks.iter().position(|n| n == t).expect("checked above")].clone();
             let examples = select_examples(&task, &cfg.data, Part::Test, cfg.limit, &split)?;
             if examples.is_empty() {
                 return Err(ExperimentError::Config(format!("{t}: empty test split")));
@@ -231,6 +234,7 @@ impl Plan {
         }
         Ok(Self {
             index,
+            defs,
             tasks,
             targets,
             sets,
@@ -381,10 +385,10 @@ fn per_target(
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<TargetWork> {
     let target = &set[0].0.name;
-    let others: Vec<String> = plan
-        .tasks
+    let others: Vec<Task> = plan
+        .defs
         .iter()
-        .filter(|t| *t != target)
+        .filter(|t| t.name != *target)
         .cloned()
         .collect();
     on_event(Event::Phase(&format!("{target}: generator")));
@@ -396,7 +400,7 @@ fn per_target(
 
     on_event(Event::Phase(&format!("{target}: generate")));
     let t = Instant::now();
-    let generated = generate_for(cfg, ctx, paths, target, &gen_dir)?;
+    let generated = generate_for(cfg, ctx, paths, &set[0].0, &gen_dir)?;
     let generation_s = generated
         .iter()
         .map(|d| Ok(read_json::<GenerationRecord>(&d.join(GENERATION_FILE))?.seconds))
@@ -463,7 +467,7 @@ fn uniform_average_for(
     paths: &Paths,
     ctx: &Context<'_>,
     set: &[(Task, Vec<Example>)],
-    others: &[String],
+    others: &[Task],
     scores: &mut Scores<'_>,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<()> {
@@ -474,11 +478,12 @@ fn uniform_average_for(
     if !avg.is_dir() {
         let mut ckpts = Vec::new();
         for o in others {
-            ckpts.extend(task_checkpoints(&cfg.collection, o)?);
+            ckpts.extend(task_checkpoints(&cfg.collection, &o.name)?);
         }
         let lora = baselines::uniform_average(&ckpts, ctx.llm.model.config())?;
+        let names: Vec<&str> = others.iter().map(|o| o.name.as_str()).collect();
         let note =
-            serde_json::json!({ "averaged_checkpoints": ckpts.len(), "tasks": others }).to_string();
+            serde_json::json!({ "averaged_checkpoints": ckpts.len(), "tasks": names }).to_string();
         save_adapter(
             &lora,
             &ctx.model_path.display().to_string(),
@@ -685,7 +690,7 @@ fn train_generator(
     cfg: &ExperimentConfig,
     ctx: &Context<'_>,
     index: &CollectionIndex,
-    others: &[String],
+    others: &[Task],
     dir: &Path,
     target: &str,
     on_event: &mut dyn FnMut(Event<'_>),
@@ -776,10 +781,10 @@ fn generate_for(
     cfg: &ExperimentConfig,
     ctx: &Context<'_>,
     paths: &Paths,
-    target: &str,
+    target: &Task,
     gen_dir: &Path,
 ) -> Result<Vec<PathBuf>> {
-    let dir = paths.work.join("adapters").join(target);
+    let dir = paths.work.join("adapters").join(&target.name);
     let dirs: Vec<PathBuf> = (0..cfg.adapters)
         .map(|i| dir.join(format!("dnd-{i}")))
         .collect();
@@ -799,7 +804,7 @@ fn generate_for(
         &ctx.model_path.display().to_string(),
         gen_dir,
     )?;
-    let prompts = task_prompts(target, &cfg.data, Part::Prompts)?;
+    let prompts = target.prompts(&cfg.data, Part::Prompts)?;
     let batches = draw_batches(
         prompts.len(),
         dnd.generator().prompts_per_batch(),
@@ -851,7 +856,7 @@ fn task_embeddings(
     cfg: &ExperimentConfig,
     paths: &Paths,
     ctx: &Context<'_>,
-    tasks: &[String],
+    tasks: &[Task],
 ) -> Result<BTreeMap<String, Vec<f32>>> {
     let path = paths.work.join(EMBEDDINGS_FILE);
     let enc = ctx.pool_encoder;
@@ -865,15 +870,15 @@ fn task_embeddings(
         });
     let mut changed = false;
     for t in tasks {
-        if cached.tasks.contains_key(t) {
+        if cached.tasks.contains_key(&t.name) {
             continue;
         }
-        let prompts = task_prompts(t, &cfg.data, Part::Prompts)?;
+        let prompts = t.prompts(&cfg.data, Part::Prompts)?;
         let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
         let states = enc.encode(&refs)?;
         cached
             .tasks
-            .insert(t.clone(), baselines::mean_pooled(&states)?);
+            .insert(t.name.clone(), baselines::mean_pooled(&states)?);
         changed = true;
     }
     if changed {

@@ -2,43 +2,14 @@
 //! two-task collection collected here (synthetic BoolQ and SIQA), a synthetic prompt encoder. Checks
 //! the report's shape and files, and that a second run reuses everything (no scoring, no training).
 
-use candle_core::{Device, Tensor};
 use dnd_collect::collect;
-use dnd_encode::PromptEncoder;
 use dnd_evaluate::{EvalConfig, ScoreEvent};
 use dnd_experiment::{run, Context, Event, ExperimentConfig, Paths};
 use dnd_train::GeneratorTrainConfig;
 use std::path::Path;
 
-/// States that depend only on the prompt's bytes: `[min(words, max_len), 16]`.
-struct Synthetic;
-
-impl PromptEncoder for Synthetic {
-    fn encode(&self, prompts: &[&str]) -> dnd_encode::Result<Vec<Tensor>> {
-        Ok(prompts
-            .iter()
-            .map(|p| {
-                let len = p.split_whitespace().count().clamp(1, 8);
-                let v: Vec<f32> = (0..len * 16)
-                    .map(|i| {
-                        let b = p.as_bytes()[i % p.len()] as f32;
-                        ((b * 0.37 + i as f32 * 0.11).sin()) * 0.5
-                    })
-                    .collect();
-                Tensor::from_vec(v, (len, 16), &Device::Cpu).unwrap()
-            })
-            .collect())
-    }
-    fn hidden_size(&self) -> usize {
-        16
-    }
-    fn model_hash(&self) -> String {
-        "synthetic".into()
-    }
-    fn max_len(&self) -> usize {
-        8
-    }
-}
+mod common;
+use common::Synthetic;
 
 /// A synthetic Social-IQA in LLM-Adapters' layout: the answer is the option that names the colour.
 fn siqa_root(root: &Path, n: usize) {

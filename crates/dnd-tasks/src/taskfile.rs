@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::layouts::Layout;
-use crate::registry::{builtin_tasks, Metric, Source, Task};
+use crate::registry::{builtin_tasks, find_task, Metric, Source, Task};
 use crate::split::{Role, Shares};
 use crate::templates::Template;
 
@@ -214,6 +214,7 @@ pub const SUITES: [(&str, &str); 2] = [
 
 /// The tasks of the suite `name`.
 pub fn suite(name: &str) -> Result<Vec<Task>> {
+    /// In the order the project's collections have always held them.
     const COMMONSENSE: [&str; 8] = [
         "arc_easy",
         "arc_challenge",
@@ -221,15 +222,12 @@ pub fn suite(name: &str) -> Result<Vec<Task>> {
         "hellaswag",
         "openbookqa",
         "piqa",
-        "siqa",
         "winogrande",
+        "siqa",
     ];
     match name {
         "builtin" => Ok(builtin_tasks()),
-        "commonsense" => Ok(builtin_tasks()
-            .into_iter()
-            .filter(|t| COMMONSENSE.contains(&t.name.as_str()))
-            .collect()),
+        "commonsense" => COMMONSENSE.iter().map(|t| find_task(t)).collect(),
         _ => Err(Error::UnknownSuite(name.to_string())),
     }
 }
@@ -239,6 +237,8 @@ pub fn suite(name: &str) -> Result<Vec<Task>> {
 pub struct Catalog {
     tasks: Vec<Task>,
     origin: HashMap<String, String>,
+    /// How many of `tasks` are built in (they come first).
+    builtin: usize,
 }
 
 impl Catalog {
@@ -247,8 +247,10 @@ impl Catalog {
         let mut catalog = Catalog {
             tasks: Vec::new(),
             origin: HashMap::new(),
+            builtin: 0,
         };
         catalog.add(builtin_tasks(), "the built-in tasks")?;
+        catalog.builtin = catalog.tasks.len();
         for file in task_files {
             catalog.add(read_task_file(file)?, &file.display().to_string())?;
         }
@@ -281,6 +283,11 @@ impl Catalog {
     /// The named tasks, in the order given.
     pub fn resolve(&self, names: &[String]) -> Result<Vec<Task>> {
         names.iter().map(|n| self.get(n).cloned()).collect()
+    }
+
+    /// The tasks of the task files, in file order.
+    pub fn file_tasks(&self) -> &[Task] {
+        &self.tasks[self.builtin..]
     }
 }
 

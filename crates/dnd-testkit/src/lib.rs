@@ -186,7 +186,10 @@ pub fn tiny_collect_config(steps: usize) -> LoraTrainConfig {
 pub fn tiny_collect_plan(dir: &Path, root: &Path, tasks: &[&str]) -> CollectPlan {
     CollectPlan {
         dir: dir.into(),
-        tasks: tasks.iter().map(|t| t.to_string()).collect(),
+        tasks: tasks
+            .iter()
+            .map(|t| dnd_tasks::find_task(t).expect("a built-in task"))
+            .collect(),
         train: tiny_collect_config(6),
         first_phase: 3,
         data_root: root.into(),

@@ -84,6 +84,8 @@ fn main() -> anyhow::Result<()> {
         )?;
         entries.push(TaskEntry {
             task: task.clone(),
+            definition: None,
+            sources_sha256: Vec::new(),
             dir: task.clone(),
             checkpoints: k,
             first_loss: 0.0,

@@ -8,7 +8,7 @@ use dnd_decode::{DecoderConfig, GeneratorMeta, Head};
 use dnd_encode::PromptEncoder;
 use dnd_generate::GeneratorInfo;
 use dnd_llm::{Llm, Lora, ModelConfig};
-use dnd_tasks::{task_prompts, Part, SplitConfig};
+use dnd_tasks::{Part, SplitConfig, Task};
 use dnd_tokenize::LoraTokenizer;
 use std::path::{Path, PathBuf};
 
@@ -18,8 +18,9 @@ pub struct TrainingInputs<'a> {
     pub collection: &'a Path,
     /// Its index ([`CollectionIndex::read`]).
     pub index: &'a CollectionIndex,
-    /// The tasks whose checkpoints and prompts are trained on.
-    pub tasks: &'a [String],
+    /// The tasks whose checkpoints and prompts are trained on, as the collection defines them
+    /// ([`CollectionIndex::resolve`]).
+    pub tasks: &'a [Task],
     /// The base model the collection was made on (GGUF file or Hugging Face directory).
     pub model_path: &'a Path,
     /// The data root the tasks' prompts are read from.
@@ -115,27 +116,29 @@ fn sft_data(inp: &TrainingInputs<'_>, tok: &LoraTokenizer) -> Result<Sft> {
 /// One task's checkpoints, tokenized, and its `prompts` split, encoded.
 fn training_task(
     inp: &TrainingInputs<'_>,
-    task: &str,
+    task: &Task,
     tok: &LoraTokenizer,
     enc: &dyn PromptEncoder,
 ) -> Result<TrainingTask> {
-    let checkpoints = load_checkpoints(inp.collection, task, tok)?;
-    let texts = task_prompts(task, inp.data, Part::Prompts)?;
+    let checkpoints = load_checkpoints(inp.collection, &task.name, tok)?;
+    let texts = task.prompts(inp.data, Part::Prompts)?;
     if texts.is_empty() {
         return Err(TrainError::Config(format!(
-            "task {task} has no prompts split under {}",
+            "task {} has no prompts split under {}",
+            task.name,
             inp.data.display()
         )));
     }
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let prompts = enc.encode(&refs)?;
     tracing::info!(
-        "{task}: {} checkpoints, {} prompts",
+        "{}: {} checkpoints, {} prompts",
+        task.name,
         checkpoints.len(),
         prompts.len()
     );
     Ok(TrainingTask {
-        name: task.to_string(),
+        name: task.name.clone(),
         checkpoints,
         prompts,
     })

@@ -1,0 +1,158 @@
+//! A user's own tasks, written as JSONL files and a task file, through the whole loop on the tiny
+//! model: collect -> train -> generate -> eval (the leave-one-out experiment runs all four). Then a
+//! source file is edited and every later stage refuses the collection, which stays as it was.
+
+use dnd_collect::{collect, CollectPlan, CollectionIndex};
+use dnd_evaluate::{EvalConfig, ScoreEvent};
+use dnd_experiment::{run, Context, Event, ExperimentConfig, Paths};
+use dnd_tasks::read_task_file;
+use dnd_train::GeneratorTrainConfig;
+use std::path::Path;
+
+mod common;
+use common::Synthetic;
+
+/// `n` multiple-choice items `{query, choices, gold}`: the gold choice is named in the query.
+fn mc_file(path: &Path, word: &str, n: usize) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            let gold = i % 2;
+            let choices = if gold == 0 {
+                ["red", "blue"]
+            } else {
+                ["blue", "red"]
+            };
+            serde_json::json!({
+                "query": format!("{word} {i} is red. Which {word}?"),
+                "choices": choices,
+                "gold": gold,
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+const TASKS: &str = r#"
+[[task]]
+name = "fruit"
+file = "fruit.jsonl"
+layout = "multiple-choice"
+
+[[task]]
+name = "cars"
+dataset = "vehicles"
+file = "cars.jsonl"
+layout = "multiple-choice"
+metric = "acc_norm"
+"#;
+
+#[test]
+fn a_user_task_file_goes_through_collect_train_generate_and_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model_dir = tmp.path().join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    let llm = dnd_testkit::tiny_llm(&model_dir);
+    let mine = tmp.path().join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    mc_file(&mine.join("fruit.jsonl"), "fruit", 60);
+    mc_file(&mine.join("cars.jsonl"), "car", 60);
+    std::fs::write(mine.join("tasks.toml"), TASKS).unwrap();
+    let tasks = read_task_file(&mine.join("tasks.toml")).unwrap();
+
+    // The data root is irrelevant to a task file's tasks: their paths are resolved against the file.
+    let root = tmp.path().join("no-data-here");
+    let coll = tmp.path().join("collection");
+    let plan = CollectPlan {
+        tasks: tasks.clone(),
+        ..dnd_testkit::tiny_collect_plan(&coll, &root, &[])
+    };
+    let base = dnd_testkit::test_base_model(&model_dir.display().to_string());
+    collect(&llm.model, &llm.tokenizer, &base, &plan, &mut |_| {}).unwrap();
+    let index = CollectionIndex::read(&coll).unwrap();
+    assert_eq!(
+        index.resolve(&[], &root).unwrap(),
+        tasks,
+        "the definitions are recorded"
+    );
+    assert_eq!(
+        index.tasks[1].definition.as_ref().unwrap().dataset,
+        "vehicles"
+    );
+    assert_eq!(index.tasks[0].sources_sha256.len(), 1);
+
+    let cfg = ExperimentConfig {
+        collection: coll.clone(),
+        targets: Vec::new(),
+        data: root.clone(),
+        limit: Some(4),
+        adapters: 1,
+        seed: 0,
+        prompts: 4,
+        prompt_len: 8,
+        decoder_hidden: 16,
+        head: dnd_decode::Head::Basis { k: 2 },
+        offset_scale: 1.0,
+        train: GeneratorTrainConfig {
+            steps: 2,
+            lr: 1e-3,
+            holdout_every: 3,
+            validate_every: 1,
+            save_every: 1,
+            ..GeneratorTrainConfig::default()
+        },
+        oracle_trajectory: 0,
+        eval: EvalConfig::default(),
+    };
+    let paths = Paths {
+        work: tmp.path().join("work"),
+        results: tmp.path().join("results"),
+        reuse: Vec::new(),
+    };
+    let ctx = Context {
+        llm: &llm,
+        model_path: &model_dir,
+        pool_encoder: &Synthetic,
+        fresh_encoder: &Synthetic,
+        command: vec!["dnd".into(), "experiment".into()],
+        git_rev: None,
+    };
+    let mut scored = 0;
+    let report = run(&cfg, &paths, &ctx, &mut |e| {
+        if let Event::Score(ScoreEvent::Done(_)) = e {
+            scored += 1
+        }
+    })
+    .unwrap();
+    let targets: Vec<&str> = report.targets.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(targets, ["fruit", "cars"]);
+    for r in &report.targets {
+        assert_eq!((r.n, r.dnd.len()), (4, 1));
+        assert!((0.0..=1.0).contains(&r.dnd_mean));
+    }
+    // base and 2 LoRAs on 2 targets, then per target 1 generated adapter and the uniform average.
+    assert_eq!(scored, 2 + 2 * 2 + 2 * 2);
+    let cars = report.targets.iter().find(|r| r.target == "cars").unwrap();
+    assert_eq!(
+        cars.base.metric, "acc_norm",
+        "the task file's metric is scored"
+    );
+
+    // The user edits a source file: the collection is refused by name, and nothing is rewritten.
+    let before = dnd_testkit::files(&coll);
+    mc_file(&mine.join("cars.jsonl"), "car", 61);
+    let err = run(&cfg, &paths, &ctx, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("task `cars`") && err.contains("cars.jsonl") && err.contains("changed"),
+        "{err}"
+    );
+    let err = collect(&llm.model, &llm.tokenizer, &base, &plan, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("cars"), "{err}");
+    assert_eq!(
+        dnd_testkit::files(&coll),
+        before,
+        "the collection is untouched"
+    );
+}
