@@ -10,6 +10,10 @@ pub struct Args {
     /// List the suites shipped with dnd instead of tasks.
     #[arg(long)]
     suites: bool,
+    /// Scan the data root for the task universe and print it as a TOML suite file (what
+    /// crates/dnd-tasks/suites/universe.toml holds).
+    #[arg(long)]
+    scan_universe: bool,
     /// A suite (default: every built-in task).
     #[arg(long, conflicts_with = "task_file")]
     suite: Option<String>,
@@ -52,6 +56,13 @@ pub fn run(a: Args) -> Result<()> {
         for (name, what) in SUITES {
             println!("{name}\t{what}");
         }
+        return Ok(());
+    }
+    if a.scan_universe {
+        print!(
+            "{}",
+            dnd_tasks::to_toml(&dnd_tasks::scan_universe(&a.data)?)
+        );
         return Ok(());
     }
     let tasks = match (&a.suite, a.task_file.is_empty()) {

@@ -8,12 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapters::parse_choice;
 use crate::error::{Error, Loc, Result};
-use crate::example::Example;
+use crate::example::{Body, Example};
 use crate::read::{json_array, jsonl, read_text, Src};
 use crate::records::{
-    AdaptersRecord, ArcRecord, CodeRecord, GenRecord, HfBoolq, HfCopa, HfGsm8k, HfHellaswag,
-    HfObqa, HfPiqa, HfQuestion, HfSiqa, HfWinogrande, LmRecord, McRecord, PromptCompletionRecord,
-    SchemaRecord,
+    AdaptersRecord, ArcRecord, BbhFile, CodeRecord, GenRecord, HfBoolq, HfCopa, HfGsm8k,
+    HfHellaswag, HfObqa, HfPiqa, HfQuestion, HfSiqa, HfWinogrande, LmRecord, McRecord,
+    PromptCompletionRecord, SchemaRecord,
 };
 use crate::templates::{self as t, Template};
 
@@ -57,6 +57,9 @@ pub enum Layout {
     /// completion is the answer, a trailing `<|endoftext|>` dropped.
     #[serde(rename = "prompt-completion")]
     PromptCompletion,
+    /// BIG-Bench Hard JSON `{"examples": [{"input", "target"}]}`, rendered `Q: {input}\nA:`.
+    #[serde(rename = "bbh-json")]
+    Bbh,
 }
 
 impl Layout {
@@ -72,6 +75,7 @@ impl Layout {
             Layout::HumanEval => "humaneval-jsonl",
             Layout::HellaswagText => "hellaswag-text",
             Layout::PromptCompletion => "prompt-completion",
+            Layout::Bbh => "bbh-json",
         }
     }
 }
@@ -168,7 +172,18 @@ pub fn import(template: Template, layout: Layout, path: &Path, name: &str) -> Re
             } else {
                 format!("{}\n\n{}", r.instruction, r.input)
             };
-            t::gauntlet_generative(&context, r.output, r.answer, Vec::new())
+            // Reasoning files give both; MAWPS only the answer, Code Alpaca only the output.
+            let target = if r.output.trim().is_empty() {
+                r.answer.clone()
+            } else {
+                r.output
+            };
+            let answer = if r.answer.trim().is_empty() {
+                target.clone()
+            } else {
+                r.answer
+            };
+            t::gauntlet_generative(&context, target, answer, Vec::new())
         }),
         (Layout::GauntletSchema, T::Gauntlet) => jsonl(&src, |r: SchemaRecord| {
             t::gauntlet_schema(r.context_options, &r.continuation, r.gold)
@@ -193,12 +208,67 @@ pub fn import(template: Template, layout: Layout, path: &Path, name: &str) -> Re
             t::gsm8k(&r.context, &format!("{reasoning}\n#### {}", r.answer))
         }),
         (Layout::HellaswagText, T::Hellaswag) => hellaswag_text(&src),
+        (Layout::PromptCompletion | Layout::Bbh, T::LabelSet) => {
+            label_set(import(T::Gauntlet, layout, path, name)?, &src)
+        }
+        (Layout::Bbh, T::Gauntlet) => bbh(&src),
         (Layout::PromptCompletion, T::Gauntlet) => jsonl(&src, |r: PromptCompletionRecord| {
             let answer = completion_text(&r.completion).to_string();
             t::gauntlet_generative(r.prompt.trim_end(), answer.clone(), answer, Vec::new())
         }),
         _ => unsupported(template, layout, &src),
     }
+}
+
+/// BIG-Bench Hard examples as generation: `Q: {input}\nA:` (the zero-shot rendering of lm-eval's
+/// `bbh` tasks), the target the answer.
+fn bbh(src: &Src<'_>) -> Result<Vec<Example>> {
+    let text = read_text(src.path)?;
+    let file: BbhFile = serde_json::from_str(&text)
+        .map_err(|e| src.file_error(format!("not a BIG-Bench Hard file: {e}")))?;
+    file.examples
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let context = format!("Q: {}\nA:", e.input.trim());
+            let target = e.target.trim().to_string();
+            let rendered = t::gauntlet_generative(&context, target.clone(), target, Vec::new());
+            src.finish(Loc::Record(i + 1), rendered)
+        })
+        .collect()
+}
+
+/// Generation examples turned into multiple choice over the file's distinct answers (sorted, so the
+/// choices do not depend on the order of the file).
+fn label_set(examples: Vec<Example>, src: &Src<'_>) -> Result<Vec<Example>> {
+    let answer = |e: &Example| match &e.body {
+        Body::Generative { answer, .. } => Some(answer.clone()),
+        _ => None,
+    };
+    let mut labels: Vec<String> = examples.iter().filter_map(answer).collect();
+    labels.sort();
+    labels.dedup();
+    if labels.len() < 2 {
+        return Err(src.file_error("a label set needs at least 2 distinct answers"));
+    }
+    examples
+        .into_iter()
+        .map(|e| match e.body {
+            Body::Generative {
+                context, answer, ..
+            } => Ok(Example {
+                body: Body::MultipleChoice {
+                    context,
+                    gold: labels
+                        .binary_search(&answer)
+                        .expect("every answer is a label"),
+                    choices: labels.clone(),
+                },
+                ..e
+            }),
+            _ => Err(src.file_error("a label set is read from generation records")),
+        })
+        .collect()
 }
 
 /// A completion without the end-of-text marker the T0 files append to every answer (it is the

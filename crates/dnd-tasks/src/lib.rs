@@ -23,6 +23,7 @@ mod registry;
 mod split;
 mod taskfile;
 mod templates;
+mod universe;
 
 pub use error::{Error, Loc, Result};
 pub use example::{
@@ -34,5 +35,6 @@ pub use registry::{
     builtin_tasks, find_task, task_prompts, Metric, Source, Task, DEFAULT_DATA_DIR,
 };
 pub use split::{split, split_hash, Part, Role, Shares, SplitConfig, Splits, DEFAULT_SEED};
-pub use taskfile::{read_task_file, suite, Catalog, SUITES};
+pub use taskfile::{read_task_file, suite, to_toml, Catalog, SUITES, UNIVERSE_FILE};
 pub use templates::{hellaswag_preprocess, Template};
+pub use universe::{scan_universe, BBH_MAX_LABELS, MIN_ITEMS, T0_MAX_LABELS};

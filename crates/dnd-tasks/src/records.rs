@@ -153,6 +153,8 @@ pub(crate) struct AdaptersRecord {
     pub(crate) input: String,
     #[serde(default)]
     pub(crate) output: String,
+    /// Absent in instruction data without a short answer (Code Alpaca).
+    #[serde(default)]
     pub(crate) answer: String,
 }
 
@@ -174,6 +176,18 @@ pub(crate) struct SchemaRecord {
 pub(crate) struct LmRecord {
     pub(crate) context: String,
     pub(crate) continuation: String,
+}
+
+/// A BIG-Bench Hard file: `{"examples": [{"input", "target"}]}`.
+#[derive(Deserialize)]
+pub(crate) struct BbhFile {
+    pub(crate) examples: Vec<BbhExample>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct BbhExample {
+    pub(crate) input: String,
+    pub(crate) target: String,
 }
 
 /// A prompt/completion pair (T0 files, and the simplest file a user writes).

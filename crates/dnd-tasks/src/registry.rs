@@ -46,11 +46,14 @@ impl Metric {
     /// is matched exactly, multiple choice reports accuracy.
     pub fn default_for(template: Template, layout: Layout) -> Metric {
         match (template, layout) {
+            (Template::LabelSet, _) => Metric::Acc,
             (Template::HumanEval, _) | (_, Layout::HumanEval) => Metric::PassAt1,
             (Template::Gsm8k, _)
-            | (_, Layout::GauntletGen | Layout::GauntletLm | Layout::PromptCompletion) => {
-                Metric::ExactMatch
-            }
+            | (Template::Gauntlet, Layout::Adapters)
+            | (
+                _,
+                Layout::GauntletGen | Layout::GauntletLm | Layout::PromptCompletion | Layout::Bbh,
+            ) => Metric::ExactMatch,
             _ => Metric::Acc,
         }
     }
@@ -77,8 +80,8 @@ pub struct Task {
     pub template: Template,
     pub metric: Metric,
     pub sources: Vec<Source>,
-    /// Pool shares of this task's split, instead of the split configuration's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Pool shares of this task's split, instead of the split configuration's (`split` in files).
+    #[serde(default, rename = "split", skip_serializing_if = "Option::is_none")]
     pub shares: Option<Shares>,
     /// Why these sources and this rendering.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -336,7 +339,8 @@ pub fn builtin_tasks() -> Vec<Task> {
             "symbolic_problem_solving/bigbench_logical_deduction.jsonl",
             "Gauntlet BIG-bench logical deduction (1500 items), split. An extra training task for \
              the generator; scored as the Gauntlet file is written.",
-        ),
+        )
+        .with_dataset("bigbench_logical_deduction"),
         gauntlet_mc(
             "pii_classification",
             "safety/enterprise_pii_classification.jsonl",

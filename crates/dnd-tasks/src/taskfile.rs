@@ -177,8 +177,14 @@ pub fn read_task_file(path: &Path) -> Result<Vec<Task>> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
+    parse_tasks(path, &text, &dir)
+}
+
+/// The tasks of task file text; `path` names it in errors (and picks the format by its extension),
+/// relative source paths are joined to `dir` (left relative, to the data root, when it is empty).
+fn parse_tasks(path: &Path, text: &str, dir: &Path) -> Result<Vec<Task>> {
     let mut tasks: Vec<Task> = Vec::new();
-    for (i, value) in entries(path, &text)?.into_iter().enumerate() {
+    for (i, value) in entries(path, text)?.into_iter().enumerate() {
         let name = value
             .get("name")
             .and_then(|n| n.as_str())
@@ -191,7 +197,7 @@ pub fn read_task_file(path: &Path) -> Result<Vec<Task>> {
             msg,
         };
         let entry: Entry = serde_json::from_value(value).map_err(|e| entry_error(e.to_string()))?;
-        let task = entry.into_task(&dir).map_err(&entry_error)?;
+        let task = entry.into_task(dir).map_err(&entry_error)?;
         if let Some(j) = tasks.iter().position(|t| t.name == task.name) {
             return Err(entry_error(format!(
                 "duplicate task name (entry {} has it)",
@@ -203,14 +209,30 @@ pub fn read_task_file(path: &Path) -> Result<Vec<Task>> {
     Ok(tasks)
 }
 
+/// `tasks` as a TOML task file (what [`read_task_file`] reads back; relative paths stay relative).
+pub fn to_toml(tasks: &[Task]) -> String {
+    #[derive(serde::Serialize)]
+    struct File<'a> {
+        task: &'a [Task],
+    }
+    toml::to_string(&File { task: tasks }).expect("task definitions serialise")
+}
+
 /// The suites shipped with dnd, by name, with what each holds.
-pub const SUITES: [(&str, &str); 2] = [
+pub const SUITES: [(&str, &str); 3] = [
     (
         "commonsense",
         "the paper's eight common-sense reasoning tasks",
     ),
     ("builtin", "every built-in task"),
+    (
+        "universe",
+        "every usable task of ../shared/data: T0 templates, BIG-Bench Hard, Gauntlet, arithmetic, code, built-ins",
+    ),
 ];
+
+/// The universe suite file (written by `dnd tasks --scan-universe`); paths relative to the data root.
+pub const UNIVERSE_FILE: &str = include_str!("../suites/universe.toml");
 
 /// The tasks of the suite `name`.
 pub fn suite(name: &str) -> Result<Vec<Task>> {
@@ -228,6 +250,11 @@ pub fn suite(name: &str) -> Result<Vec<Task>> {
     match name {
         "builtin" => Ok(builtin_tasks()),
         "commonsense" => COMMONSENSE.iter().map(|t| find_task(t)).collect(),
+        "universe" => parse_tasks(
+            Path::new("suites/universe.toml"),
+            UNIVERSE_FILE,
+            Path::new(""),
+        ),
         _ => Err(Error::UnknownSuite(name.to_string())),
     }
 }

@@ -44,6 +44,11 @@ pub enum Template {
     /// prompt is the context, each choice or the completion its continuation. `as-written` in task files.
     #[serde(rename = "gauntlet", alias = "as-written")]
     Gauntlet,
+    /// Multiple choice over the distinct answers of the file (a classification prompt whose answer
+    /// comes from a small label set, as in many T0 templates and BIG-Bench Hard tasks): the prompt is
+    /// the context, every label a choice.
+    #[serde(rename = "label-set")]
+    LabelSet,
 }
 
 impl Template {
@@ -62,6 +67,7 @@ impl Template {
             Template::HumanEval => "humaneval",
             Template::PubmedQa => "pubmedqa",
             Template::Gauntlet => "gauntlet",
+            Template::LabelSet => "label-set",
         }
     }
 
@@ -93,6 +99,9 @@ impl Template {
                 r#""Abstract: {abstract}\nQuestion: {question}\nAnswer:" => " yes" | " no" | " maybe""#
             }
             Template::Gauntlet => r#""{query}" => " {choice}" (as in the file)"#,
+            Template::LabelSet => {
+                r#""{prompt}" => " {label}" for each distinct answer of the file"#
+            }
         }
     }
 
@@ -396,10 +405,17 @@ pub(crate) fn gauntlet_generative(
     if answer.trim().is_empty() {
         return Err("empty answer".to_string());
     }
+    // Symbols are the whole problem in some of these files (Dyck words, arithmetic), so the key
+    // keeps them: only case and spacing are normalised.
+    let key = context
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase();
     Ok(Example {
         id: String::new(),
         prompt: context.to_string(),
-        key: normalise(context),
+        key,
         body: Body::Generative {
             context: context.to_string(),
             target,

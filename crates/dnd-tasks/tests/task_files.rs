@@ -232,3 +232,50 @@ fn bad_records_and_changed_sources_are_refused_at_load() {
     );
     assert!(good.prompts(Path::new("/"), Part::Prompts).is_ok());
 }
+
+#[test]
+fn label_sets_and_big_bench_hard_files_read_as_multiple_choice_or_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = ["pos", "neg", "pos"]
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!(r#"{{"prompt": "Review {i}\n", "completion": "{a}<|endoftext|>"}}"#))
+        .collect();
+    write(dir.path(), "t0.jsonl", &rows.join("\n"));
+    let bbh = r#"{"examples": [{"input": "1 + 1 =", "target": "2"}, {"input": "2 + 2 =", "target": "4"}]}"#;
+    write(dir.path(), "bbh.json", bbh);
+    let file = write(
+        dir.path(),
+        "t.toml",
+        "[[task]]\nname = \"reviews\"\nfile = \"t0.jsonl\"\nlayout = \"prompt-completion\"\ntemplate = \"label-set\"\n\
+         [[task]]\nname = \"sums\"\nfile = \"bbh.json\"\nlayout = \"bbh-json\"\n",
+    );
+    let tasks = read_task_file(&file).unwrap();
+    assert_eq!(
+        (tasks[0].metric, tasks[1].metric),
+        (Metric::Acc, Metric::ExactMatch)
+    );
+    let reviews = tasks[0].load(Path::new("/")).unwrap();
+    let Body::MultipleChoice {
+        context,
+        choices,
+        gold,
+    } = &reviews[1].1.body
+    else {
+        panic!("a label set is multiple choice")
+    };
+    assert_eq!(
+        (context.as_str(), choices.as_slice(), *gold),
+        ("Review 1", &["neg".to_string(), "pos".to_string()][..], 0)
+    );
+    let sums = tasks[1].load(Path::new("/")).unwrap();
+    let Body::Generative {
+        context, answer, ..
+    } = &sums[1].1.body
+    else {
+        panic!("a BIG-Bench Hard target is generated")
+    };
+    assert_eq!((context.as_str(), answer.as_str()), ("Q: 2 + 2 =\nA:", "4"));
+    // Symbols are kept in the split key: these two must not count as one problem.
+    assert_ne!(sums[0].1.key, sums[1].1.key);
+}
