@@ -49,7 +49,7 @@ pub fn load_adapter(llm: &Llm, dir: &Path) -> Result<Lora> {
 #[derive(clap::Args, Clone)]
 pub struct TaskArgs {
     /// Comma-separated task names: built-in ones (`dnd tasks --suite builtin`) or those of --task-file.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, visible_alias = "task", value_delimiter = ',')]
     pub tasks: Vec<String>,
     /// A suite shipped with dnd (`dnd tasks --suites`), instead of --tasks.
     #[arg(long, conflicts_with = "tasks")]

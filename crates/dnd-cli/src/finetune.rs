@@ -1,6 +1,7 @@
-//! `dnd finetune`: one LoRA adapter for one task, with its loss curve and manifest.
+//! `dnd finetune`: one LoRA adapter for one task, or one for the union of several (the multi-task
+//! baseline), with its loss curve and manifest.
 
-use crate::common::ModelArg;
+use crate::common::{ModelArg, TaskArgs};
 use anyhow::{bail, Context, Result};
 use dnd_collect::{
     finetune, model_sha256, BaseModel, CollectDefaults, LoraTrainConfig, StepRecord,
@@ -121,19 +122,18 @@ pub fn show_step(bar: &indicatif::ProgressBar, r: &StepRecord) {
 
 #[derive(clap::Args)]
 pub struct FinetuneArgs {
-    /// Task whose adapter-train split is trained on: built in or from --task-file.
-    #[arg(long)]
-    task: String,
-    /// A task file (TOML or JSON, README "Task files") defining --task; repeatable.
-    #[arg(long)]
-    task_file: Vec<PathBuf>,
+    /// The task(s) whose adapter-train split is trained on; several give one multi-task adapter on
+    /// their union, each task giving as many examples as the smallest.
+    #[command(flatten)]
+    tasks: TaskArgs,
     #[command(flatten)]
     model: ModelArg,
     #[command(flatten)]
     train: TrainArgs,
-    /// Updates.
-    #[arg(long, default_value_t = CollectDefaults::collection().steps)]
-    steps: usize,
+    /// Updates. Default: a collection run's (50) per task, so a multi-task adapter sees as many
+    /// examples of each task as that task's own adapter.
+    #[arg(long)]
+    steps: Option<usize>,
     /// Output: a PEFT adapter directory, with manifest.json and loss.png beside the weights.
     #[arg(long)]
     out: PathBuf,
@@ -143,19 +143,23 @@ pub struct FinetuneArgs {
 }
 
 pub fn run(a: FinetuneArgs) -> Result<()> {
-    let config = a.train.config(a.steps)?;
+    let tasks = a.tasks.resolve(None)?;
+    let steps = a
+        .steps
+        .unwrap_or(CollectDefaults::collection().steps * tasks.len());
+    let config = a.train.config(steps)?;
     if a.fresh && a.out.exists() {
         std::fs::remove_dir_all(&a.out).with_context(|| format!("removing {}", a.out.display()))?;
     }
-    let task = dnd_tasks::Catalog::new(&a.task_file)?.get(&a.task)?.clone();
+    let name = dnd_collect::union_name(&tasks);
     let base = base_model(&a.model)?;
     let llm = a.model.load()?;
-    let bar = step_bar(config.steps, &a.task);
+    let bar = step_bar(config.steps, &name);
     let manifest = finetune(
         &llm.model,
         &llm.tokenizer,
         &base,
-        &task,
+        &tasks,
         &config,
         &a.train.data,
         &SplitConfig::default(),
@@ -166,7 +170,7 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     let (first, last) = (manifest.steps.first(), manifest.steps.last());
     println!(
         "{}: {} steps, loss {:.4} -> {:.4}, {:.0} s, {:.0} train tok/s; adapter in {}",
-        a.task,
+        name,
         manifest.steps.len(),
         first.map_or(f64::NAN, |r| r.loss),
         last.map_or(f64::NAN, |r| r.loss),

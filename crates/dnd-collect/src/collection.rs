@@ -27,13 +27,41 @@ pub fn prepare_task(
     split: &SplitConfig,
     max_len: usize,
 ) -> Result<TaskSequences> {
-    let splits = task.splits(root, split)?;
-    let pairs: Vec<(String, String)> = splits
-        .adapter_train
+    prepare_tasks(tok, std::slice::from_ref(task), root, split, max_len)
+}
+
+/// The name of a run over several tasks: their names joined by `+`.
+pub fn union_name(tasks: &[Task]) -> String {
+    tasks
         .iter()
-        .map(|e| e.training_pair())
+        .map(|t| t.name.as_str())
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+/// The union of several tasks' adapter-train parts, encoded (one task: exactly [`prepare_task`]).
+/// Each task gives at most as many examples as the smallest one, in its split order, so no task
+/// dominates a multi-task adapter by its size.
+pub fn prepare_tasks(
+    tok: &Tokenizer,
+    tasks: &[Task],
+    root: &Path,
+    split: &SplitConfig,
+    max_len: usize,
+) -> Result<TaskSequences> {
+    if tasks.is_empty() {
+        return Err(CollectError::Config("no tasks to train on".into()));
+    }
+    let parts = tasks
+        .iter()
+        .map(|t| Ok(t.splits(root, split)?.adapter_train))
+        .collect::<Result<Vec<_>>>()?;
+    let share = parts.iter().map(Vec::len).min().unwrap_or(0);
+    let pairs: Vec<(String, String)> = parts
+        .iter()
+        .flat_map(|p| p.iter().take(share).map(|e| e.training_pair()))
         .collect();
-    let (seqs, encoded) = encode(tok, &task.name, &pairs, max_len)?;
+    let (seqs, encoded) = encode(tok, &union_name(tasks), &pairs, max_len)?;
     let info = DataInfo {
         root: root.display().to_string(),
         part: Part::AdapterTrain.name().into(),
@@ -248,13 +276,14 @@ fn task_entry(
     })
 }
 
-/// Fine-tune one adapter on a task into `dir` (a PEFT directory with `manifest.json` and `loss.png`).
+/// Fine-tune one adapter on a task, or on the union of several ([`prepare_tasks`]: the multi-task
+/// baseline), into `dir` (a PEFT directory with `manifest.json` and `loss.png`).
 #[allow(clippy::too_many_arguments)]
 pub fn finetune(
     model: &Transformer,
     tok: &Tokenizer,
     base: &BaseModel,
-    task: &Task,
+    tasks: &[Task],
     train: &LoraTrainConfig,
     data_root: &Path,
     split: &SplitConfig,
@@ -262,9 +291,9 @@ pub fn finetune(
     on_step: &mut dyn FnMut(&StepRecord),
 ) -> Result<Manifest> {
     let started = Instant::now();
-    let data = prepare_task(tok, task, data_root, split, train.max_len)?;
+    let data = prepare_tasks(tok, tasks, data_root, split, train.max_len)?;
     let spec = RunSpec {
-        task: task.name.clone(),
+        task: union_name(tasks),
         base_model: base.clone(),
         data: data.info,
         train: train.clone(),

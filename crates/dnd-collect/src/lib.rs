@@ -1,7 +1,7 @@
 //! LoRA fine-tuning of the frozen base model, and the checkpoint collections DnD's generator learns
 //! from (docs/method.md step 1).
 //!
-//! - [`finetune`]: one adapter for one task (`dnd finetune`).
+//! - [`finetune`]: one adapter for one task, or for the union of several (`dnd finetune`).
 //! - [`collect`]: per task, a first phase of training, then a checkpoint at every step, all tasks from
 //!   the same seeded LoRA initialisation (`dnd collect`). Killed at any point, a rerun continues from
 //!   the last finished step and ends with the same bytes as an uninterrupted run.
@@ -30,8 +30,8 @@ mod stats;
 mod trainer;
 
 pub use collection::{
-    collect, finetune, prepare_task, task_checkpoints, CollectPlan, CollectionIndex, Event,
-    TaskEntry, TaskSequences, INDEX_FILE,
+    collect, finetune, prepare_task, prepare_tasks, task_checkpoints, union_name, CollectPlan,
+    CollectionIndex, Event, TaskEntry, TaskSequences, INDEX_FILE,
 };
 pub use data::{batch_indices, encode, lm_micro_batches, micro_batches, EncodeStats, Sequence};
 pub use defaults::{default_collection_dir, CollectDefaults, DEFAULT_SEED};

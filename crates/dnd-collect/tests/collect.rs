@@ -2,8 +2,8 @@
 //! index; finetune's PEFT output; encoding; the base-model hash cache; clear errors for bad input.
 
 use dnd_collect::{
-    collect, encode, finetune, model_sha256, task_checkpoints, CollectError, CollectionIndex,
-    Event, Manifest, INDEX_FILE, STD_FILE,
+    collect, encode, finetune, model_sha256, prepare_task, prepare_tasks, task_checkpoints,
+    CollectError, CollectionIndex, Event, Manifest, INDEX_FILE, STD_FILE,
 };
 use dnd_tasks::SplitConfig;
 use dnd_testkit::{
@@ -153,7 +153,7 @@ fn finetune_writes_a_peft_adapter_with_its_manifest_and_curve() {
         &llm.model,
         &llm.tokenizer,
         &test_base_model("tiny"),
-        &dnd_tasks::find_task("boolq").unwrap(),
+        &[dnd_tasks::find_task("boolq").unwrap()],
         &tiny_collect_config(4),
         &root,
         &SplitConfig::default(),
@@ -171,6 +171,61 @@ fn finetune_writes_a_peft_adapter_with_its_manifest_and_curve() {
         assert!(out.join(f).is_file(), "{f}");
     }
     dnd_llm::peft::load(&out, llm.model.config(), llm.model.dtype()).unwrap();
+}
+
+#[test]
+fn a_multi_task_adapter_trains_on_an_equal_share_of_each_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let llm = tiny_llm(tmp.path());
+    let root = tmp.path().join("data");
+    boolq_root(&root, 80);
+    let small = tmp.path().join("small.jsonl");
+    let rows: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                r#"{{"query": "q{i}", "choices": ["a", "b"], "gold": {}}}"#,
+                i % 2
+            )
+        })
+        .collect();
+    std::fs::write(&small, rows.join("\n")).unwrap();
+    let boolq = dnd_tasks::find_task("boolq").unwrap();
+    let mine = dnd_tasks::Task::custom(
+        "mine",
+        dnd_tasks::Template::Gauntlet,
+        dnd_tasks::Layout::GauntletMc,
+        &small,
+    );
+    let split = SplitConfig::default();
+    let one = |t: &dnd_tasks::Task| prepare_task(&llm.tokenizer, t, &root, &split, 64).unwrap();
+    let (b, m) = (one(&boolq), one(&mine));
+    assert!(b.seqs.len() > m.seqs.len());
+    let both = [boolq.clone(), mine.clone()];
+    let union = prepare_tasks(&llm.tokenizer, &both, &root, &split, 64).unwrap();
+    assert_eq!(
+        union.seqs.len(),
+        2 * m.seqs.len(),
+        "each task gives the smaller share"
+    );
+    assert_eq!(union.seqs[..m.seqs.len()], b.seqs[..m.seqs.len()]);
+    assert_eq!(union.seqs[m.seqs.len()..], m.seqs[..]);
+
+    let out = tmp.path().join("union");
+    let cfg = tiny_collect_config(2);
+    let manifest = finetune(
+        &llm.model,
+        &llm.tokenizer,
+        &test_base_model("tiny"),
+        &both,
+        &cfg,
+        &root,
+        &split,
+        &out,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(manifest.spec.task, "boolq+mine");
+    assert_eq!(manifest.spec.data.tokens_sha256, union.info.tokens_sha256);
 }
 
 #[test]
