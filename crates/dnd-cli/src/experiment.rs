@@ -46,6 +46,11 @@ pub struct ExperimentArgs {
     /// generating (1: as trained; above 1 extrapolates). Adapters made with another scale are made again.
     #[arg(long, default_value_t = 1.0)]
     offset_scale: f64,
+    /// Updates of the multi-task LoRA baseline (per target, one LoRA on the union of the other tasks,
+    /// an equal share of each, the collection's recipe); 0: none. 50 per task (350 for 8 tasks) gives
+    /// it as many examples of each task as that task's own LoRA saw.
+    #[arg(long, default_value_t = 0)]
+    multitask_steps: usize,
     /// Comma-separated names of other experiments whose stored scores are adopted where they are the
     /// same run (same model, test items and adapter weights), instead of scoring again.
     #[arg(long, value_delimiter = ',')]
@@ -83,6 +88,7 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
         train: g.train_config(),
         oracle_trajectory: a.oracle_trajectory,
         offset_scale: a.offset_scale,
+        multitask_steps: a.multitask_steps,
         eval: EvalConfig::default(),
     };
     let experiments = dnd_assets::cache_root().join("experiments");

@@ -61,6 +61,9 @@ pub struct ExperimentConfig {
     /// Multiply each generator's predicted departure from the mean checkpoint by this at
     /// generation (1: as trained); see `Generator::with_offset_scale`.
     pub offset_scale: f64,
+    /// Updates of the multi-task baseline: per target, one LoRA fine-tuned on the union of the other
+    /// tasks (an equal share of each, the collection's recipe). 0: no multi-task baseline.
+    pub multitask_steps: usize,
     pub eval: EvalConfig,
 }
 
@@ -419,6 +422,7 @@ fn per_target(
     scores.timed(&format!("score dnd {target}"), t);
     let trajectory = oracle_trajectory(cfg, ctx, set, scores, on_event)?;
     uniform_average_for(cfg, paths, ctx, set, &others, scores, on_event)?;
+    multitask_for(cfg, paths, ctx, plan, set, &others, scores, on_event)?;
     Ok(TargetWork {
         manifest,
         generator_wall,
@@ -459,6 +463,58 @@ fn oracle_trajectory(
     }
     scores.timed(&format!("oracle trajectory {target}"), t);
     Ok(points)
+}
+
+/// The multi-task baseline of the target, when asked for: one LoRA on the union of the `others`
+/// tasks' adapter-train parts (trained once, resumed if interrupted), scored on the target.
+#[allow(clippy::too_many_arguments)]
+fn multitask_for(
+    cfg: &ExperimentConfig,
+    paths: &Paths,
+    ctx: &Context<'_>,
+    plan: &Plan,
+    set: &[(Task, Vec<Example>)],
+    others: &[Task],
+    scores: &mut Scores<'_>,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<()> {
+    if cfg.multitask_steps == 0 {
+        return Ok(());
+    }
+    let target = &set[0].0.name;
+    on_event(Event::Phase(&format!("{target}: multi-task LoRA")));
+    let t = Instant::now();
+    let dir = paths.work.join("adapters").join(target).join("multitask");
+    let train = dnd_collect::LoraTrainConfig {
+        steps: cfg.multitask_steps,
+        ..plan.index.train.clone()
+    };
+    let steps = train.steps;
+    dnd_collect::finetune(
+        &ctx.llm.model,
+        &ctx.llm.tokenizer,
+        &plan.index.base_model,
+        others,
+        &train,
+        &cfg.data,
+        &SplitConfig::default(),
+        &dir,
+        &mut |r| {
+            if r.step % 25 == 0 {
+                tracing::info!(
+                    "{target} multi-task LoRA: step {}/{steps}, loss {:.4}",
+                    r.step,
+                    r.loss
+                );
+            }
+        },
+    )?;
+    scores.timed(&format!("train multi-task LoRA {target}"), t);
+    let t = Instant::now();
+    let label = RunLabel::MultiTask(target.clone());
+    scores.score(ctx.llm, &label, Some(&dir), set, on_event)?;
+    scores.timed(&format!("score multi-task LoRA {target}"), t);
+    Ok(())
 }
 
 /// The uniform average of every checkpoint of the `others` tasks (built once), scored on the target.
@@ -552,6 +608,11 @@ fn target_row(
         base: scores.get(&RunLabel::Base, target)?,
         training_loras: loras,
         uniform_average: scores.get(&RunLabel::UniformAverage(target.clone()), target)?,
+        multitask: if cfg.multitask_steps > 0 {
+            Some(scores.get(&RunLabel::MultiTask(target.clone()), target)?)
+        } else {
+            None
+        },
         nearest: scores.get(&RunLabel::Lora(nearest.clone()), target)?,
         nearest_task: nearest,
         nearest_cosine: cos,

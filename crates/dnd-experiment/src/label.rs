@@ -28,6 +28,8 @@ pub enum RunLabel {
     },
     /// The uniform average of the training checkpoints for `target`: `<target>/uniform-avg`.
     UniformAverage(String),
+    /// One LoRA fine-tuned on the union of the training tasks of `target`: `<target>/multitask`.
+    MultiTask(String),
 }
 
 impl fmt::Display for RunLabel {
@@ -38,13 +40,14 @@ impl fmt::Display for RunLabel {
             RunLabel::LoraStep { task, step } => write!(f, "lora-{task}@step-{step}"),
             RunLabel::Dnd { target, index } => write!(f, "{target}/dnd-{index}"),
             RunLabel::UniformAverage(target) => write!(f, "{target}/uniform-avg"),
+            RunLabel::MultiTask(target) => write!(f, "{target}/multitask"),
         }
     }
 }
 
 /// A string that is no run label of the experiment.
 #[derive(Debug, thiserror::Error)]
-#[error("`{0}` is not a run label (base, lora-<task>, lora-<task>@step-<n>, <target>/dnd-<i>, <target>/uniform-avg)")]
+#[error("`{0}` is not a run label (base, lora-<task>, lora-<task>@step-<n>, <target>/dnd-<i>, <target>/uniform-avg, <target>/multitask)")]
 pub struct BadLabel(String);
 
 impl FromStr for RunLabel {
@@ -71,6 +74,7 @@ impl FromStr for RunLabel {
                 index: i.parse().map_err(|_| bad())?,
             }),
             None if what == "uniform-avg" => Ok(RunLabel::UniformAverage(target.to_string())),
+            None if what == "multitask" => Ok(RunLabel::MultiTask(target.to_string())),
             None => Err(bad()),
         }
     }
@@ -100,6 +104,7 @@ mod tests {
                 "boolq/dnd-4",
             ),
             (RunLabel::UniformAverage("piqa".into()), "piqa/uniform-avg"),
+            (RunLabel::MultiTask("piqa".into()), "piqa/multitask"),
         ];
         for (label, text) in cases {
             assert_eq!(label.to_string(), text);

@@ -26,17 +26,25 @@ fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area<'_>) -> DrawRes
     Ok(render_png(path, size, draw)?)
 }
 
+/// A baseline's name on the figure's legend.
+fn short_name(baseline: &str) -> &str {
+    match baseline {
+        "base model" => "base",
+        "mean of training LoRAs" => "mean LoRA",
+        "best training LoRA" => "best LoRA",
+        "uniform average of checkpoints" => "uniform avg",
+        "nearest-prompt LoRA" => "nearest",
+        "oracle LoRA" => "oracle",
+        other => other,
+    }
+}
+
 /// Grouped bars per target: every baseline and DnD (mean, with its std over adapters as error bar).
 pub fn accuracy(path: &Path, r: &Report) -> Result<()> {
-    let names = [
-        "base",
-        "mean LoRA",
-        "best LoRA",
-        "uniform avg",
-        "nearest",
-        "oracle",
-        "DnD",
-    ];
+    let mut names: Vec<&str> = r.targets.first().map_or(Vec::new(), |t| {
+        t.baselines().iter().map(|(n, _)| short_name(n)).collect()
+    });
+    names.push("DnD");
     let rows: Vec<(String, Vec<(f64, f64)>)> = r
         .targets
         .iter()

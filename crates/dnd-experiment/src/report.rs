@@ -46,6 +46,9 @@ impl Score {
     }
 }
 
+/// The multi-task baseline's name in tables.
+pub const MULTITASK: &str = "multi-task LoRA";
+
 /// A held-out target's row.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetResult {
@@ -59,6 +62,9 @@ pub struct TargetResult {
     pub mean_lora: Score,
     pub best_lora: Score,
     pub uniform_average: Score,
+    /// One LoRA on the union of the training tasks, when the experiment trains it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multitask: Option<Score>,
     pub nearest: Score,
     pub nearest_task: String,
     pub nearest_cosine: f64,
@@ -97,6 +103,8 @@ pub struct TargetScores {
     /// Every other task's training LoRA on the target.
     pub training_loras: Vec<Score>,
     pub uniform_average: Score,
+    /// The multi-task LoRA, when trained.
+    pub multitask: Option<Score>,
     /// The LoRA of the task with the nearest prompts, that task and its prompt cosine.
     pub nearest: Score,
     pub nearest_task: String,
@@ -128,6 +136,7 @@ impl TargetResult {
             base,
             training_loras,
             uniform_average,
+            multitask,
             nearest,
             nearest_task,
             nearest_cosine,
@@ -173,6 +182,7 @@ impl TargetResult {
             mean_lora,
             best_lora,
             uniform_average,
+            multitask,
             nearest,
             nearest_task,
             nearest_cosine,
@@ -205,16 +215,18 @@ impl TargetResult {
         Some((*step, share * self.oracle_finetune_s))
     }
 
-    /// The baselines DnD is compared with, in table order.
-    pub fn baselines(&self) -> [(&'static str, &Score); 6] {
-        [
+    /// The baselines DnD is compared with, in table order (the multi-task LoRA where trained).
+    pub fn baselines(&self) -> Vec<(&'static str, &Score)> {
+        let mut out = vec![
             ("base model", &self.base),
             ("mean of training LoRAs", &self.mean_lora),
             ("best training LoRA", &self.best_lora),
             ("uniform average of checkpoints", &self.uniform_average),
-            ("nearest-prompt LoRA", &self.nearest),
-            ("oracle LoRA", &self.oracle),
-        ]
+        ];
+        out.extend(self.multitask.iter().map(|m| (MULTITASK, m)));
+        out.push(("nearest-prompt LoRA", &self.nearest));
+        out.push(("oracle LoRA", &self.oracle));
+        out
     }
 }
 
@@ -524,14 +536,16 @@ impl Report {
         first
             .baselines()
             .iter()
-            .enumerate()
-            .map(|(k, (name, _))| {
+            .map(|(name, _)| {
                 let rows: Vec<Paired<'_>> = targets
                     .iter()
-                    .map(|t| Paired {
-                        target: &t.target,
-                        dnd: &t.dnd_items,
-                        baseline: &t.baselines()[k].1.items,
+                    .filter_map(|t| {
+                        let (_, b) = t.baselines().into_iter().find(|(n, _)| n == name)?;
+                        Some(Paired {
+                            target: &t.target,
+                            dnd: &t.dnd_items,
+                            baseline: &b.items,
+                        })
                     })
                     .collect();
                 compare(name, &rows)
@@ -633,11 +647,26 @@ impl Report {
              (mean stderr in brackets). Metric per row as named (acc_norm, or acc where lm-eval has no \
              length normalisation).\n\n",
         );
-        o.push_str("| target (metric, n) | base | mean LoRA | best LoRA | uniform avg | nearest LoRA | oracle | DnD |\n|---|---|---|---|---|---|---|---|\n");
+        // The multi-task column only where the experiment trained that baseline.
+        let multitask = self.targets.iter().any(|t| t.multitask.is_some());
+        let (head, rule) = if multitask {
+            (" multi-task LoRA |", "---|")
+        } else {
+            ("", "")
+        };
+        let _ = writeln!(
+            o,
+            "| target (metric, n) | base | mean LoRA | best LoRA | uniform avg |{head} nearest LoRA | oracle | DnD |\n|---|---|---|---|---|{rule}---|---|---|"
+        );
         for t in &self.targets {
+            let mt = match (&t.multitask, multitask) {
+                (Some(m), _) => format!(" {} |", pct(m)),
+                (None, true) => " - |".to_string(),
+                (None, false) => String::new(),
+            };
             let _ = writeln!(
                 o,
-                "| {} ({}, {}) | {} | {} | {} ({}) | {} | {} ({}) | {} | **{:.1} ± {:.1}** [{:.1}] |",
+                "| {} ({}, {}) | {} | {} | {} ({}) | {} |{mt} {} ({}) | {} | **{:.1} ± {:.1}** [{:.1}] |",
                 t.target,
                 t.metric,
                 t.n,

@@ -74,6 +74,7 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
             ..GeneratorTrainConfig::default()
         },
         oracle_trajectory: 2,
+        multitask_steps: 0,
         eval: EvalConfig::default(),
     };
     let paths = Paths {

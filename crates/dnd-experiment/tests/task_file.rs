@@ -102,6 +102,7 @@ fn a_user_task_file_goes_through_collect_train_generate_and_eval() {
             ..GeneratorTrainConfig::default()
         },
         oracle_trajectory: 0,
+        multitask_steps: 2,
         eval: EvalConfig::default(),
     };
     let paths = Paths {
@@ -130,8 +131,22 @@ fn a_user_task_file_goes_through_collect_train_generate_and_eval() {
         assert_eq!((r.n, r.dnd.len()), (4, 1));
         assert!((0.0..=1.0).contains(&r.dnd_mean));
     }
-    // base and 2 LoRAs on 2 targets, then per target 1 generated adapter and the uniform average.
-    assert_eq!(scored, 2 + 2 * 2 + 2 * 2);
+    // base and 2 LoRAs on 2 targets, then per target 1 generated adapter, the uniform average and
+    // the multi-task LoRA (here on the one other task).
+    assert_eq!(scored, 2 + 2 * 2 + 2 * 3);
+    for r in &report.targets {
+        let m = r.multitask.as_ref().expect("a multi-task row");
+        assert_eq!(m.label, format!("{}/multitask", r.target));
+    }
+    let md = std::fs::read_to_string(paths.results.join("report.md")).unwrap();
+    assert!(md.contains("| multi-task LoRA |"), "{md}");
+    assert!(md.contains("vs multi-task LoRA"), "{md}");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(paths.work.join("adapters/fruit/multitask/manifest.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["task"], "cars");
     let cars = report.targets.iter().find(|r| r.target == "cars").unwrap();
     assert_eq!(
         cars.base.metric, "acc_norm",
