@@ -4,7 +4,7 @@ use crate::common::{ModelArg, TaskArgs};
 use crate::finetune::{base_model, show_step, step_bar, TrainArgs};
 use anyhow::{Context, Result};
 use dnd_collect::{
-    collect, default_collection_dir, CollectDefaults, CollectPlan, CollectionIndex, Event,
+    collect, default_collection_dir, CollectDefaults, CollectPlan, CollectionIndex, Event, Storage,
 };
 use dnd_tasks::SplitConfig;
 use std::path::PathBuf;
@@ -33,12 +33,20 @@ pub struct CollectArgs {
     /// Delete the collection directory first instead of resuming it.
     #[arg(long)]
     fresh: bool,
+    /// The float type saved checkpoints are stored in: f32, f16 (half the disk) or bf16.
+    #[arg(long, default_value = "f32", value_parser = parse_storage)]
+    storage: Storage,
     /// Persist the run state at least every N steps of the first phase (every saved step persists it).
     #[arg(long, default_value_t = 10)]
     state_every: usize,
     /// Also write a summary to <PREFIX>.json and <PREFIX>.md (e.g. results/collect/commonsense).
     #[arg(long)]
     summary: Option<PathBuf>,
+}
+
+fn parse_storage(s: &str) -> std::result::Result<Storage, String> {
+    serde_json::from_value(serde_json::json!(s))
+        .map_err(|_| format!("`{s}`: one of f32, f16, bf16"))
 }
 
 pub fn run(a: CollectArgs) -> Result<()> {
@@ -57,6 +65,7 @@ pub fn run(a: CollectArgs) -> Result<()> {
         data_root: a.train.data.clone(),
         split: SplitConfig::default(),
         state_every: a.state_every,
+        storage: a.storage,
     };
     let base = base_model(&a.model)?;
     let llm = a.model.load()?;

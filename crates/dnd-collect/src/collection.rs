@@ -2,7 +2,9 @@
 
 use crate::data::{encode, Sequence};
 use crate::error::{io_err, CollectError, Result};
-use crate::run::{run, BaseModel, DataInfo, Manifest, RunOptions, RunOutcome, RunSpec, Saves};
+use crate::run::{
+    run, BaseModel, DataInfo, Manifest, RunOptions, RunOutcome, RunSpec, Saves, Storage,
+};
 use crate::stats::{checkpoint_std, mean_spread, save_std, STD_FILE};
 use crate::trainer::{LoraTrainConfig, StepRecord};
 use dnd_llm::{Tokenizer, Transformer};
@@ -93,6 +95,8 @@ pub struct CollectPlan {
     pub data_root: PathBuf,
     pub split: SplitConfig,
     pub state_every: usize,
+    /// The float type checkpoints are saved in.
+    pub storage: Storage,
 }
 
 /// `collection.json`: the tasks collected so far, with what the generator needs to find them.
@@ -203,6 +207,7 @@ pub fn collect(
             data: data.info,
             train: plan.train.clone(),
             saves: Saves::EveryStepFrom(plan.first_phase + 1),
+            storage: plan.storage,
         };
         let dir = plan.dir.join(&task.name);
         let mut on_step = |r: &StepRecord| on_event(Event::Step(r));
@@ -298,6 +303,7 @@ pub fn finetune(
         data: data.info,
         train: train.clone(),
         saves: Saves::Final,
+        storage: Storage::F32,
     };
     let mut opts = RunOptions {
         state_every: 25,

@@ -39,7 +39,7 @@ pub use error::{CollectError, Result};
 pub use hash::model_sha256;
 pub use plot::loss_png;
 pub use run::{
-    run, BaseModel, DataInfo, Manifest, RunOptions, RunOutcome, RunSpec, Saves, Session,
+    run, BaseModel, DataInfo, Manifest, RunOptions, RunOutcome, RunSpec, Saves, Session, Storage,
     CHECKPOINTS_DIR, RUN_LOSS_PNG, RUN_MANIFEST_FILE, STATE_FILE,
 };
 pub use stats::{checkpoint_std, mean_spread, STD_FILE};

@@ -63,6 +63,31 @@ impl DataInfo {
     }
 }
 
+/// The float type saved checkpoints are stored in (training is f32 either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    #[default]
+    F32,
+    /// Half the disk; its rounding (relative 2^-11) is far below the spread of a task's checkpoints.
+    F16,
+    Bf16,
+}
+
+impl Storage {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Storage::F32 => candle_core::DType::F32,
+            Storage::F16 => candle_core::DType::F16,
+            Storage::Bf16 => candle_core::DType::BF16,
+        }
+    }
+
+    fn is_f32(&self) -> bool {
+        *self == Storage::F32
+    }
+}
+
 /// What a run is: everything that decides its bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSpec {
@@ -71,12 +96,15 @@ pub struct RunSpec {
     pub data: DataInfo,
     pub train: LoraTrainConfig,
     pub saves: Saves,
+    /// Absent (f32) in runs made before it could be chosen, whose fingerprints stay as they were.
+    #[serde(default, skip_serializing_if = "Storage::is_f32")]
+    pub storage: Storage,
 }
 
 impl RunSpec {
     /// A hash of what decides the adapters' bytes (not where the files live).
     pub fn fingerprint(&self) -> String {
-        let key = serde_json::json!({
+        let mut key = serde_json::json!({
             "task": self.task,
             "base_sha256": self.base_model.sha256,
             "data": {"part": self.data.part, "split_seed": self.data.split_seed,
@@ -84,6 +112,9 @@ impl RunSpec {
             "train": self.train,
             "saves": self.saves,
         });
+        if !self.storage.is_f32() {
+            key["storage"] = serde_json::json!(self.storage);
+        }
         hex::encode(Sha256::digest(key.to_string().as_bytes()))
     }
 }
@@ -204,7 +235,7 @@ pub fn run(
         records.push(rec);
         let saved = matches!(spec.saves, Saves::EveryStepFrom(f) if step >= f);
         if saved {
-            save_checkpoint(dir, step, trainer.lora(), &spec.base_model.path)?;
+            save_checkpoint(dir, step, trainer.lora(), spec)?;
         }
         if saved || step % opts.state_every.max(1) == 0 || step == cfg.steps {
             let last = sessions.last_mut().expect("pushed above");
@@ -215,7 +246,12 @@ pub fn run(
         }
     }
     if spec.saves == Saves::Final {
-        peft::save(trainer.lora(), dir, &spec.base_model.path)?;
+        peft::save_as(
+            trainer.lora(),
+            dir,
+            &spec.base_model.path,
+            spec.storage.dtype(),
+        )?;
     }
     let first_checkpoint = match spec.saves {
         Saves::EveryStepFrom(f) => Some(f),
@@ -243,6 +279,8 @@ fn describe_difference(old: &RunSpec, new: &RunSpec) -> String {
         "other training data".into()
     } else if old.task != new.task {
         format!("task `{}`", old.task)
+    } else if old.storage != new.storage {
+        format!("checkpoints stored as {:?}", old.storage)
     } else {
         "other checkpoint saving".into()
     }
@@ -250,10 +288,11 @@ fn describe_difference(old: &RunSpec, new: &RunSpec) -> String {
 
 /// Write one checkpoint as a PEFT directory: built under a temporary name, then renamed, so a
 /// `step-NNNN` directory is always whole.
-fn save_checkpoint(dir: &Path, step: usize, lora: &Lora, base: &str) -> Result<()> {
+fn save_checkpoint(dir: &Path, step: usize, lora: &Lora, spec: &RunSpec) -> Result<()> {
     let dst = dir.join(CHECKPOINTS_DIR).join(checkpoint_name(step));
+    let (base, dtype) = (&spec.base_model.path, spec.storage.dtype());
     dnd_io::replace_dir(&dst, |tmp| {
-        Ok::<_, CollectError>(peft::save(lora, tmp, base)?)
+        Ok::<_, CollectError>(peft::save_as(lora, tmp, base, dtype)?)
     })
 }
 

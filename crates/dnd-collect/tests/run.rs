@@ -4,7 +4,8 @@
 
 use dnd_collect::{
     run, BaseModel, CollectError, DataInfo, EncodeStats, LoraTrainConfig, Manifest, RunOptions,
-    RunOutcome, RunSpec, Saves, Sequence, Trainer, CHECKPOINTS_DIR, RUN_LOSS_PNG, STATE_FILE,
+    RunOutcome, RunSpec, Saves, Sequence, Storage, Trainer, CHECKPOINTS_DIR, RUN_LOSS_PNG,
+    STATE_FILE,
 };
 use dnd_llm::{Lora, Transformer};
 use std::path::Path;
@@ -68,6 +69,7 @@ fn spec(train: LoraTrainConfig, saves: Saves) -> RunSpec {
         },
         train,
         saves,
+        storage: Storage::F32,
     }
 }
 
@@ -189,6 +191,66 @@ fn finished_runs_are_kept_and_other_settings_refused() {
     .expect("other settings are refused");
     assert!(matches!(err, CollectError::Mismatch { .. }), "{err}");
     assert!(err.to_string().contains("other training settings"), "{err}");
+}
+
+#[test]
+fn checkpoints_stored_in_f16_take_half_the_disk_and_read_back_rounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let llm = dnd_testkit::tiny_llm(tmp.path());
+    let full = spec(config(), Saves::EveryStepFrom(7));
+    let half = RunSpec {
+        storage: Storage::F16,
+        ..full.clone()
+    };
+    // f32 runs keep the fingerprint they had before the storage type could be chosen.
+    assert!(!serde_json::to_string(&full).unwrap().contains("storage"));
+    assert_ne!(full.fingerprint(), half.fingerprint());
+    let size = |d: &Path| {
+        std::fs::metadata(d.join("adapter_model.safetensors"))
+            .unwrap()
+            .len()
+    };
+    let (a, b) = (tmp.path().join("f32"), tmp.path().join("f16"));
+    let ma = complete(go(&llm.model, &full, &a, None, &mut Vec::new()).unwrap());
+    let mb = complete(go(&llm.model, &half, &b, None, &mut Vec::new()).unwrap());
+    let (ca, cb) = (a.join(&ma.checkpoints[1]), b.join(&mb.checkpoints[1]));
+    // Half the tensor bytes; the header (tensor names) is the same.
+    let stored = candle_core::safetensors::load(
+        cb.join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert!(stored
+        .values()
+        .all(|t| t.dtype() == candle_core::DType::F16));
+    let payload: u64 = stored.values().map(|t| 2 * t.elem_count() as u64).sum();
+    assert_eq!(
+        size(&ca) - size(&cb),
+        payload,
+        "f32 takes twice the bytes of f16"
+    );
+    let load =
+        |d: &Path| dnd_llm::peft::load(d, llm.model.config(), candle_core::DType::F32).unwrap();
+    for ((_, _, a32, b32), (_, _, a16, b16)) in load(&ca).modules().zip(load(&cb).modules()) {
+        for (x, y) in [(a32, a16), (b32, b16)] {
+            let scale = x
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64;
+            let err = dnd_testkit::max_abs_diff(x, y);
+            assert!(
+                err <= scale * 2f64.powi(-11) + 1e-7,
+                "{err} vs scale {scale}"
+            );
+        }
+    }
+    let err = go(&llm.model, &full, &b, None, &mut Vec::new())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("stored as F16"), "{err}");
 }
 
 #[test]

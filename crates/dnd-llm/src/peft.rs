@@ -36,9 +36,15 @@ fn parse_key(k: &str) -> Option<(usize, Target, char)> {
     Some((layer.parse().ok()?, target, which))
 }
 
-/// Write `lora` as a PEFT adapter directory (created if needed). `base_model` is recorded as
-/// `base_model_name_or_path`.
+/// Write `lora` as a PEFT adapter directory (created if needed), weights in f32. `base_model` is
+/// recorded as `base_model_name_or_path`.
 pub fn save(lora: &Lora, dir: &Path, base_model: &str) -> Result<()> {
+    save_as(lora, dir, base_model, DType::F32)
+}
+
+/// [`save`] with the weights stored as `dtype` (f16 halves a checkpoint collection's disk; [`load`]
+/// reads any float type back into the dtype it is asked for).
+pub fn save_as(lora: &Lora, dir: &Path, base_model: &str, dtype: DType) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let c = lora.config();
     let alpha = if c.alpha.fract() == 0.0 {
@@ -70,8 +76,8 @@ pub fn save(lora: &Lora, dir: &Path, base_model: &str) -> Result<()> {
     });
     let mut tensors = HashMap::new();
     for (layer, target, a, b) in lora.modules() {
-        tensors.insert(key(layer, target, 'A'), a.to_dtype(DType::F32)?);
-        tensors.insert(key(layer, target, 'B'), b.to_dtype(DType::F32)?);
+        tensors.insert(key(layer, target, 'A'), a.to_dtype(dtype)?);
+        tensors.insert(key(layer, target, 'B'), b.to_dtype(dtype)?);
     }
     dnd_io::write_atomic_with(&dir.join(WEIGHTS_FILE), |tmp| {
         candle_core::safetensors::save(&tensors, tmp).map_err(|e| LlmError::Safetensors {

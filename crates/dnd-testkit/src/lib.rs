@@ -195,6 +195,7 @@ pub fn tiny_collect_plan(dir: &Path, root: &Path, tasks: &[&str]) -> CollectPlan
         data_root: root.into(),
         split: SplitConfig::default(),
         state_every: 2,
+        storage: Default::default(),
     }
 }
 

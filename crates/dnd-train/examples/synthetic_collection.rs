@@ -65,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             },
             train: train.clone(),
             saves: Saves::EveryStepFrom(1),
+            storage: Default::default(),
         };
         let manifest = Manifest {
             fingerprint: spec.fingerprint(),
