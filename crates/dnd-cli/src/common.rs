@@ -51,8 +51,8 @@ pub struct TaskArgs {
     /// Comma-separated task names: built-in ones (`dnd tasks --suite builtin`) or those of --task-file.
     #[arg(long, visible_alias = "task", value_delimiter = ',')]
     pub tasks: Vec<String>,
-    /// A suite shipped with dnd (`dnd tasks --suites`), instead of --tasks.
-    #[arg(long, conflicts_with = "tasks")]
+    /// A suite shipped with dnd (`dnd tasks --suites`): all its tasks, or those --tasks names.
+    #[arg(long)]
     pub suite: Option<String>,
     /// A task file (TOML or JSON, README "Task files"), repeatable. Its tasks can be named in
     /// --tasks; with neither --tasks nor --suite, all of them are used.
@@ -68,6 +68,18 @@ impl TaskArgs {
 
     /// The selected tasks; the suite `default` when none are selected (an error if there is none).
     pub fn resolve(&self, default: Option<&str>) -> Result<Vec<Task>> {
+        if let (Some(s), false) = (&self.suite, self.tasks.is_empty()) {
+            let suite = dnd_tasks::suite(s)?;
+            return self
+                .tasks
+                .iter()
+                .map(|n| {
+                    let t = suite.iter().find(|t| &t.name == n);
+                    t.cloned()
+                        .with_context(|| format!("task `{n}` is not in suite `{s}`"))
+                })
+                .collect();
+        }
         let catalog = self.catalog()?;
         if !self.tasks.is_empty() {
             return Ok(catalog.resolve(&self.tasks)?);
