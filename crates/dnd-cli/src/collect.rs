@@ -107,8 +107,8 @@ fn markdown(index: &CollectionIndex, dir: &std::path::Path) -> String {
     let mut s = format!(
         "Collection {} (base sha256 {}), rank {} alpha {} on {}, seed {}, batch {}, lr {}, \
          {} steps of which the last {} are saved.\n\n\
-         | task | checkpoints | loss first -> last | wall time (s) | mean std A | mean std B |\n\
-         |---|---|---|---|---|---|\n",
+         | task | checkpoints | loss first -> last | held-out loss base -> LoRA (n) | learned | wall time (s) | mean std A | mean std B |\n\
+         |---|---|---|---|---|---|---|---|\n",
         dir.display(),
         &index.base_model.sha256[..12],
         t.rank,
@@ -121,8 +121,18 @@ fn markdown(index: &CollectionIndex, dir: &std::path::Path) -> String {
         t.steps - index.first_phase,
     );
     for e in &index.tasks {
+        let (heldout, learned) = match &e.heldout {
+            Some(h) => (
+                format!(
+                    "{:.3} -> {:.3} ± {:.3} ({})",
+                    h.base_loss, h.lora_loss, h.paired_stderr, h.items
+                ),
+                if h.learned() { "yes" } else { "**no**" },
+            ),
+            None => ("-".to_string(), "-"),
+        };
         s.push_str(&format!(
-            "| {} | {} | {:.3} -> {:.3} | {:.0} | {:.2e} | {:.2e} |\n",
+            "| {} | {} | {:.3} -> {:.3} | {heldout} | {learned} | {:.0} | {:.2e} | {:.2e} |\n",
             e.task,
             e.checkpoints,
             e.first_loss,
@@ -132,6 +142,22 @@ fn markdown(index: &CollectionIndex, dir: &std::path::Path) -> String {
             e.mean_std_lora_b
         ));
     }
+    let not_learned: Vec<&str> = index
+        .tasks
+        .iter()
+        .filter(|e| e.heldout.as_ref().is_some_and(|h| !h.learned()))
+        .map(|e| e.task.as_str())
+        .collect();
+    s.push_str(&format!(
+        "\nLearned: the LoRA's held-out answer-token loss (first {} validation items) is below the base \
+         model's by more than two paired stderrs. Not learned: {}.\n",
+        dnd_collect::HELDOUT_ITEMS,
+        if not_learned.is_empty() {
+            "none".to_string()
+        } else {
+            not_learned.join(", ")
+        }
+    ));
     s.push_str(&format!(
         "\nTotal wall time {:.0} s ({:.1} min).\n",
         index.wall_time_s,

@@ -2,6 +2,7 @@
 
 use crate::data::{encode, Sequence};
 use crate::error::{io_err, CollectError, Result};
+use crate::heldout::{heldout, Heldout};
 use crate::run::{
     run, BaseModel, DataInfo, Manifest, RunOptions, RunOutcome, RunSpec, Saves, Storage,
 };
@@ -163,6 +164,10 @@ pub struct TaskEntry {
     /// Mean element-wise spread across the checkpoints of all A and of all B matrices.
     pub mean_std_lora_a: f64,
     pub mean_std_lora_b: f64,
+    /// Whether the task's LoRA learned: held-out loss of the base model and the last checkpoint
+    /// (absent for tasks without validation items and in collections made before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heldout: Option<Heldout>,
 }
 
 /// Collect every task of `plan` in turn, skipping finished ones and resuming a half-done one.
@@ -220,7 +225,14 @@ pub fn collect(
         let RunOutcome::Complete(manifest) = run(model, &data.seqs, &spec, &dir, &mut opts)? else {
             unreachable!("runs without stop_after complete");
         };
-        index.tasks.push(task_entry(&dir, task, sha256, &manifest)?);
+        let mut entry = task_entry(&dir, task, sha256, &manifest)?;
+        let last = manifest.checkpoints.last().map(|c| dir.join(c));
+        if let Some(last) = last {
+            let lora = dnd_llm::peft::load(&last, model.config(), model.dtype())?;
+            let at = (plan.data_root.as_path(), &plan.split, plan.train.max_len);
+            entry.heldout = heldout(model, tok, task, &lora, at, &dir)?;
+        }
+        index.tasks.push(entry);
         on_event(Event::TaskDone(&manifest));
         index.wall_time_s = index.tasks.iter().map(|t| t.wall_time_s).sum();
         std::fs::create_dir_all(&plan.dir).map_err(io_err(&plan.dir))?;
@@ -278,6 +290,7 @@ fn task_entry(
         wall_time_s: m.wall_time_s,
         mean_std_lora_a: a,
         mean_std_lora_b: b,
+        heldout: None,
     })
 }
 

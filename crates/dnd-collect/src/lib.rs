@@ -16,6 +16,7 @@
 //! <collection>/<task>/loss.png
 //! <collection>/<task>/checkpoints/step-NNNN/ PEFT adapters (adapter_config.json, adapter_model.safetensors)
 //! <collection>/<task>/checkpoint_std.safetensors  element-wise spread across the checkpoints
+//! <collection>/<task>/heldout.json           held-out answer-token loss, base model vs last checkpoint
 //! <collection>/<task>/run-state.safetensors  only while unfinished: what a rerun resumes from
 //! ```
 
@@ -24,6 +25,7 @@ mod data;
 mod defaults;
 mod error;
 mod hash;
+mod heldout;
 mod plot;
 mod run;
 mod stats;
@@ -37,6 +39,7 @@ pub use data::{batch_indices, encode, lm_micro_batches, micro_batches, EncodeSta
 pub use defaults::{default_collection_dir, CollectDefaults, DEFAULT_SEED};
 pub use error::{CollectError, Result};
 pub use hash::model_sha256;
+pub use heldout::{Heldout, HELDOUT_FILE, HELDOUT_ITEMS};
 pub use plot::loss_png;
 pub use run::{
     run, BaseModel, DataInfo, Manifest, RunOptions, RunOutcome, RunSpec, Saves, Session, Storage,

@@ -10,6 +10,36 @@ use dnd_testkit::{
     boolq_root, files, test_base_model, tiny_collect_config, tiny_collect_plan, tiny_llm,
 };
 
+/// Mean negative log-likelihood of a sequence's answer tokens, from the full logits.
+fn answer_loss(
+    model: &dnd_llm::Transformer,
+    lora: Option<&dnd_llm::Lora>,
+    s: &dnd_collect::Sequence,
+) -> f64 {
+    let ids = candle_core::Tensor::new(s.ids.as_slice(), &candle_core::Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let logits = model.forward(&ids, lora).unwrap().squeeze(0).unwrap();
+    let rows = logits.to_vec2::<f32>().unwrap();
+    let answer = s.context_len..s.ids.len();
+    let total: f64 = answer
+        .clone()
+        .map(|i| {
+            let row = &rows[i - 1];
+            let max = row.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            lse - row[s.ids[i] as usize] as f64
+        })
+        .sum();
+    total / answer.len() as f64
+}
+
 #[test]
 fn a_collection_has_checkpoints_manifests_spread_and_an_index() {
     let tmp = tempfile::tempdir().unwrap();
@@ -59,6 +89,35 @@ fn a_collection_has_checkpoints_manifests_spread_and_an_index() {
             .unwrap();
     assert_eq!(std.len(), 2 * 3 * 2, "A and B of 3 targets in 2 layers");
     assert!(dir.join("boolq/loss.png").is_file());
+
+    // The held-out losses, checked against the logits of a plain forward pass.
+    let h = e.heldout.as_ref().expect("boolq has validation items");
+    let val = dnd_tasks::find_task("boolq")
+        .unwrap()
+        .splits(&root, &SplitConfig::default())
+        .unwrap()
+        .validation;
+    assert_eq!(h.items, val.len().min(dnd_collect::HELDOUT_ITEMS));
+    let pairs: Vec<(String, String)> = val
+        .iter()
+        .take(h.items)
+        .map(|e| e.training_pair())
+        .collect();
+    let (seqs, _) = encode(&llm.tokenizer, "boolq", &pairs, 64).unwrap();
+    let last =
+        dnd_llm::peft::load(ckpts.last().unwrap(), llm.model.config(), llm.model.dtype()).unwrap();
+    for (lora, want) in [(None, h.base_loss), (Some(&last), h.lora_loss)] {
+        let mean = seqs
+            .iter()
+            .map(|s| answer_loss(&llm.model, lora, s))
+            .sum::<f64>()
+            / seqs.len() as f64;
+        assert!(
+            (mean - want).abs() < 1e-4 * want.abs().max(1.0),
+            "{mean} vs {want}"
+        );
+    }
+    assert!(dir.join("boolq").join(dnd_collect::HELDOUT_FILE).is_file());
 
     // Collecting again resumes nothing and rewrites nothing but the index; the same seed gives the
     // same bytes in another directory.

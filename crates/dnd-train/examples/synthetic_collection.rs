@@ -94,6 +94,7 @@ fn main() -> anyhow::Result<()> {
             wall_time_s: 0.0,
             mean_std_lora_a: 0.0,
             mean_std_lora_b: 0.0,
+            heldout: None,
         });
     }
     let index = CollectionIndex {

@@ -1,0 +1,87 @@
+//! Whether a task's LoRA learned: the answer-token loss of held-out items (the task's validation part)
+//! under the base model and under the run's last checkpoint, item by item.
+
+use crate::data::{encode, lm_micro_batches, Sequence};
+use crate::error::{io_err, Result};
+use dnd_llm::train::lm_loss;
+use dnd_llm::{Lora, Tokenizer, Transformer};
+use dnd_tasks::{SplitConfig, Task};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// `heldout.json` in a task's directory: computed once, when the run is first found finished.
+pub const HELDOUT_FILE: &str = "heldout.json";
+
+/// Held-out items per task: enough for a paired stderr of a few percent of the loss, and a
+/// fraction of a collection run's time.
+pub const HELDOUT_ITEMS: usize = 64;
+
+/// The held-out answer-token loss of a task's base model and LoRA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heldout {
+    /// Validation items scored (at most [`HELDOUT_ITEMS`], in split order).
+    pub items: usize,
+    /// Mean per-item answer-token loss without and with the LoRA.
+    pub base_loss: f64,
+    pub lora_loss: f64,
+    /// Standard error of the mean per-item difference (LoRA - base).
+    pub paired_stderr: f64,
+}
+
+impl Heldout {
+    /// Learned: the LoRA's loss is lower than the base model's by more than two paired stderrs.
+    pub fn learned(&self) -> bool {
+        self.base_loss - self.lora_loss > 2.0 * self.paired_stderr
+    }
+}
+
+/// The held-out losses of `task` (cached in `dir`), the LoRA being `lora`.
+pub fn heldout(
+    model: &Transformer,
+    tok: &Tokenizer,
+    task: &Task,
+    lora: &Lora,
+    (root, split, max_len): (&Path, &SplitConfig, usize),
+    dir: &Path,
+) -> Result<Option<Heldout>> {
+    let path = dir.join(HELDOUT_FILE);
+    if let Ok(h) = dnd_io::read_json::<Heldout, crate::CollectError>(&path) {
+        return Ok(Some(h));
+    }
+    let pairs: Vec<(String, String)> = task
+        .splits(root, split)?
+        .validation
+        .iter()
+        .take(HELDOUT_ITEMS)
+        .map(|e| e.training_pair())
+        .collect();
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let (seqs, _) = encode(tok, &task.name, &pairs, max_len)?;
+    let base = item_losses(model, None, &seqs)?;
+    let tuned = item_losses(model, Some(lora), &seqs)?;
+    let n = seqs.len() as f64;
+    let diffs: Vec<f64> = tuned.iter().zip(&base).map(|(t, b)| t - b).collect();
+    let mean_diff = diffs.iter().sum::<f64>() / n;
+    let var = diffs.iter().map(|d| (d - mean_diff).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    let h = Heldout {
+        items: seqs.len(),
+        base_loss: base.iter().sum::<f64>() / n,
+        lora_loss: tuned.iter().sum::<f64>() / n,
+        paired_stderr: (var / n).sqrt(),
+    };
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    dnd_io::write_json::<_, crate::CollectError>(&path, &h)?;
+    Ok(Some(h))
+}
+
+/// Each sequence's mean answer-token loss, one sequence per forward pass.
+fn item_losses(model: &Transformer, lora: Option<&Lora>, seqs: &[Sequence]) -> Result<Vec<f64>> {
+    seqs.iter()
+        .map(|s| {
+            let (lm, _) = lm_micro_batches(&[s], usize::MAX)?.remove(0);
+            Ok(lm_loss(model, lora, &lm)?.to_scalar::<f32>()? as f64)
+        })
+        .collect()
+}
