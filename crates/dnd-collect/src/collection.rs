@@ -170,7 +170,8 @@ pub struct TaskEntry {
     pub heldout: Option<Heldout>,
 }
 
-/// Collect every task of `plan` in turn, skipping finished ones and resuming a half-done one.
+/// Collect every task of `plan` in turn, skipping finished ones and resuming a half-done one. Returns
+/// the index of the plan's tasks; `collection.json` also keeps the tasks collected there before.
 pub fn collect(
     model: &Transformer,
     tok: &Tokenizer,
@@ -188,6 +189,7 @@ pub fn collect(
         )));
     }
     check_recorded(plan)?;
+    let others = other_tasks(plan, base)?;
     let mut hashes = Vec::with_capacity(plan.tasks.len());
     for t in &plan.tasks {
         hashes.push(t.source_hashes(&plan.data_root)?);
@@ -235,10 +237,36 @@ pub fn collect(
         index.tasks.push(entry);
         on_event(Event::TaskDone(&manifest));
         index.wall_time_s = index.tasks.iter().map(|t| t.wall_time_s).sum();
+        let mut on_disk = index.clone();
+        on_disk.tasks = others.iter().chain(&index.tasks).cloned().collect();
+        on_disk.wall_time_s = on_disk.tasks.iter().map(|t| t.wall_time_s).sum();
         std::fs::create_dir_all(&plan.dir).map_err(io_err(&plan.dir))?;
-        dnd_io::write_json::<_, CollectError>(&plan.dir.join(INDEX_FILE), &index)?;
+        dnd_io::write_json::<_, CollectError>(&plan.dir.join(INDEX_FILE), &on_disk)?;
     }
     Ok(index)
+}
+
+/// The tasks the collection directory already holds that this plan does not name: kept in its
+/// index, so a collection can be made in several invocations (or units) of a few tasks each. Tasks
+/// made with another base model or schedule are refused: one collection, one recipe.
+fn other_tasks(plan: &CollectPlan, base: &BaseModel) -> Result<Vec<TaskEntry>> {
+    let Ok(existing) = CollectionIndex::read(&plan.dir) else {
+        return Ok(Vec::new());
+    };
+    if existing.base_model.sha256 != base.sha256
+        || existing.train != plan.train
+        || existing.first_phase != plan.first_phase
+    {
+        return Err(CollectError::Mismatch {
+            dir: plan.dir.clone(),
+            reason: "the collection holds tasks made with another base model or schedule".into(),
+        });
+    }
+    Ok(existing
+        .tasks
+        .into_iter()
+        .filter(|e| !plan.tasks.iter().any(|t| t.name == e.task))
+        .collect())
 }
 
 /// Refuse to go on with a task the collection already holds under another definition or from

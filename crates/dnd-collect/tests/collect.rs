@@ -288,6 +288,52 @@ fn a_multi_task_adapter_trains_on_an_equal_share_of_each_task() {
 }
 
 #[test]
+fn a_collection_grows_over_invocations_but_keeps_one_recipe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let llm = tiny_llm(tmp.path());
+    let root = tmp.path().join("data");
+    boolq_root(&root, 80);
+    let small = tmp.path().join("small.jsonl");
+    let rows: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                r#"{{"query": "q{i}", "choices": ["a", "b"], "gold": {}}}"#,
+                i % 2
+            )
+        })
+        .collect();
+    std::fs::write(&small, rows.join("\n")).unwrap();
+    let mine = dnd_tasks::Task::custom(
+        "mine",
+        dnd_tasks::Template::Gauntlet,
+        dnd_tasks::Layout::GauntletMc,
+        &small,
+    );
+    let dir = tmp.path().join("coll");
+    let base = test_base_model("tiny");
+    let run = |plan: &dnd_collect::CollectPlan| {
+        collect(&llm.model, &llm.tokenizer, &base, plan, &mut |_| {})
+    };
+    run(&tiny_collect_plan(&dir, &root, &["boolq"])).unwrap();
+    let mut second = tiny_collect_plan(&dir, &root, &[]);
+    second.tasks = vec![mine];
+    assert_eq!(run(&second).unwrap().tasks.len(), 1);
+    let index = CollectionIndex::read(&dir).unwrap();
+    let names: Vec<&str> = index.tasks.iter().map(|t| t.task.as_str()).collect();
+    assert_eq!(names, ["boolq", "mine"], "earlier tasks stay in the index");
+
+    let before = files(&dir);
+    let mut other = tiny_collect_plan(&dir, &root, &["boolq"]);
+    other.train.lr *= 2.0;
+    let err = run(&other).unwrap_err();
+    assert!(
+        err.to_string().contains("another base model or schedule"),
+        "{err}"
+    );
+    assert_eq!(files(&dir), before, "nothing is touched");
+}
+
+#[test]
 fn encoding_keeps_the_answer_and_cuts_the_context_from_the_left() {
     let tmp = tempfile::tempdir().unwrap();
     let llm = tiny_llm(tmp.path());
