@@ -238,23 +238,8 @@ fn a_multi_task_adapter_trains_on_an_equal_share_of_each_task() {
     let llm = tiny_llm(tmp.path());
     let root = tmp.path().join("data");
     boolq_root(&root, 80);
-    let small = tmp.path().join("small.jsonl");
-    let rows: Vec<String> = (0..20)
-        .map(|i| {
-            format!(
-                r#"{{"query": "q{i}", "choices": ["a", "b"], "gold": {}}}"#,
-                i % 2
-            )
-        })
-        .collect();
-    std::fs::write(&small, rows.join("\n")).unwrap();
+    let mine = dnd_testkit::mc_task("mine", &tmp.path().join("small.jsonl"), 20);
     let boolq = dnd_tasks::find_task("boolq").unwrap();
-    let mine = dnd_tasks::Task::custom(
-        "mine",
-        dnd_tasks::Template::Gauntlet,
-        dnd_tasks::Layout::GauntletMc,
-        &small,
-    );
     let split = SplitConfig::default();
     let one = |t: &dnd_tasks::Task| prepare_task(&llm.tokenizer, t, &root, &split, 64).unwrap();
     let (b, m) = (one(&boolq), one(&mine));
@@ -293,22 +278,7 @@ fn a_collection_grows_over_invocations_but_keeps_one_recipe() {
     let llm = tiny_llm(tmp.path());
     let root = tmp.path().join("data");
     boolq_root(&root, 80);
-    let small = tmp.path().join("small.jsonl");
-    let rows: Vec<String> = (0..40)
-        .map(|i| {
-            format!(
-                r#"{{"query": "q{i}", "choices": ["a", "b"], "gold": {}}}"#,
-                i % 2
-            )
-        })
-        .collect();
-    std::fs::write(&small, rows.join("\n")).unwrap();
-    let mine = dnd_tasks::Task::custom(
-        "mine",
-        dnd_tasks::Template::Gauntlet,
-        dnd_tasks::Layout::GauntletMc,
-        &small,
-    );
+    let mine = dnd_testkit::mc_task("mine", &tmp.path().join("small.jsonl"), 40);
     let dir = tmp.path().join("coll");
     let base = test_base_model("tiny");
     let run = |plan: &dnd_collect::CollectPlan| {

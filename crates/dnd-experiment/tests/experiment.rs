@@ -3,13 +3,12 @@
 //! the report's shape and files, and that a second run reuses everything (no scoring, no training).
 
 use dnd_collect::collect;
-use dnd_evaluate::{EvalConfig, ScoreEvent};
-use dnd_experiment::{run, Context, Event, ExperimentConfig, Paths};
-use dnd_train::GeneratorTrainConfig;
+use dnd_evaluate::ScoreEvent;
+use dnd_experiment::{run, Event, ExperimentConfig, Paths};
 use std::path::Path;
 
 mod common;
-use common::Synthetic;
+use common::{context, paths, small_experiment};
 
 /// A synthetic Social-IQA in LLM-Adapters' layout: the answer is the option that names the colour.
 fn siqa_root(root: &Path, n: usize) {
@@ -54,42 +53,11 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
     collect(&llm.model, &llm.tokenizer, &base, &plan, &mut |_| {}).unwrap();
 
     let cfg = ExperimentConfig {
-        collection: coll,
-        targets: Vec::new(),
-        data: root,
-        limit: Some(4),
-        adapters: 2,
-        seed: 0,
-        prompts: 4,
-        prompt_len: 8,
-        decoder_hidden: 64,
-        head: dnd_decode::Head::Conv,
-        offset_scale: 1.0,
-        train: GeneratorTrainConfig {
-            steps: 3,
-            lr: 1e-3,
-            holdout_every: 3,
-            validate_every: 1,
-            save_every: 1,
-            ..GeneratorTrainConfig::default()
-        },
         oracle_trajectory: 2,
-        multitask_steps: 0,
-        eval: EvalConfig::default(),
+        ..small_experiment(&coll, &root, 3)
     };
-    let paths = Paths {
-        work: tmp.path().join("work"),
-        results: tmp.path().join("results"),
-        reuse: Vec::new(),
-    };
-    let ctx = Context {
-        llm: &llm,
-        model_path: &model_dir,
-        pool_encoder: &Synthetic,
-        fresh_encoder: &Synthetic,
-        command: vec!["dnd".into(), "experiment".into()],
-        git_rev: None,
-    };
+    let paths = paths(tmp.path());
+    let ctx = context(&llm, &model_dir);
     let count = |cfg: &ExperimentConfig| {
         let (mut scored, mut steps) = (0, 0);
         let report = run(cfg, &paths, &ctx, &mut |e| match e {

@@ -3,14 +3,13 @@
 //! source file is edited and every later stage refuses the collection, which stays as it was.
 
 use dnd_collect::{collect, CollectPlan, CollectionIndex};
-use dnd_evaluate::{EvalConfig, ScoreEvent};
-use dnd_experiment::{run, Context, Event, ExperimentConfig, Paths};
+use dnd_evaluate::ScoreEvent;
+use dnd_experiment::{run, Event, ExperimentConfig};
 use dnd_tasks::read_task_file;
-use dnd_train::GeneratorTrainConfig;
 use std::path::Path;
 
 mod common;
-use common::Synthetic;
+use common::{context, paths, small_experiment};
 
 /// `n` multiple-choice items `{query, choices, gold}`: the gold choice is named in the query.
 fn mc_file(path: &Path, word: &str, n: usize) {
@@ -82,42 +81,14 @@ fn a_user_task_file_goes_through_collect_train_generate_and_eval() {
     assert_eq!(index.tasks[0].sources_sha256.len(), 1);
 
     let cfg = ExperimentConfig {
-        collection: coll.clone(),
-        targets: Vec::new(),
-        data: root.clone(),
-        limit: Some(4),
         adapters: 1,
-        seed: 0,
-        prompts: 4,
-        prompt_len: 8,
         decoder_hidden: 16,
         head: dnd_decode::Head::Basis { k: 2 },
-        offset_scale: 1.0,
-        train: GeneratorTrainConfig {
-            steps: 2,
-            lr: 1e-3,
-            holdout_every: 3,
-            validate_every: 1,
-            save_every: 1,
-            ..GeneratorTrainConfig::default()
-        },
-        oracle_trajectory: 0,
         multitask_steps: 2,
-        eval: EvalConfig::default(),
+        ..small_experiment(&coll, &root, 2)
     };
-    let paths = Paths {
-        work: tmp.path().join("work"),
-        results: tmp.path().join("results"),
-        reuse: Vec::new(),
-    };
-    let ctx = Context {
-        llm: &llm,
-        model_path: &model_dir,
-        pool_encoder: &Synthetic,
-        fresh_encoder: &Synthetic,
-        command: vec!["dnd".into(), "experiment".into()],
-        git_rev: None,
-    };
+    let paths = paths(tmp.path());
+    let ctx = context(&llm, &model_dir);
     let mut scored = 0;
     let report = run(&cfg, &paths, &ctx, &mut |e| {
         if let Event::Score(ScoreEvent::Done(_)) = e {

@@ -143,6 +143,22 @@ pub fn boolq_root(dir: &Path, n: usize) {
     std::fs::write(dir.join("boolq/val.jsonl"), lines.join("\n")).unwrap();
 }
 
+/// A user's multiple-choice task of `n` items `{query, choices, gold}` written to `path`, split as a pool.
+pub fn mc_task(name: &str, path: &Path, n: usize) -> dnd_tasks::Task {
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            json!({"query": format!("q{i}"), "choices": ["a", "b"], "gold": i % 2}).to_string()
+        })
+        .collect();
+    std::fs::write(path, rows.join("\n")).unwrap();
+    dnd_tasks::Task::custom(
+        name,
+        dnd_tasks::Template::Gauntlet,
+        dnd_tasks::Layout::GauntletMc,
+        path,
+    )
+}
+
 /// Every file under `dir` (relative path -> bytes), for byte-for-byte comparisons.
 pub fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
