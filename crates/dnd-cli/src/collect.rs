@@ -7,7 +7,7 @@ use dnd_collect::{
     collect, default_collection_dir, CollectDefaults, CollectPlan, CollectionIndex, Event, Storage,
 };
 use dnd_tasks::SplitConfig;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct CollectArgs {
@@ -90,26 +90,29 @@ pub fn run(a: CollectArgs) -> Result<()> {
             );
         }
     })?;
-    let md = markdown(&index, &dir);
+    // The summary names files as `$DND_CACHE/...` and pinned models by name: no machine's paths.
+    let mut summary = index.clone();
+    summary.base_model.path = dnd_assets::portable_name(Path::new(&index.base_model.path));
+    let md = markdown(&summary, &dnd_assets::portable_name(&dir));
     println!("{md}");
     if let Some(prefix) = &a.summary {
         dnd_io::write_atomic(
             &prefix.with_extension("json"),
-            &serde_json::to_string_pretty(&index)?,
+            &serde_json::to_string_pretty(&summary)?,
         )?;
         dnd_io::write_atomic(&prefix.with_extension("md"), &md)?;
     }
     Ok(())
 }
 
-fn markdown(index: &CollectionIndex, dir: &std::path::Path) -> String {
+fn markdown(index: &CollectionIndex, dir: &str) -> String {
     let t = &index.train;
     let mut s = format!(
         "Collection {} (base sha256 {}), rank {} alpha {} on {}, seed {}, batch {}, lr {}, \
          {} steps of which the last {} are saved.\n\n\
          | task | checkpoints | loss first -> last | held-out loss base -> LoRA (n) | learned | wall time (s) | mean std A | mean std B |\n\
          |---|---|---|---|---|---|---|---|\n",
-        dir.display(),
+        dir,
         &index.base_model.sha256[..12],
         t.rank,
         t.alpha,
