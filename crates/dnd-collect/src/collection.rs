@@ -302,9 +302,7 @@ fn task_entry(
     let std = if std_path.is_file() {
         candle_core::safetensors::load(&std_path, &candle_core::Device::Cpu)?
     } else {
-        let s = checkpoint_std(&ckpts)?;
-        save_std(&s, &std_path)?;
-        s
+        save_std(&checkpoint_std(&ckpts)?, &std_path, m.spec.storage.dtype())?
     };
     let (a, b) = mean_spread(&std)?;
     Ok(TaskEntry {

@@ -68,9 +68,19 @@ pub fn mean_spread(std: &HashMap<String, Tensor>) -> Result<(f64, f64)> {
     Ok((mean_of(".lora_A.")?, mean_of(".lora_B.")?))
 }
 
-/// Write the spread to `path` atomically.
-pub fn save_std(std: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+/// Write the spread to `path` atomically, stored as `dtype` (the collection's checkpoint storage);
+/// returns what was stored, so a spread computed now and one read back later agree.
+pub fn save_std(
+    std: &HashMap<String, Tensor>,
+    path: &Path,
+    dtype: DType,
+) -> Result<HashMap<String, Tensor>> {
+    let stored = std
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.to_dtype(dtype)?)))
+        .collect::<Result<HashMap<_, _>>>()?;
     dnd_io::write_atomic_with(path, |tmp| {
-        Ok::<_, crate::CollectError>(candle_core::safetensors::save(std, tmp)?)
-    })
+        Ok::<_, crate::CollectError>(candle_core::safetensors::save(&stored, tmp)?)
+    })?;
+    Ok(stored)
 }

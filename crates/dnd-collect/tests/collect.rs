@@ -292,6 +292,19 @@ fn a_collection_grows_over_invocations_but_keeps_one_recipe() {
     let names: Vec<&str> = index.tasks.iter().map(|t| t.task.as_str()).collect();
     assert_eq!(names, ["boolq", "mine"], "earlier tasks stay in the index");
 
+    // An f16 collection stores its spread in f16 too, and reads back the index it wrote.
+    let half = tmp.path().join("half");
+    let mut plan = tiny_collect_plan(&half, &root, &["boolq"]);
+    plan.storage = dnd_collect::Storage::F16;
+    let first = run(&plan).unwrap();
+    let std = candle_core::safetensors::load(
+        half.join("boolq").join(STD_FILE),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert!(std.values().all(|t| t.dtype() == candle_core::DType::F16));
+    assert_eq!(run(&plan).unwrap().tasks, first.tasks);
+
     let before = files(&dir);
     let mut other = tiny_collect_plan(&dir, &root, &["boolq"]);
     other.train.lr *= 2.0;
