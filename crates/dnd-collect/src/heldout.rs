@@ -73,7 +73,8 @@ pub fn heldout(
     };
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     dnd_io::write_json::<_, crate::CollectError>(&path, &h)?;
-    Ok(Some(h))
+    // What a later invocation reads (JSON keeps f64 to within its last digit): indexes agree.
+    Ok(Some(dnd_io::read_json::<_, crate::CollectError>(&path)?))
 }
 
 /// Each sequence's mean answer-token loss, one sequence per forward pass.
