@@ -1,9 +1,10 @@
 //! Whether a task's LoRA learned: the answer-token loss of held-out items (the task's validation part)
 //! under the base model and under the run's last checkpoint, item by item.
 
-use crate::data::{encode, lm_micro_batches, Sequence};
+use crate::data::{encode, Sequence};
 use crate::error::{io_err, Result};
-use dnd_llm::train::lm_loss;
+use candle_core::Device;
+use dnd_llm::train::LmBatch;
 use dnd_llm::{Lora, Tokenizer, Transformer};
 use dnd_tasks::{SplitConfig, Task};
 use serde::{Deserialize, Serialize};
@@ -58,7 +59,12 @@ pub fn heldout(
     if pairs.is_empty() {
         return Ok(None);
     }
-    let (seqs, _) = encode(tok, &task.name, &pairs, max_len)?;
+    let (mut seqs, _) = encode(tok, &task.name, &pairs, max_len)?;
+    // An item whose answer starts the sequence has no predicted answer token to score.
+    seqs.retain(|s| s.target_flags().iter().skip(1).any(|&f| f));
+    if seqs.is_empty() {
+        return Ok(None);
+    }
     let base = item_losses(model, None, &seqs)?;
     let tuned = item_losses(model, Some(lora), &seqs)?;
     let n = seqs.len() as f64;
@@ -77,12 +83,27 @@ pub fn heldout(
     Ok(Some(dnd_io::read_json::<_, crate::CollectError>(&path)?))
 }
 
-/// Each sequence's mean answer-token loss, one sequence per forward pass.
+/// Sequences per forward pass of [`item_losses`].
+const ITEMS_PER_PASS: usize = 8;
+
+/// Each sequence's mean answer-token loss, [`ITEMS_PER_PASS`] sequences per forward pass.
 fn item_losses(model: &Transformer, lora: Option<&Lora>, seqs: &[Sequence]) -> Result<Vec<f64>> {
-    seqs.iter()
-        .map(|s| {
-            let (lm, _) = lm_micro_batches(&[s], usize::MAX)?.remove(0);
-            Ok(lm_loss(model, lora, &lm)?.to_scalar::<f32>()? as f64)
-        })
-        .collect()
+    let mut out = Vec::with_capacity(seqs.len());
+    for chunk in seqs.chunks(ITEMS_PER_PASS) {
+        let rows: Vec<(Vec<u32>, Vec<bool>)> =
+            chunk.iter().map(|s| (s.ids.clone(), s.target_flags())).collect();
+        let lm = LmBatch::new(&rows, 0, &Device::Cpu)?;
+        let hidden = model.hidden(&lm.ids, lora, None)?;
+        let logits = model.logits(&hidden.index_select(&lm.positions, 0)?)?;
+        let picked = logits.gather(&lm.targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+        let nll: Vec<f32> = (logits.log_sum_exp(1)? - picked)?.to_vec1()?;
+        // Positions come sequence by sequence, each sequence's targets in order.
+        let mut at = 0;
+        for (_, flags) in &rows {
+            let n = flags.iter().skip(1).filter(|&&f| f).count();
+            out.push(nll[at..at + n].iter().map(|&x| x as f64).sum::<f64>() / n as f64);
+            at += n;
+        }
+    }
+    Ok(out)
 }
