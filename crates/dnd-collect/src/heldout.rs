@@ -90,8 +90,10 @@ const ITEMS_PER_PASS: usize = 8;
 fn item_losses(model: &Transformer, lora: Option<&Lora>, seqs: &[Sequence]) -> Result<Vec<f64>> {
     let mut out = Vec::with_capacity(seqs.len());
     for chunk in seqs.chunks(ITEMS_PER_PASS) {
-        let rows: Vec<(Vec<u32>, Vec<bool>)> =
-            chunk.iter().map(|s| (s.ids.clone(), s.target_flags())).collect();
+        let rows: Vec<(Vec<u32>, Vec<bool>)> = chunk
+            .iter()
+            .map(|s| (s.ids.clone(), s.target_flags()))
+            .collect();
         let lm = LmBatch::new(&rows, 0, &Device::Cpu)?;
         let hidden = model.hidden(&lm.ids, lora, None)?;
         let logits = model.logits(&hidden.index_select(&lm.positions, 0)?)?;
