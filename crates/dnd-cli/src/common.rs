@@ -99,7 +99,7 @@ pub fn check_task_files(files: &[PathBuf], collected: &[Task]) -> Result<()> {
     let catalog = Catalog::new(files)?;
     for t in collected {
         if let Some(own) = catalog.file_tasks().iter().find(|f| f.name == t.name) {
-            if own != t {
+            if !own.same_data(t) {
                 bail!(
                     "task `{}` of the task file differs from the collection's definition: collect it \
                      again (a new --name) or use the file it was collected with",

@@ -188,8 +188,7 @@ pub fn collect(
             plan.first_phase, plan.train.steps
         )));
     }
-    check_recorded(plan)?;
-    let others = other_tasks(plan, base)?;
+    let existing = existing_index(plan, base)?.map_or(Vec::new(), |i| i.tasks);
     let mut hashes = Vec::with_capacity(plan.tasks.len());
     for t in &plan.tasks {
         hashes.push(t.source_hashes(&plan.data_root)?);
@@ -238,7 +237,7 @@ pub fn collect(
         on_event(Event::TaskDone(&manifest));
         index.wall_time_s = index.tasks.iter().map(|t| t.wall_time_s).sum();
         let mut on_disk = index.clone();
-        on_disk.tasks = others.iter().chain(&index.tasks).cloned().collect();
+        on_disk.tasks = merged(&existing, &index.tasks);
         on_disk.wall_time_s = on_disk.tasks.iter().map(|t| t.wall_time_s).sum();
         std::fs::create_dir_all(&plan.dir).map_err(io_err(&plan.dir))?;
         dnd_io::write_json::<_, CollectError>(&plan.dir.join(INDEX_FILE), &on_disk)?;
@@ -246,13 +245,14 @@ pub fn collect(
     Ok(index)
 }
 
-/// The tasks the collection directory already holds that this plan does not name: kept in its
-/// index, so a collection can be made in several invocations (or units) of a few tasks each. Tasks
-/// made with another base model or schedule are refused: one collection, one recipe.
-fn other_tasks(plan: &CollectPlan, base: &BaseModel) -> Result<Vec<TaskEntry>> {
-    let Ok(existing) = CollectionIndex::read(&plan.dir) else {
-        return Ok(Vec::new());
-    };
+/// The collection directory's index, if it has one, checked against the plan: one base model and
+/// schedule per collection, and a task already collected must keep its data (definition and source
+/// files). A collection is made in one or several invocations (or units) of a few tasks each.
+fn existing_index(plan: &CollectPlan, base: &BaseModel) -> Result<Option<CollectionIndex>> {
+    if !plan.dir.join(INDEX_FILE).is_file() {
+        return Ok(None);
+    }
+    let existing = CollectionIndex::read(&plan.dir)?;
     if existing.base_model.sha256 != base.sha256
         || existing.train != plan.train
         || existing.first_phase != plan.first_phase
@@ -262,32 +262,38 @@ fn other_tasks(plan: &CollectPlan, base: &BaseModel) -> Result<Vec<TaskEntry>> {
             reason: "the collection holds tasks made with another base model or schedule".into(),
         });
     }
-    Ok(existing
-        .tasks
-        .into_iter()
-        .filter(|e| !plan.tasks.iter().any(|t| t.name == e.task))
-        .collect())
-}
-
-/// Refuse to go on with a task the collection already holds under another definition or from
-/// source files that changed since: its checkpoints would no longer match what the index says.
-fn check_recorded(plan: &CollectPlan) -> Result<()> {
-    let Ok(existing) = CollectionIndex::read(&plan.dir) else {
-        return Ok(());
-    };
     for task in &plan.tasks {
         let Some(entry) = existing.tasks.iter().find(|e| e.task == task.name) else {
             continue;
         };
-        if entry.definition.as_ref().is_some_and(|d| d != task) {
+        if entry
+            .definition
+            .as_ref()
+            .is_some_and(|d| !d.same_data(task))
+        {
             return Err(CollectError::Mismatch {
                 dir: plan.dir.join(&task.name),
-                reason: format!("task {} was collected under another definition", task.name),
+                reason: format!("task {} was collected from other data", task.name),
             });
         }
         existing.task(&task.name, &plan.data_root)?;
     }
-    Ok(())
+    Ok(Some(existing))
+}
+
+/// The index entries to write: the collection's, in their order, with the entries of `done`
+/// replacing those of the same task; tasks new to the collection after them.
+fn merged(existing: &[TaskEntry], done: &[TaskEntry]) -> Vec<TaskEntry> {
+    let mut out: Vec<TaskEntry> = existing
+        .iter()
+        .map(|e| done.iter().find(|d| d.task == e.task).unwrap_or(e).clone())
+        .collect();
+    out.extend(
+        done.iter()
+            .filter(|d| !existing.iter().any(|e| e.task == d.task))
+            .cloned(),
+    );
+    out
 }
 
 /// The index entry of a finished task, computing its checkpoint spread on first sight.

@@ -291,6 +291,12 @@ fn a_collection_grows_over_invocations_but_keeps_one_recipe() {
     let index = CollectionIndex::read(&dir).unwrap();
     let names: Vec<&str> = index.tasks.iter().map(|t| t.task.as_str()).collect();
     assert_eq!(names, ["boolq", "mine"], "earlier tasks stay in the index");
+    run(&tiny_collect_plan(&dir, &root, &["boolq"])).unwrap();
+    let again = CollectionIndex::read(&dir).unwrap();
+    assert_eq!(
+        again.tasks, index.tasks,
+        "collecting a task again keeps the index as it was"
+    );
 
     // An f16 collection stores its spread in f16 too, and reads back the index it wrote.
     let half = tmp.path().join("half");

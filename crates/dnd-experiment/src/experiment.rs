@@ -243,6 +243,13 @@ impl Plan {
             sets,
         })
     }
+
+    /// Whether `task` may be trained on when `target` is held out: it is another source dataset
+    /// (templates of one dataset share their inputs, so they are held out together).
+    fn held_apart(&self, task: &str, target: &str) -> bool {
+        let dataset = |n: &str| self.defs.iter().find(|t| t.name == n).map(|t| &t.dataset);
+        task != target && dataset(task) != dataset(target)
+    }
 }
 
 /// The score store and every run scored or reused so far, with the wall time of each phase.
@@ -391,9 +398,14 @@ fn per_target(
     let others: Vec<Task> = plan
         .defs
         .iter()
-        .filter(|t| t.name != *target)
+        .filter(|t| plan.held_apart(&t.name, target))
         .cloned()
         .collect();
+    if others.is_empty() {
+        return Err(ExperimentError::Config(format!(
+            "{target}: every other task of the collection shares its dataset; nothing to train on"
+        )));
+    }
     on_event(Event::Phase(&format!("{target}: generator")));
     let t = Instant::now();
     let gen_dir = paths.work.join("generators").join(target);
@@ -562,7 +574,7 @@ fn prompt_cosines(
     plan.tasks
         .iter()
         .flat_map(|o| plan.targets.iter().map(move |t| (o, t)))
-        .filter(|(o, t)| o != t)
+        .filter(|(o, t)| plan.held_apart(o, t))
         .map(|(o, t)| {
             let c = baselines::cosine(&embeddings[t.as_str()], &embeddings[o.as_str()]);
             (o.clone(), t.clone(), c)
@@ -583,7 +595,7 @@ fn target_row(
     let loras = plan
         .tasks
         .iter()
-        .filter(|t| *t != target)
+        .filter(|t| plan.held_apart(t, target))
         .map(|o| scores.get(&RunLabel::Lora(o.to_string()), target))
         .collect::<Result<Vec<_>>>()?;
     let (nearest, cos) = cosines

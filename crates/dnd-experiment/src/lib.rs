@@ -1,7 +1,8 @@
 //! `dnd experiment`: the leave-one-out protocol of docs/method.md on one checkpoint collection, with every
 //! baseline the paper left out, and its report.
 //!
-//! For each held-out target: train a generator on the other tasks' checkpoints and prompts, generate
+//! For each held-out target: train a generator on the checkpoints and prompts of the tasks of every
+//! other source dataset (templates of the target's dataset are held out with it), generate
 //! adapters from batches of the target's unlabeled `prompts` split, and score them on its `test` split
 //! next to the base model, every training LoRA (their mean and the best), the uniform average of all
 //! training checkpoints, the training LoRA with the nearest prompts, and the oracle (the target's own

@@ -26,6 +26,9 @@ fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area<'_>) -> DrawRes
     Ok(render_png(path, size, draw)?)
 }
 
+/// One bar of the accuracy figure: (value, error) in %, or none where a target lacks that baseline.
+type Bar = Option<(f64, f64)>;
+
 /// A baseline's name on the figure's legend.
 fn short_name(baseline: &str) -> &str {
     match baseline {
@@ -41,20 +44,29 @@ fn short_name(baseline: &str) -> &str {
 
 /// Grouped bars per target: every baseline and DnD (mean, with its std over adapters as error bar).
 pub fn accuracy(path: &Path, r: &Report) -> Result<()> {
-    let mut names: Vec<&str> = r.targets.first().map_or(Vec::new(), |t| {
-        t.baselines().iter().map(|(n, _)| short_name(n)).collect()
-    });
+    // Every baseline any target has, in table order (the target with the most lists them all);
+    // a target without one (the multi-task LoRA) has no bar there.
+    let all = r
+        .targets
+        .iter()
+        .map(|t| t.baselines())
+        .max_by_key(Vec::len)
+        .unwrap_or_default();
+    let mut names: Vec<&str> = all.iter().map(|(n, _)| short_name(n)).collect();
     names.push("DnD");
-    let rows: Vec<(String, Vec<(f64, f64)>)> = r
+    let rows: Vec<(String, Vec<Bar>)> = r
         .targets
         .iter()
         .map(|t| {
-            let mut v: Vec<(f64, f64)> = t
-                .baselines()
+            let own = t.baselines();
+            let mut v: Vec<Bar> = all
                 .iter()
-                .map(|(_, s)| (100.0 * s.value, 100.0 * s.stderr))
+                .map(|(name, _)| {
+                    let (_, s) = own.iter().find(|(n, _)| n == name)?;
+                    Some((100.0 * s.value, 100.0 * s.stderr))
+                })
                 .collect();
-            v.push((100.0 * t.dnd_mean, 100.0 * t.dnd_std));
+            v.push(Some((100.0 * t.dnd_mean, 100.0 * t.dnd_std)));
             (t.target.clone(), v)
         })
         .collect();
@@ -88,16 +100,24 @@ pub fn accuracy(path: &Path, r: &Report) -> Result<()> {
         let bw = 0.8 / k;
         for (j, name) in names.iter().enumerate() {
             let color = PALETTE[j % PALETTE.len()];
-            let bars = rows.iter().enumerate().map(move |(i, (_, v))| {
+            let bars = rows.iter().enumerate().filter_map(move |(i, (_, v))| {
                 let x0 = i as f64 + 0.1 + j as f64 * bw;
-                Rectangle::new([(x0, 0.0), (x0 + bw * 0.9, v[j].0)], color.filled())
+                let (value, _) = v[j]?;
+                Some(Rectangle::new(
+                    [(x0, 0.0), (x0 + bw * 0.9, value)],
+                    color.filled(),
+                ))
             });
             chart.draw_series(bars)?.label(*name).legend(move |(x, y)| {
                 Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
             });
-            let errs = rows.iter().enumerate().map(move |(i, (_, v))| {
+            let errs = rows.iter().enumerate().filter_map(move |(i, (_, v))| {
                 let x = i as f64 + 0.1 + (j as f64 + 0.45) * bw;
-                PathElement::new([(x, v[j].0 - v[j].1), (x, v[j].0 + v[j].1)], BLACK)
+                let (value, err) = v[j]?;
+                Some(PathElement::new(
+                    [(x, value - err), (x, value + err)],
+                    BLACK,
+                ))
             });
             chart.draw_series(errs)?;
         }

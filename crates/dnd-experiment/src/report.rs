@@ -530,7 +530,8 @@ impl Report {
 
     /// DnD against each baseline over `targets`.
     pub fn compare_all(targets: &[TargetResult]) -> Vec<Comparison> {
-        let Some(first) = targets.first() else {
+        // The target with the most baselines names them all (the multi-task LoRA may be missing).
+        let Some(first) = targets.iter().max_by_key(|t| t.baselines().len()) else {
             return Vec::new();
         };
         first

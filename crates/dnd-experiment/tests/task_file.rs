@@ -39,6 +39,13 @@ file = "fruit.jsonl"
 layout = "multiple-choice"
 
 [[task]]
+name = "fruit_again"
+dataset = "fruit"
+file = "fruit.jsonl"
+layout = "multiple-choice"
+split = { test = 0.5, adapter_train = 0.3, prompts = 0.1, validation = 0.1 }
+
+[[task]]
 name = "cars"
 dataset = "vehicles"
 file = "cars.jsonl"
@@ -75,7 +82,7 @@ fn a_user_task_file_goes_through_collect_train_generate_and_eval() {
         "the definitions are recorded"
     );
     assert_eq!(
-        index.tasks[1].definition.as_ref().unwrap().dataset,
+        index.tasks[2].definition.as_ref().unwrap().dataset,
         "vehicles"
     );
     assert_eq!(index.tasks[0].sources_sha256.len(), 1);
@@ -97,14 +104,23 @@ fn a_user_task_file_goes_through_collect_train_generate_and_eval() {
     })
     .unwrap();
     let targets: Vec<&str> = report.targets.iter().map(|r| r.target.as_str()).collect();
-    assert_eq!(targets, ["fruit", "cars"]);
+    assert_eq!(targets, ["fruit", "fruit_again", "cars"]);
     for r in &report.targets {
         assert_eq!((r.n, r.dnd.len()), (4, 1));
         assert!((0.0..=1.0).contains(&r.dnd_mean));
     }
-    // base and 2 LoRAs on 2 targets, then per target 1 generated adapter, the uniform average and
-    // the multi-task LoRA (here on the one other task).
-    assert_eq!(scored, 2 + 2 * 2 + 2 * 3);
+    // base and 3 LoRAs on 3 targets, then per target 1 generated adapter, the uniform average and
+    // the multi-task LoRA.
+    assert_eq!(scored, 3 + 3 * 3 + 3 * 3);
+    // Tasks of one dataset are held out together: fruit's baselines never saw fruit_again.
+    let fruit = report.targets.iter().find(|r| r.target == "fruit").unwrap();
+    let trained: Vec<&str> = fruit
+        .training_loras
+        .iter()
+        .map(|s| s.label.as_str())
+        .collect();
+    assert_eq!(trained, ["lora-cars"]);
+    assert_eq!(fruit.nearest_task, "cars");
     for r in &report.targets {
         let m = r.multitask.as_ref().expect("a multi-task row");
         assert_eq!(m.label, format!("{}/multitask", r.target));

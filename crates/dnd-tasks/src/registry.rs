@@ -42,11 +42,22 @@ impl Metric {
         }
     }
 
+    /// Whether this metric can score the examples `template` makes from `layout`: accuracy for
+    /// multiple choice, exact match for generation, pass@1 for code.
+    pub fn fits(self, template: Template, layout: Layout) -> bool {
+        let family = |m: Metric| match m {
+            Metric::AccAndAccNorm | Metric::Acc => 0,
+            Metric::ExactMatch => 1,
+            Metric::PassAt1 => 2,
+        };
+        family(self) == family(Metric::default_for(template, layout))
+    }
+
     /// What a task is scored by when its definition does not say: code runs its tests, generation
     /// is matched exactly, multiple choice reports accuracy.
     pub fn default_for(template: Template, layout: Layout) -> Metric {
         match (template, layout) {
-            (Template::LabelSet, _) => Metric::Acc,
+            (Template::LabelSet | Template::PubmedQa, _) => Metric::Acc,
             (Template::HumanEval, _) | (_, Layout::HumanEval) => Metric::PassAt1,
             (Template::Gsm8k, _)
             | (Template::Gauntlet, Layout::Adapters)
@@ -107,6 +118,14 @@ impl Task {
         }
     }
 
+    /// Whether `other` reads the same data the same way (sources, rendering, split): what decides a
+    /// collection's runs; its name, notes, metric and dataset tag may differ.
+    pub fn same_data(&self, other: &Task) -> bool {
+        self.sources == other.sources
+            && self.template == other.template
+            && self.shares == other.shares
+    }
+
     /// The same task, tagged with another source dataset.
     pub fn with_dataset(self, dataset: &str) -> Task {
         Task {
@@ -153,6 +172,14 @@ impl Task {
     /// Refuse sources that differ from the hashes `recorded` (by [`Task::source_hashes`]).
     pub fn check_sources(&self, root: &Path, recorded: &[String]) -> Result<()> {
         let now = self.source_hashes(root)?;
+        if now.len() != recorded.len() {
+            return Err(Error::SourceChanged {
+                task: self.name.clone(),
+                path: root.to_path_buf(),
+                recorded: format!("{} source files", recorded.len()),
+                now: format!("{} source files", now.len()),
+            });
+        }
         for ((s, now), recorded) in self.sources.iter().zip(now).zip(recorded) {
             if now != *recorded {
                 return Err(Error::SourceChanged {

@@ -115,10 +115,21 @@ impl Entry {
                 return Err("`split` shares must lie in [0, 1] and sum to at most 1".into());
             }
         }
+        let layout = sources[0].layout;
+        let metric = self
+            .metric
+            .unwrap_or_else(|| Metric::default_for(template, layout));
+        if !metric.fits(template, layout) {
+            return Err(format!(
+                "metric `{}` cannot score what template `{}` makes of layout `{}` (it takes `{}`)",
+                metric.name(),
+                template.name(),
+                layout.name(),
+                Metric::default_for(template, layout).name()
+            ));
+        }
         Ok(Task {
-            metric: self
-                .metric
-                .unwrap_or_else(|| Metric::default_for(template, sources[0].layout)),
+            metric,
             dataset: self.dataset.unwrap_or_else(|| self.name.clone()),
             name: self.name,
             template,

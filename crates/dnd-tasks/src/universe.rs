@@ -154,6 +154,9 @@ pub fn scan_universe(root: &Path) -> Result<Vec<Task>> {
     }
     for file in GAUNTLET {
         let path = format!("gauntlet/{file}");
+        if !root.join(&path).is_file() {
+            continue;
+        }
         let stem = stem(&path);
         let dataset = stem
             .trim_end_matches("_withspaces")
@@ -272,7 +275,10 @@ fn gauntlet_layout(root: &Path, path: &str) -> Result<Layout> {
         .lines()
         .next()
         .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_default();
+        .ok_or_else(|| crate::Error::File {
+            path: full.clone(),
+            msg: "its first line is not a JSON record".into(),
+        })?;
     let has = |k: &str| first.get(k).is_some();
     Ok(if has("context_options") {
         Layout::GauntletSchema

@@ -170,6 +170,11 @@ fn bad_task_files_name_the_file_and_the_entry() {
     assert!(msg.contains("`name` must be"), "{msg}");
     let msg = refused("t.toml", &format!("[[task]]\n{ok}colour = 1\n"));
     assert!(msg.contains("unknown field `colour`"), "{msg}");
+    let msg = refused("t.toml", &format!("[[task]]\n{ok}metric = \"pass@1\"\n"));
+    assert!(
+        msg.contains("metric `pass@1` cannot score") && msg.contains("takes `acc`"),
+        "{msg}"
+    );
     let msg = refused("t.json", "{\"task\": [}");
     assert!(msg.contains("invalid JSON"), "{msg}");
     let msg = refused("t.yaml", "task: []");
