@@ -57,7 +57,16 @@ pub fn prepare_tasks(
     }
     let parts = tasks
         .iter()
-        .map(|t| Ok(t.splits(root, split)?.adapter_train))
+        .map(|t| {
+            let part = t.splits(root, split)?.adapter_train;
+            if part.is_empty() {
+                return Err(CollectError::Data {
+                    task: t.name.clone(),
+                    reason: "the adapter-train split is empty".into(),
+                });
+            }
+            Ok(part)
+        })
         .collect::<Result<Vec<_>>>()?;
     let share = parts.iter().map(Vec::len).min().unwrap_or(0);
     let pairs: Vec<(String, String)> = parts
