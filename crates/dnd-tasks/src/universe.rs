@@ -123,10 +123,9 @@ const UNIVERSE_SHARES: Shares = Shares {
 /// Every task of the universe under `root`, in a fixed order: built-ins, T0, BIG-Bench Hard, Gauntlet,
 /// arithmetic, code.
 pub fn scan_universe(root: &Path) -> Result<Vec<Task>> {
-    let mut tasks: Vec<Task> = builtin_tasks()
-        .into_iter()
-        .filter(|t| t.available(root))
-        .collect();
+    // Each candidate with the label count under which it becomes multiple choice (none: as defined).
+    let mut tasks: Vec<(Task, Option<usize>)> =
+        builtin_tasks().into_iter().map(|t| (t, None)).collect();
     for path in listing(root, "t0", "jsonl")? {
         let stem = stem(&path);
         let dataset = T0_DATASETS
@@ -144,13 +143,13 @@ pub fn scan_universe(root: &Path) -> Result<Vec<Task>> {
             &path,
             Layout::PromptCompletion,
         );
-        tasks.push(classify(task, root, T0_MAX_LABELS)?);
+        tasks.push((task, Some(T0_MAX_LABELS)));
     }
     for path in listing(root, "bbh", "json")? {
         let stem = stem(&path);
         let dataset = format!("bigbench_{}", bbh_family(stem));
         let task = one_file(&format!("bbh.{stem}"), &dataset, &path, Layout::Bbh);
-        tasks.push(classify(task, root, BBH_MAX_LABELS)?);
+        tasks.push((task, Some(BBH_MAX_LABELS)));
     }
     for file in GAUNTLET {
         let path = format!("gauntlet/{file}");
@@ -162,31 +161,20 @@ pub fn scan_universe(root: &Path) -> Result<Vec<Task>> {
             .trim_end_matches("_withspaces")
             .trim_end_matches("_nospaces");
         let layout = gauntlet_layout(root, &path)?;
-        tasks.push(one_file(
-            &format!("gauntlet.{stem}"),
-            dataset,
-            &path,
-            layout,
-        ));
+        let task = one_file(&format!("gauntlet.{stem}"), dataset, &path, layout);
+        tasks.push((task, None));
     }
     for (name, path) in MAWPS {
-        tasks.push(one_file(
-            &format!("math.{name}"),
-            "mawps",
-            path,
-            Layout::Adapters,
-        ));
+        let task = one_file(&format!("math.{name}"), "mawps", path, Layout::Adapters);
+        tasks.push((task, None));
     }
     let code = "code-alpaca/new_codealpaca.json";
-    tasks.push(one_file(
-        "code_alpaca",
-        "code_alpaca",
-        code,
-        Layout::Adapters,
-    ));
-    let root_tasks = tasks.into_iter().filter(|t| t.available(root));
-    root_tasks
-        .map(|t| sized(t, root))
+    let task = one_file("code_alpaca", "code_alpaca", code, Layout::Adapters);
+    tasks.push((task, None));
+    tasks
+        .into_iter()
+        .filter(|(t, _)| t.available(root))
+        .map(|(t, max_labels)| inspect(t, root, max_labels))
         .filter_map(Result::transpose)
         .collect()
 }
@@ -236,9 +224,16 @@ fn one_file(name: &str, dataset: &str, path: &str, layout: Layout) -> Task {
     }
 }
 
-/// The task as multiple choice over its answers when they take at most `max_labels` values.
-fn classify(task: Task, root: &Path, max_labels: usize) -> Result<Task> {
+/// The task read once: left out (`None`) under [`MIN_ITEMS`] distinct problems (items with one key
+/// are one problem: 200 T0 rows over 13 film plots are 13); multiple choice over its answers when
+/// `max_labels` is given and they take at most that many values.
+fn inspect(task: Task, root: &Path, max_labels: Option<usize>) -> Result<Option<Task>> {
     let examples = task.load(root)?;
+    let keys: std::collections::HashSet<&str> =
+        examples.iter().map(|(_, e)| e.key.as_str()).collect();
+    if keys.len() < MIN_ITEMS {
+        return Ok(None);
+    }
     let mut answers: Vec<&str> = examples
         .iter()
         .filter_map(|(_, e)| match &e.body {
@@ -248,33 +243,26 @@ fn classify(task: Task, root: &Path, max_labels: usize) -> Result<Task> {
         .collect();
     answers.sort();
     answers.dedup();
-    if (2..=max_labels).contains(&answers.len()) {
+    if max_labels.is_some_and(|m| (2..=m).contains(&answers.len())) {
         let layout = task.sources[0].layout;
-        return Ok(Task {
+        return Ok(Some(Task {
             template: Template::LabelSet,
             metric: Metric::default_for(Template::LabelSet, layout),
             ..task
-        });
+        }));
     }
-    Ok(task)
-}
-
-/// The task if it has at least [`MIN_ITEMS`] distinct problems (items with one key are one problem:
-/// 200 T0 rows over 13 film plots are 13).
-fn sized(task: Task, root: &Path) -> Result<Option<Task>> {
-    let keys: std::collections::HashSet<String> =
-        task.load(root)?.into_iter().map(|(_, e)| e.key).collect();
-    Ok((keys.len() >= MIN_ITEMS).then_some(task))
+    Ok(Some(task))
 }
 
 /// A Gauntlet file's layout, read from the fields of its first record.
 fn gauntlet_layout(root: &Path, path: &str) -> Result<Layout> {
+    use std::io::BufRead;
     let full = root.join(path);
-    let text = std::fs::read_to_string(&full).map_err(dnd_io::io_err::<crate::Error>(&full))?;
-    let first: serde_json::Value = text
+    let file = std::fs::File::open(&full).map_err(dnd_io::io_err::<crate::Error>(&full))?;
+    let first: serde_json::Value = std::io::BufReader::new(file)
         .lines()
         .next()
-        .and_then(|l| serde_json::from_str(l).ok())
+        .and_then(|l| serde_json::from_str(&l.ok()?).ok())
         .ok_or_else(|| crate::Error::File {
             path: full.clone(),
             msg: "its first line is not a JSON record".into(),
