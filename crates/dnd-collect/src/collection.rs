@@ -236,11 +236,9 @@ pub fn collect(
             unreachable!("runs without stop_after complete");
         };
         let mut entry = task_entry(&dir, task, sha256, &manifest)?;
-        let last = manifest.checkpoints.last().map(|c| dir.join(c));
-        if let Some(last) = last {
-            let lora = dnd_llm::peft::load(&last, model.config(), model.dtype())?;
+        if let Some(last) = manifest.checkpoints.last() {
             let at = (plan.data_root.as_path(), &plan.split, plan.train.max_len);
-            entry.heldout = heldout(model, tok, task, &lora, at, &dir)?;
+            entry.heldout = heldout(model, tok, task, &dir.join(last), at, &dir)?;
         }
         index.tasks.push(entry);
         on_event(Event::TaskDone(&manifest));

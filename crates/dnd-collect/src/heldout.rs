@@ -36,12 +36,13 @@ impl Heldout {
     }
 }
 
-/// The held-out losses of `task` (cached in `dir`), the LoRA being `lora`.
+/// The held-out losses of `task` (cached in `dir`), the LoRA being the checkpoint `checkpoint`
+/// (loaded only when they are computed: a resumed collection reads the cache).
 pub fn heldout(
     model: &Transformer,
     tok: &Tokenizer,
     task: &Task,
-    lora: &Lora,
+    checkpoint: &Path,
     (root, split, max_len): (&Path, &SplitConfig, usize),
     dir: &Path,
 ) -> Result<Option<Heldout>> {
@@ -65,8 +66,9 @@ pub fn heldout(
     if seqs.is_empty() {
         return Ok(None);
     }
+    let lora = dnd_llm::peft::load(checkpoint, model.config(), model.dtype())?;
     let base = item_losses(model, None, &seqs)?;
-    let tuned = item_losses(model, Some(lora), &seqs)?;
+    let tuned = item_losses(model, Some(&lora), &seqs)?;
     let n = seqs.len() as f64;
     let diffs: Vec<f64> = tuned.iter().zip(&base).map(|(t, b)| t - b).collect();
     let mean_diff = diffs.iter().sum::<f64>() / n;
