@@ -28,9 +28,12 @@ pub struct GenerateArgs {
     /// A single task description used as the whole prompt set.
     #[arg(long)]
     description: Option<String>,
-    /// Output: a PEFT adapter directory; with --count K > 1, DIR/adapter-0 .. adapter-(K-1).
+    /// Output: an adapter directory; with --count K > 1, DIR/adapter-0 .. adapter-(K-1).
     #[arg(long)]
     out: PathBuf,
+    /// What each adapter directory holds: PEFT files, `adapter.gguf` for llama.cpp, or both.
+    #[arg(long, value_enum, default_value = "peft")]
+    format: AdapterFormat,
     /// Adapters to generate, each from a different prompt batch.
     #[arg(long, default_value_t = 1)]
     count: usize,
@@ -83,7 +86,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 .with_context(|| format!("creating {}", a.out.display()))?;
             a.out.join(format!("adapter-{k}"))
         };
-        latencies.push(dnd.write(&texts, &dir)?);
+        latencies.push(match a.format {
+            AdapterFormat::Peft => dnd.write(&texts, &dir)?,
+            format => write_gguf(&dnd, &texts, &dir, &model, format)?,
+        });
     }
     let mean = latencies.iter().sum::<f64>() / latencies.len() as f64;
     let report = serde_json::json!({
@@ -107,6 +113,32 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         a.out.display()
     );
     Ok(())
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq)]
+enum AdapterFormat {
+    Peft,
+    Gguf,
+    Both,
+}
+
+/// Generate one adapter into `dir` as `adapter.gguf` (and the PEFT files with `Both`); the seconds
+/// it took.
+fn write_gguf<E: dnd_encode::PromptEncoder>(
+    dnd: &DragAndDrop<E>,
+    texts: &[&str],
+    dir: &Path,
+    model: &ModelConfig,
+    format: AdapterFormat,
+) -> Result<f64> {
+    let t = Instant::now();
+    let lora = dnd.generate(texts)?;
+    if format == AdapterFormat::Both {
+        dnd_generate::save_adapter(&lora, dnd.base_model(), dir, &[])?;
+    }
+    let gguf = dir.join("adapter.gguf");
+    crate::export::lora_gguf(&lora, model, crate::export::PrecisionArg::F32, &gguf)?;
+    Ok(t.elapsed().as_secs_f64())
 }
 
 /// The prompt set from whichever source was given; an empty set is an error.

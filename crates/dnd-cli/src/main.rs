@@ -6,6 +6,7 @@ mod collect;
 mod common;
 mod eval;
 mod experiment;
+mod export;
 mod fetch;
 mod finetune;
 mod generate;
@@ -87,6 +88,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Generate LoRA adapter(s) from unlabeled prompts with a trained generator.
     Generate(generate::GenerateArgs),
+    /// Export an adapter for llama.cpp (a LoRA GGUF), or a base GGUF with an adapter merged in.
+    Export(export::ExportArgs),
     /// Leave-one-out DnD vs every baseline on a collection, with its report; resumable.
     Experiment(experiment::ExperimentArgs),
     /// Compare the DnD rows of two experiment reports item by item (e.g. two decoder sizes).
@@ -118,6 +121,7 @@ fn main() -> anyhow::Result<()> {
         Command::Collect(a) => collect::run(a),
         Command::Train(a) => train::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Export(a) => export::run(a),
         Command::Experiment(a) => experiment::run(a),
         Command::Compare(a) => experiment::compare(a),
     }

@@ -13,6 +13,22 @@ pub enum Arch {
     Qwen2,
 }
 
+impl Arch {
+    /// The name llama.cpp uses in `general.architecture` and as the prefix of its hyper-parameter keys.
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+        }
+    }
+
+    pub fn from_gguf_name(name: &str) -> Option<Arch> {
+        [Arch::Llama, Arch::Qwen2]
+            .into_iter()
+            .find(|a| a.gguf_name() == name)
+    }
+}
+
 /// The seven projections of a decoder block that can carry a LoRA, in PEFT's naming.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
@@ -56,6 +72,23 @@ impl Target {
             _ => "mlp",
         };
         format!("{block}.{}", self.module())
+    }
+
+    /// The tensor name llama.cpp uses below `blk.N` (`attn_q`, `ffn_down`, ...).
+    pub fn gguf(self) -> &'static str {
+        match self {
+            Target::Q => "attn_q",
+            Target::K => "attn_k",
+            Target::V => "attn_v",
+            Target::O => "attn_output",
+            Target::Gate => "ffn_gate",
+            Target::Up => "ffn_up",
+            Target::Down => "ffn_down",
+        }
+    }
+
+    pub fn from_gguf(name: &str) -> Option<Target> {
+        Target::ALL.into_iter().find(|t| t.gguf() == name)
     }
 
     pub fn from_module(name: &str) -> Option<Target> {

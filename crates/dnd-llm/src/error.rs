@@ -29,6 +29,8 @@ pub enum LlmError {
     },
     #[error("{path}: adapter does not fit the base model: {reason}")]
     AdapterMismatch { path: PathBuf, reason: String },
+    #[error("non-finite result: {0} (is the adapter's lora_alpha or a weight extreme?)")]
+    NonFinite(String),
     #[error("invalid input: {0}")]
     Input(String),
     #[error(transparent)]

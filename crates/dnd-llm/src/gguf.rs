@@ -5,9 +5,10 @@
 //! adjacent pairs. We undo that permutation on load, so that all models share the Hugging Face (half-split)
 //! rotary convention and PEFT adapters, which are trained in Hugging Face coordinates, apply unchanged.
 
-use crate::config::{Arch, ModelConfig};
+use crate::config::{Arch, ModelConfig, Target};
 use crate::error::{io_err, LlmError, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -81,16 +82,10 @@ impl GgufFile {
             .to_string()
             .map_err(|e| self.bad_key("general.architecture", e))?
             .clone();
-        let arch = match arch_name.as_str() {
-            "llama" => Arch::Llama,
-            "qwen2" => Arch::Qwen2,
-            other => {
-                return Err(LlmError::Unsupported {
-                    path: self.path.clone(),
-                    reason: format!("architecture `{other}` (supported: llama, qwen2)"),
-                })
-            }
-        };
+        let arch = Arch::from_gguf_name(&arch_name).ok_or_else(|| LlmError::Unsupported {
+            path: self.path.clone(),
+            reason: format!("architecture `{arch_name}` (supported: llama, qwen2)"),
+        })?;
         let a = |k: &str| format!("{arch_name}.{k}");
         let hidden_size = self.meta_usize(&a("embedding_length"))?;
         let num_heads = self.meta_usize(&a("attention.head_count"))?;
@@ -131,18 +126,30 @@ impl GgufFile {
             })
     }
 
+    /// Read one tensor as stored (quantised blocks kept), in the GGUF's own layout.
+    pub fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+        self.content
+            .tensor(&mut self.file, name, &Device::Cpu)
+            .map_err(|e| self.bad_tensor(name, e))
+    }
+
     /// Read and dequantise one tensor to f32.
     fn tensor(&mut self, name: &str) -> Result<Tensor> {
-        let bad = |e: candle_core::Error| LlmError::Tensor {
+        let q = self.qtensor(name)?;
+        q.dequantize(&Device::Cpu)
+            .map_err(|e| self.bad_tensor(name, e))
+    }
+
+    fn bad_tensor(&self, name: &str, e: candle_core::Error) -> LlmError {
+        LlmError::Tensor {
             path: self.path.clone(),
             name: name.into(),
             reason: e.to_string(),
-        };
-        let q = self
-            .content
-            .tensor(&mut self.file, name, &Device::Cpu)
-            .map_err(bad)?;
-        q.dequantize(&Device::Cpu).map_err(bad)
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// All weights, dequantised, under their Hugging Face names.
@@ -154,14 +161,11 @@ impl GgufFile {
                 tracing::debug!("{}: ignoring tensor {name}", self.path.display());
                 continue;
             };
-            let mut t = self.tensor(&name)?;
-            if cfg.arch == Arch::Llama {
-                if hf.ends_with("q_proj.weight") || hf.ends_with("q_proj.bias") {
-                    t = unpermute(&t, cfg.num_heads)?;
-                } else if hf.ends_with("k_proj.weight") || hf.ends_with("k_proj.bias") {
-                    t = unpermute(&t, cfg.num_kv_heads)?;
-                }
-            }
+            let t = self.tensor(&name)?;
+            let t = match rope_heads(cfg, &name) {
+                Some(heads) => unpermute(&t, heads)?,
+                None => t,
+            };
             out.insert(hf, t);
         }
         Ok(out)
@@ -180,28 +184,47 @@ fn hf_name(gguf: &str) -> Option<String> {
     let (layer, rest) = rest.split_once('.')?;
     let (module, kind) = rest.rsplit_once('.')?;
     let hf = match module {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
+        "attn_norm" => "input_layernorm".to_string(),
+        "ffn_norm" => "post_attention_layernorm".to_string(),
+        _ => Target::from_gguf(module)?.path(),
     };
     Some(format!("model.layers.{layer}.{hf}.{kind}"))
 }
 
+/// For a Llama Q or K tensor (weight, bias, or a LoRA's B) under its llama.cpp name, the head count
+/// its rows are permuted over; `None` for every tensor llama.cpp stores unpermuted.
+pub fn rope_heads(cfg: &ModelConfig, gguf_name: &str) -> Option<usize> {
+    if cfg.arch != Arch::Llama {
+        return None;
+    }
+    let module = gguf_name.strip_prefix("blk.")?.split('.').nth(1)?;
+    match Target::from_gguf(module)? {
+        Target::Q => Some(cfg.num_heads),
+        Target::K => Some(cfg.num_kv_heads),
+        _ => None,
+    }
+}
+
+/// llama.cpp's converter permutation of Q/K rows: per head, rows (2, hd/2) are stored as (hd/2, 2), so
+/// that its rotary kernel rotates adjacent pairs. Applied to a Hugging Face tensor it gives the GGUF
+/// layout; [`unpermute`] inverts it.
+pub fn permute(t: &Tensor, heads: usize) -> Result<Tensor> {
+    swap_row_axes(t, heads, [2, 0])
+}
+
 /// Undo llama.cpp's Q/K row permutation: per head, rows stored as (hd/2, 2) go back to (2, hd/2).
-fn unpermute(t: &Tensor, heads: usize) -> Result<Tensor> {
+pub fn unpermute(t: &Tensor, heads: usize) -> Result<Tensor> {
+    swap_row_axes(t, heads, [0, 2])
+}
+
+/// View each head's rows of `t` as a `[x, y]` grid, where 0 stands for half the head dimension (`[0, 2]`:
+/// `(hd/2, 2)`), transpose the grid and flatten back.
+fn swap_row_axes(t: &Tensor, heads: usize, grid: [usize; 2]) -> Result<Tensor> {
     let dims = t.dims().to_vec();
-    let rows = dims[0];
-    let head_dim = rows / heads;
-    let rest: Vec<usize> = dims[1..].to_vec();
-    let mut shape = vec![heads, head_dim / 2, 2];
-    shape.extend(&rest);
+    let half = dims[0] / heads / 2;
+    let mut shape = vec![heads];
+    shape.extend(grid.map(|x| if x == 0 { half } else { x }));
+    shape.extend(&dims[1..]);
     let back = t
         .reshape(shape)?
         .transpose(1, 2)?
@@ -233,6 +256,11 @@ mod tests {
             .unwrap();
         let back = unpermute(&permuted, heads).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
+        let again = permute(&w, heads).unwrap();
+        assert_eq!(
+            again.to_vec2::<f32>().unwrap(),
+            permuted.to_vec2::<f32>().unwrap()
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! directories into f32, LoRA on every projection, PEFT adapter I/O, log-likelihood scoring and greedy
 //! generation.
 
+pub mod adapter_config;
 pub mod config;
 pub mod error;
 pub mod gguf;

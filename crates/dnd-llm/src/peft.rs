@@ -88,82 +88,11 @@ pub fn save_as(lora: &Lora, dir: &Path, base_model: &str, dtype: DType) -> Resul
     dnd_io::write_json(&dir.join(CONFIG_FILE), &config)
 }
 
-/// Read the LoRA settings of an `adapter_config.json`, rejecting PEFT features dnd does not implement.
+/// Read the LoRA settings of an `adapter_config.json`, rejecting PEFT features dnd does not implement
+/// ([`crate::adapter_config::parse`]).
 pub fn read_config(path: &Path) -> Result<LoraConfig> {
     let v: Value = dnd_io::read_json::<_, LlmError>(path)?;
-    let bad = |k: &str, reason: String| LlmError::Config {
-        path: path.into(),
-        key: k.into(),
-        reason,
-    };
-    match v.get("peft_type").and_then(Value::as_str) {
-        Some("LORA") => {}
-        other => {
-            return Err(bad(
-                "peft_type",
-                format!("{other:?}, only LORA is supported"),
-            ))
-        }
-    }
-    let rank = v
-        .get("r")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| bad("r", "missing or not an integer".into()))? as usize;
-    let alpha = v
-        .get("lora_alpha")
-        .and_then(Value::as_f64)
-        .ok_or_else(|| bad("lora_alpha", "missing or not a number".into()))?;
-    let targets = match v.get("target_modules") {
-        Some(Value::Array(list)) => list
-            .iter()
-            .map(|m| {
-                m.as_str()
-                    .and_then(Target::from_module)
-                    .ok_or_else(|| bad("target_modules", format!("unsupported module {m}")))
-            })
-            .collect::<Result<Vec<_>>>()?,
-        other => {
-            return Err(bad(
-                "target_modules",
-                format!("{other:?}: expected a list of module names"),
-            ))
-        }
-    };
-    let flag = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
-    if flag("use_dora") {
-        return Err(bad("use_dora", "DoRA adapters are not supported".into()));
-    }
-    if flag("fan_in_fan_out") {
-        return Err(bad(
-            "fan_in_fan_out",
-            "transposed (Conv1D) layouts are not supported".into(),
-        ));
-    }
-    for k in ["rank_pattern", "alpha_pattern"] {
-        if v.get(k)
-            .and_then(Value::as_object)
-            .is_some_and(|m| !m.is_empty())
-        {
-            return Err(bad(k, "per-module ranks/alphas are not supported".into()));
-        }
-    }
-    if v.get("layers_to_transform").is_some_and(|x| !x.is_null()) {
-        return Err(bad(
-            "layers_to_transform",
-            "adapters on a subset of layers are not supported".into(),
-        ));
-    }
-    if let Some(bias) = v.get("bias").and_then(Value::as_str) {
-        if bias != "none" {
-            return Err(bad(
-                "bias",
-                format!("`{bias}`: trained biases are not supported"),
-            ));
-        }
-    }
-    let mut config = LoraConfig::new(rank, alpha, &targets);
-    config.use_rslora = flag("use_rslora");
-    Ok(config)
+    crate::adapter_config::parse(&v, path)
 }
 
 /// Load a PEFT adapter directory for a base model of config `model`, checking every shape.

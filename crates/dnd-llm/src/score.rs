@@ -74,6 +74,13 @@ pub fn loglikelihood(
             ll.is_greedy &= argmax[r] == tok;
             r += 1;
         }
+        if !ll.logprob.is_finite() {
+            return Err(LlmError::NonFinite(format!(
+                "log-likelihood {} for continuation {}",
+                ll.logprob,
+                out.len()
+            )));
+        }
         out.push(ll);
     }
     Ok(out)
@@ -137,7 +144,20 @@ pub fn generate_greedy(
     while out.len() < max_new {
         let hidden = model.hidden(&input, lora, Some(&mut cache))?;
         let last = hidden.narrow(0, hidden.dim(0)? - 1, 1)?;
-        let next = model.logits(&last)?.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
+        let logits = model.logits(&last)?;
+        // An argmax over NaNs is an arbitrary token: stop instead of generating garbage.
+        if !logits
+            .to_dtype(DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()?
+            .is_finite()
+        {
+            return Err(LlmError::NonFinite(format!(
+                "logits at generated token {}",
+                out.len()
+            )));
+        }
+        let next = logits.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
         out.push(next);
         if stop_ids.contains(&next) || stop(&out) {
             break;

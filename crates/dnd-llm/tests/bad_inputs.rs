@@ -3,100 +3,15 @@
 
 mod common;
 
-use candle_core::quantized::gguf_file::{self, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 use common::*;
 use dnd_llm::gguf::GgufFile;
 use dnd_llm::{peft, LlmError, Lora, LoraConfig, ModelConfig, Target, Transformer};
 use std::path::{Path, PathBuf};
 
-/// llama.cpp's converter permutation of Q/K rows (the inverse of what the loader undoes).
-fn permute(t: &Tensor, heads: usize) -> Tensor {
-    let (rows, cols) = t.dims2().unwrap();
-    t.reshape((heads, 2, rows / heads / 2, cols))
-        .unwrap()
-        .transpose(1, 2)
-        .unwrap()
-        .contiguous()
-        .unwrap()
-        .reshape((rows, cols))
-        .unwrap()
-}
-
 /// Write the tiny llama formula model as a GGUF file the way llama.cpp lays it out.
 fn write_tiny_gguf(cfg: &ModelConfig, path: &Path) {
-    let mut tensors = Vec::new();
-    let mut w = formula_weights(cfg);
-    let mut add = |gguf: String, t: Tensor| {
-        tensors.push((gguf, QTensor::quantize(&t, GgmlDType::F32).unwrap()))
-    };
-    add(
-        "token_embd.weight".into(),
-        w.remove("model.embed_tokens.weight").unwrap(),
-    );
-    add(
-        "output_norm.weight".into(),
-        w.remove("model.norm.weight").unwrap(),
-    );
-    for l in 0..cfg.num_layers {
-        let p = format!("model.layers.{l}");
-        let mut take = |n: &str| w.remove(&format!("{p}.{n}")).unwrap();
-        let q = permute(&take("self_attn.q_proj.weight"), cfg.num_heads);
-        let k = permute(&take("self_attn.k_proj.weight"), cfg.num_kv_heads);
-        for (name, t) in [
-            ("attn_norm", take("input_layernorm.weight")),
-            ("ffn_norm", take("post_attention_layernorm.weight")),
-            ("attn_q", q),
-            ("attn_k", k),
-            ("attn_v", take("self_attn.v_proj.weight")),
-            ("attn_output", take("self_attn.o_proj.weight")),
-            ("ffn_gate", take("mlp.gate_proj.weight")),
-            ("ffn_up", take("mlp.up_proj.weight")),
-            ("ffn_down", take("mlp.down_proj.weight")),
-        ] {
-            add(format!("blk.{l}.{name}.weight"), t);
-        }
-    }
-    let meta: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String("llama".into())),
-        (
-            "llama.block_count".into(),
-            Value::U32(cfg.num_layers as u32),
-        ),
-        (
-            "llama.embedding_length".into(),
-            Value::U32(cfg.hidden_size as u32),
-        ),
-        (
-            "llama.feed_forward_length".into(),
-            Value::U32(cfg.intermediate_size as u32),
-        ),
-        (
-            "llama.attention.head_count".into(),
-            Value::U32(cfg.num_heads as u32),
-        ),
-        (
-            "llama.attention.head_count_kv".into(),
-            Value::U32(cfg.num_kv_heads as u32),
-        ),
-        (
-            "llama.rope.freq_base".into(),
-            Value::F32(cfg.rope_theta as f32),
-        ),
-        (
-            "llama.attention.layer_norm_rms_epsilon".into(),
-            Value::F32(cfg.rms_norm_eps as f32),
-        ),
-        (
-            "llama.context_length".into(),
-            Value::U32(cfg.max_position_embeddings as u32),
-        ),
-    ];
-    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut f = std::fs::File::create(path).unwrap();
-    gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
+    dnd_testkit::write_llama_gguf(cfg, formula_weights(cfg), false, path);
 }
 
 fn tiny_gguf() -> (ModelConfig, tempfile::TempDir, PathBuf) {
@@ -334,4 +249,36 @@ fn peft_round_trip_and_mismatched_adapters() {
         .unwrap()
         .to_string();
     assert!(e.contains("layer 0 q_proj is missing"), "{e}");
+}
+
+/// An extreme but finite `lora_alpha` parses (it is a number), and the scores it produces are refused
+/// instead of being reported as null; greedy generation refuses its NaN logits too.
+#[test]
+fn non_finite_scores_are_errors() {
+    let (model, _fx, dir) = tiny_model("tiny_llama.json", DType::F32);
+    let cfg = model.config().clone();
+    let lora = formula_lora(
+        &cfg,
+        LoraConfig::new(4, 8.0, &[Target::Q, Target::V, Target::Down]),
+        DType::F32,
+    );
+    let adir = dir.path().join("adapter");
+    peft::save(&lora, &adir, "tiny").unwrap();
+    let cfg_path = adir.join(peft::CONFIG_FILE);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    v["lora_alpha"] = serde_json::json!(1e300);
+    std::fs::write(&cfg_path, v.to_string()).unwrap();
+    let huge = peft::load(&adir, &cfg, DType::F32).unwrap();
+    let e = dnd_llm::score::loglikelihood(&model, Some(&huge), &[1, 2, 3], &[vec![4, 5]])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("non-finite") && e.contains("lora_alpha"), "{e}");
+    let e = dnd_llm::score::generate_greedy(&model, Some(&huge), &[1, 2, 3], 4, &[], &|_| false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("non-finite"), "{e}");
+    // The same adapter at its real alpha scores finitely.
+    let ok = dnd_llm::score::loglikelihood(&model, Some(&lora), &[1, 2, 3], &[vec![4, 5]]).unwrap();
+    assert!(ok[0].logprob.is_finite());
 }

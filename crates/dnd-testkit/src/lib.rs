@@ -236,3 +236,70 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
         .to_scalar::<f64>()
         .unwrap()
 }
+
+/// Write a Llama's Hugging Face `weights` as llama.cpp lays them out in a GGUF at `path`: llama.cpp
+/// tensor names, Q/K rows permuted, the hyper-parameter keys of `cfg`, no tokenizer. With `quantize`,
+/// matrices whose rows are whole Q8_0 blocks are stored as Q8_0 (the rest F32), as real GGUFs mix types.
+pub fn write_llama_gguf(
+    cfg: &ModelConfig,
+    mut weights: HashMap<String, Tensor>,
+    quantize: bool,
+    path: &Path,
+) {
+    use candle_core::quantized::gguf_file::{self, Value};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let mut tensors = Vec::new();
+    let mut add = |name: String, t: Tensor| {
+        let dtype = if quantize && t.rank() == 2 && t.dims()[1].is_multiple_of(32) {
+            GgmlDType::Q8_0
+        } else {
+            GgmlDType::F32
+        };
+        tensors.push((name, QTensor::quantize(&t, dtype).unwrap()));
+    };
+    let mut take = |n: &str| weights.remove(n).unwrap_or_else(|| panic!("no weight {n}"));
+    add(
+        "token_embd.weight".into(),
+        take("model.embed_tokens.weight"),
+    );
+    add("output_norm.weight".into(), take("model.norm.weight"));
+    for l in 0..cfg.num_layers {
+        let p = format!("model.layers.{l}");
+        add(
+            format!("blk.{l}.attn_norm.weight"),
+            take(&format!("{p}.input_layernorm.weight")),
+        );
+        add(
+            format!("blk.{l}.ffn_norm.weight"),
+            take(&format!("{p}.post_attention_layernorm.weight")),
+        );
+        for t in Target::ALL {
+            let w = take(&format!("{p}.{}.weight", t.path()));
+            let name = format!("blk.{l}.{}.weight", t.gguf());
+            let w = match dnd_llm::gguf::rope_heads(cfg, &name) {
+                Some(heads) => dnd_llm::gguf::permute(&w, heads).unwrap(),
+                None => w,
+            };
+            add(name, w);
+        }
+    }
+    let u = |x: usize| Value::U32(x as u32);
+    let meta = [
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.block_count", u(cfg.num_layers)),
+        ("llama.embedding_length", u(cfg.hidden_size)),
+        ("llama.feed_forward_length", u(cfg.intermediate_size)),
+        ("llama.attention.head_count", u(cfg.num_heads)),
+        ("llama.attention.head_count_kv", u(cfg.num_kv_heads)),
+        ("llama.rope.freq_base", Value::F32(cfg.rope_theta as f32)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
+        ("llama.context_length", u(cfg.max_position_embeddings)),
+    ];
+    let meta: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut f, &meta, &tensors).unwrap();
+}
