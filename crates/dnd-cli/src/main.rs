@@ -11,6 +11,7 @@ mod fetch;
 mod finetune;
 mod generate;
 mod info;
+mod serve;
 mod tasks;
 mod text;
 mod train;
@@ -90,6 +91,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Export an adapter for llama.cpp (a LoRA GGUF), or a base GGUF with an adapter merged in.
     Export(export::ExportArgs),
+    /// An OpenAI-compatible server with adapter generation and a drag-and-drop page at /.
+    Serve(serve::ServeArgs),
     /// Leave-one-out DnD vs every baseline on a collection, with its report; resumable.
     Experiment(experiment::ExperimentArgs),
     /// Compare the DnD rows of two experiment reports item by item (e.g. two decoder sizes).
@@ -122,6 +125,7 @@ fn main() -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Export(a) => export::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Experiment(a) => experiment::run(a),
         Command::Compare(a) => experiment::compare(a),
     }
