@@ -81,7 +81,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
         },
     };
     let adapters_dir = config.adapters_dir.clone();
-    let app = dnd_serve::app(Backend { llm, generator }, config)
+    let base_model = dnd_assets::portable_name(&llm.source);
+    let backend = Backend {
+        llm,
+        base_model,
+        generator,
+    };
+    let app = dnd_serve::app(backend, config)
         .with_context(|| format!("opening {}", adapters_dir.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -168,7 +168,7 @@ impl Sampling {
         let max = self
             .max_completion_tokens
             .or(self.max_tokens)
-            .unwrap_or(128);
+            .unwrap_or(limits.max_tokens.min(128) as u64);
         if max == 0 || max > limits.max_tokens as u64 {
             return Err(ApiError::bad_request(format!(
                 "max_tokens: {max}, this server allows 1 to {}",

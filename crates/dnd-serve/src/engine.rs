@@ -17,6 +17,9 @@ pub type AdapterFn = Box<dyn Fn(&[&str]) -> Result<Lora, String> + Send>;
 /// What the engine computes with.
 pub struct Backend {
     pub llm: Llm,
+    /// How adapters name their base (`base_model` in their metadata and PEFT config): a portable name,
+    /// not a path on the server.
+    pub base_model: String,
     /// The generator and the sha256 of its files, if the server has one.
     pub generator: Option<(AdapterFn, String)>,
 }
@@ -212,7 +215,7 @@ impl Worker {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             prompts: prompts.len(),
-            base_model: self.backend.llm.source.display().to_string(),
+            base_model: self.backend.base_model.clone(),
             generator: hash.clone(),
         };
         self.store.write(&lora, &meta)?;
