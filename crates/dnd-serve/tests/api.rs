@@ -286,6 +286,16 @@ async fn adapters_are_created_used_downloaded_and_deleted() {
     );
 }
 
+/// method, path, key, body, the status expected and what its message must say.
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<String>,
+    StatusCode,
+    &'a str,
+);
+
 #[tokio::test]
 async fn bad_requests_get_clear_4xx_and_the_server_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
@@ -297,7 +307,7 @@ async fn bad_requests_get_clear_4xx_and_the_server_keeps_serving() {
     };
     let app = server(dir.path(), limits);
     let big = json!({"model": "tiny", "prompt": "x".repeat(5000)}).to_string();
-    let cases: Vec<(&str, &str, Option<&str>, Option<String>, StatusCode, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "GET",
             "/v1/models",
