@@ -307,7 +307,7 @@ async fn bad_requests_get_clear_4xx_and_the_server_keeps_serving() {
     };
     let app = server(dir.path(), limits);
     let big = json!({"model": "tiny", "prompt": "x".repeat(5000)}).to_string();
-    let cases: Vec<Case> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "GET",
             "/v1/models",
