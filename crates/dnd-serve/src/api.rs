@@ -2,8 +2,9 @@
 //! (streamed as server-sent events on request), dnd's `/v1/adapters`, and the page at `/`.
 
 use crate::adapters::AdapterStore;
-use crate::engine::{Completion, Engine, Event, Input};
+use crate::engine::{Completion, Engine, Event};
 use crate::error::{ApiError, ApiResult};
+use crate::requests::{ChatRequest, CompletionRequest, CreateAdapter};
 use crate::Limits;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
@@ -13,7 +14,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use dnd_llm::{ChatMessage, ModelConfig};
+use dnd_llm::ModelConfig;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::convert::Infallible;
@@ -126,94 +127,6 @@ async fn models(State(s): State<Arc<AppState>>) -> axum::Json<Value> {
     axum::Json(json!({"object": "list", "data": data}))
 }
 
-/// Fields OpenAI clients send that change the output; dnd decodes greedily, one choice per request,
-/// so anything else is refused rather than ignored.
-#[derive(Deserialize)]
-struct Sampling {
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    n: Option<u64>,
-    logprobs: Option<Value>,
-    echo: Option<bool>,
-    #[serde(default)]
-    stream: bool,
-    max_tokens: Option<u64>,
-    max_completion_tokens: Option<u64>,
-    stop: Option<Value>,
-}
-
-impl Sampling {
-    fn check(&self, limits: &Limits) -> ApiResult<(usize, Vec<String>)> {
-        if self.temperature.is_some_and(|t| t != 0.0) {
-            return Err(ApiError::bad_request(
-                "temperature: dnd serve decodes greedily; send 0 or leave it out",
-            ));
-        }
-        if self.top_p.is_some_and(|p| p != 1.0) {
-            return Err(ApiError::bad_request("top_p: only 1 (greedy decoding)"));
-        }
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(ApiError::bad_request("n: one choice per request"));
-        }
-        if self
-            .logprobs
-            .as_ref()
-            .is_some_and(|l| !l.is_null() && l != &json!(false))
-        {
-            return Err(ApiError::bad_request("logprobs are not returned"));
-        }
-        if self.echo == Some(true) {
-            return Err(ApiError::bad_request("echo is not supported"));
-        }
-        let max = self
-            .max_completion_tokens
-            .or(self.max_tokens)
-            .unwrap_or(limits.max_tokens.min(128) as u64);
-        if max == 0 || max > limits.max_tokens as u64 {
-            return Err(ApiError::bad_request(format!(
-                "max_tokens: {max}, this server allows 1 to {}",
-                limits.max_tokens
-            )));
-        }
-        let stop = match &self.stop {
-            None | Some(Value::Null) => vec![],
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) if a.len() <= 4 => a
-                .iter()
-                .map(|s| s.as_str().map(String::from))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| ApiError::bad_request("stop: strings only"))?,
-            Some(_) => return Err(ApiError::bad_request("stop: a string or up to 4 strings")),
-        };
-        if stop.iter().any(|s| s.is_empty() || s.len() > 100) {
-            return Err(ApiError::bad_request("stop: each from 1 to 100 bytes"));
-        }
-        Ok((max as usize, stop))
-    }
-}
-
-#[derive(Deserialize)]
-struct CompletionRequest {
-    model: String,
-    prompt: Value,
-    #[serde(flatten)]
-    sampling: Sampling,
-}
-
-#[derive(Deserialize)]
-struct ChatRequest {
-    model: String,
-    messages: Vec<Message>,
-    #[serde(flatten)]
-    sampling: Sampling,
-}
-
-#[derive(Deserialize)]
-struct Message {
-    role: String,
-    content: Value,
-}
-
 impl AppState {
     /// The adapter `model` names: none for the base model's name, else a stored adapter.
     fn resolve(&self, model: &str) -> ApiResult<Option<String>> {
@@ -230,17 +143,6 @@ impl AppState {
         Ok(Some(model.to_string()))
     }
 
-    fn check_text(&self, what: &str, text: &str) -> ApiResult<()> {
-        if text.len() > self.limits.max_prompt_bytes {
-            return Err(ApiError::bad_request(format!(
-                "{what}: {} bytes, this server allows {}",
-                text.len(),
-                self.limits.max_prompt_bytes
-            )));
-        }
-        Ok(())
-    }
-
     fn next_id(&self, prefix: &str) -> String {
         format!("{prefix}-{}", self.counter.fetch_add(1, Ordering::Relaxed))
     }
@@ -250,59 +152,30 @@ async fn completions(
     State(s): State<Arc<AppState>>,
     Body(r): Body<CompletionRequest>,
 ) -> ApiResult<Response> {
-    let (max_tokens, stop) = r.sampling.check(&s.limits)?;
-    let prompt = match r.prompt {
-        Value::String(p) => p,
-        Value::Array(a) if a.len() == 1 && a[0].is_string() => {
-            a[0].as_str().unwrap_or_default().into()
-        }
-        _ => return Err(ApiError::bad_request("prompt: one string per request")),
-    };
-    s.check_text("prompt", &prompt)?;
-    let adapter = s.resolve(&r.model)?;
+    let c = r.check(&s.limits)?;
     let events = s.engine.complete(Completion {
-        adapter,
-        input: Input::Text(prompt),
-        max_tokens,
-        stop,
+        adapter: s.resolve(&c.model)?,
+        input: c.input,
+        max_tokens: c.max_tokens,
+        stop: c.stop,
     })?;
-    let (id, model) = (s.next_id("cmpl"), r.model);
+    let (id, model) = (s.next_id("cmpl"), c.model);
     let shape = move |text: &str, finish: Option<&str>| {
         json!({"id": id, "object": "text_completion", "created": now(), "model": model,
                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": null}]})
     };
-    respond(events, r.sampling.stream, shape).await
+    respond(events, c.stream, shape).await
 }
 
 async fn chat(State(s): State<Arc<AppState>>, Body(r): Body<ChatRequest>) -> ApiResult<Response> {
-    let (max_tokens, stop) = r.sampling.check(&s.limits)?;
-    if r.messages.is_empty() || r.messages.len() > 64 {
-        return Err(ApiError::bad_request("messages: from 1 to 64"));
-    }
-    let mut messages = Vec::new();
-    for (i, m) in r.messages.iter().enumerate() {
-        if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
-            return Err(ApiError::bad_request(format!(
-                "messages[{i}].role: `{}` (system, user or assistant)",
-                m.role.chars().take(40).collect::<String>()
-            )));
-        }
-        let Some(text) = m.content.as_str() else {
-            return Err(ApiError::bad_request(format!(
-                "messages[{i}].content: text only"
-            )));
-        };
-        s.check_text(&format!("messages[{i}].content"), text)?;
-        messages.push(ChatMessage::new(&m.role, text));
-    }
-    let adapter = s.resolve(&r.model)?;
+    let c = r.check(&s.limits)?;
     let events = s.engine.complete(Completion {
-        adapter,
-        input: Input::Chat(messages),
-        max_tokens,
-        stop,
+        adapter: s.resolve(&c.model)?,
+        input: c.input,
+        max_tokens: c.max_tokens,
+        stop: c.stop,
     })?;
-    let (id, model, stream) = (s.next_id("chatcmpl"), r.model, r.sampling.stream);
+    let (id, model, stream) = (s.next_id("chatcmpl"), c.model, c.stream);
     let shape = move |text: &str, finish: Option<&str>| {
         if stream {
             json!({"id": id, "object": "chat.completion.chunk", "created": now(), "model": model,
@@ -355,40 +228,11 @@ async fn respond(
     Err(ApiError::internal("the generation ended without a result"))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateAdapter {
-    prompts: Option<Vec<String>>,
-    description: Option<String>,
-}
-
 async fn create_adapter(
     State(s): State<Arc<AppState>>,
     Body(r): Body<CreateAdapter>,
 ) -> ApiResult<Response> {
-    let prompts = match (r.prompts, r.description) {
-        (Some(p), None) => p,
-        (None, Some(d)) => vec![d],
-        _ => {
-            return Err(ApiError::bad_request(
-                "give exactly one of `prompts` (a list) or `description`",
-            ))
-        }
-    };
-    let prompts: Vec<String> = prompts
-        .into_iter()
-        .filter(|p| !p.trim().is_empty())
-        .collect();
-    if prompts.is_empty() || prompts.len() > s.limits.max_prompts {
-        return Err(ApiError::bad_request(format!(
-            "prompts: {} non-blank, this server takes 1 to {}",
-            prompts.len(),
-            s.limits.max_prompts
-        )));
-    }
-    for (i, p) in prompts.iter().enumerate() {
-        s.check_text(&format!("prompts[{i}]"), p)?;
-    }
+    let prompts = r.check(&s.limits)?;
     if !s.has_generator {
         return Err(ApiError::bad_request(
             "this server has no generator (start it with --generator DIR)",

@@ -11,11 +11,13 @@ mod api;
 mod archive;
 mod engine;
 mod error;
+mod requests;
 
 pub use adapters::{generator_hash, AdapterMeta, AdapterStore};
 pub use api::AppState;
 pub use engine::{AdapterFn, Backend, Engine};
 pub use error::ApiError;
+pub use requests::check_body;
 
 use std::path::PathBuf;
 use std::sync::Arc;
