@@ -128,9 +128,38 @@ impl GgufFile {
 
     /// Read one tensor as stored (quantised blocks kept), in the GGUF's own layout.
     pub fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+        self.check_size(name)?;
         self.content
             .tensor(&mut self.file, name, &Device::Cpu)
             .map_err(|e| self.bad_tensor(name, e))
+    }
+
+    /// Refuse a tensor whose shape claims more bytes than the whole file holds, before anything is
+    /// allocated for it (its element count is computed without overflow: a wrapped product would pass
+    /// candle's own size check and then ask for an impossible allocation when dequantised).
+    fn check_size(&self, name: &str) -> Result<()> {
+        let info = self.info(name)?;
+        let dtype = info.ggml_dtype;
+        let elems = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        let bytes = elems
+            .filter(|e| e % dtype.block_size() as u64 == 0)
+            .and_then(|e| (e / dtype.block_size() as u64).checked_mul(dtype.type_size() as u64));
+        let file_len = self.file.metadata().map_err(io_err(&self.path))?.len();
+        match bytes {
+            Some(b) if b <= file_len => Ok(()),
+            _ => Err(LlmError::Tensor {
+                path: self.path.clone(),
+                name: name.into(),
+                reason: format!(
+                    "shape {:?} of {dtype:?} needs more bytes than the file's {file_len}",
+                    info.shape.dims()
+                ),
+            }),
+        }
     }
 
     /// Read and dequantise one tensor to f32.

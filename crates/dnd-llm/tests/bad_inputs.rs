@@ -282,3 +282,16 @@ fn non_finite_scores_are_errors() {
     let ok = dnd_llm::score::loglikelihood(&model, Some(&lora), &[1, 2, 3], &[vec![4, 5]]).unwrap();
     assert!(ok[0].logprob.is_finite());
 }
+
+/// Inputs the fuzzer (scripts/fuzz.sh) found crashing dnd, kept as regressions: each must now be a
+/// clear error.
+#[test]
+fn fuzzer_finds_are_errors() {
+    // A tensor shape whose element count overflows: candle's size check passed on the wrapped product
+    // and dequantising it asked for an impossible allocation (a panic).
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/gguf-shape-overflow");
+    let mut f = GgufFile::open(&path).unwrap();
+    let cfg = f.config().unwrap();
+    let e = f.weights(&cfg).err().expect("must fail").to_string();
+    assert!(e.contains("needs more bytes than the file"), "{e}");
+}
