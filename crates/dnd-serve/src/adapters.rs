@@ -143,6 +143,20 @@ pub fn generator_hash(dir: &Path) -> std::io::Result<String> {
 mod tests {
     use super::*;
 
+    /// A server killed while writing leaves a temporary directory: never listed, removed at the next start.
+    #[test]
+    fn half_written_adapters_are_never_visible() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = AdapterStore::id_for("g", &["p".into()]);
+        let half = dnd_io::temp_path(&dir.path().join(&id));
+        std::fs::create_dir_all(&half).unwrap();
+        std::fs::write(half.join(META_FILE), "{}").unwrap();
+        let store = AdapterStore::open(dir.path()).unwrap();
+        assert!(!half.exists(), "cleaned at start");
+        assert!(store.list().is_empty());
+        assert!(store.path(&id).is_err());
+    }
+
     #[test]
     fn ids_are_checked_exactly() {
         let id = AdapterStore::id_for("g", &["a".into(), "b".into()]);
