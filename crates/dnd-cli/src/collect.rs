@@ -2,9 +2,10 @@
 
 use crate::common::{ModelArg, TaskArgs};
 use crate::finetune::{base_model, show_step, step_bar, TrainArgs};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use dnd_collect::{
-    collect, default_collection_dir, CollectDefaults, CollectPlan, CollectionIndex, Event, Storage,
+    collect, collect_unit, default_collection_dir, merge_units, CollectDefaults, CollectPlan,
+    CollectionIndex, Event, Storage,
 };
 use dnd_tasks::SplitConfig;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,31 @@ pub struct CollectArgs {
     /// Also write a summary to <PREFIX>.json and <PREFIX>.md (e.g. results/collect/commonsense).
     #[arg(long)]
     summary: Option<PathBuf>,
+    /// Collect only job unit I of this plan (task I, from 0, in plan order), for a scheduler's array
+    /// job: `env` reads SLURM_ARRAY_TASK_ID, else JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs).
+    /// Leaves collection.json to --merge. A unit already done is skipped.
+    #[arg(long, conflicts_with_all = ["merge", "emit_slurm", "fresh"])]
+    unit: Option<String>,
+    /// With --unit: each array element runs this many consecutive units (element i: units i*K ..).
+    #[arg(long, default_value_t = 1)]
+    pub units_per_job: usize,
+    /// Build collection.json from the finished units of this plan; names the units not done.
+    #[arg(long, conflicts_with_all = ["emit_slurm", "fresh"])]
+    merge: bool,
+    /// Write a Slurm batch script running this plan as a job array (one element per --units-per-job
+    /// units) to FILE, and print how to submit and merge it. Nothing is collected.
+    #[arg(long, value_name = "FILE")]
+    emit_slurm: Option<PathBuf>,
+    /// Slurm settings of --emit-slurm: most array elements at once, memory and CPUs per element, and
+    /// the log directory.
+    #[arg(long, default_value_t = 8)]
+    pub slurm_throttle: usize,
+    #[arg(long, default_value = "4G")]
+    pub slurm_mem: String,
+    #[arg(long, default_value_t = 2)]
+    pub slurm_cpus: usize,
+    #[arg(long, default_value = "slurm-logs")]
+    pub slurm_logs: PathBuf,
 }
 
 fn parse_storage(s: &str) -> std::result::Result<Storage, String> {
@@ -67,15 +93,40 @@ pub fn run(a: CollectArgs) -> Result<()> {
         state_every: a.state_every,
         storage: a.storage,
     };
+    if let Some(script) = &a.emit_slurm {
+        return crate::slurm::emit(script, &a, plan.tasks.len());
+    }
     let base = base_model(&a.model)?;
+    if a.merge {
+        let index = merge_units(&plan, &base)?;
+        return report(&a, &dir, &index);
+    }
     let llm = a.model.load()?;
+    if let Some(unit) = &a.unit {
+        let first = crate::slurm::unit_index(unit)? * a.units_per_job;
+        let units = first..(first + a.units_per_job).min(plan.tasks.len());
+        if units.is_empty() {
+            bail!("unit {first}: the plan has {} units", plan.tasks.len());
+        }
+        for u in units {
+            tracing::info!("unit {u} ({}) of {}", plan.tasks[u].name, dir.display());
+            collect_unit(&llm.model, &llm.tokenizer, &base, &plan, u, &mut progress())?;
+        }
+        return Ok(());
+    }
     tracing::info!(
         "collecting {} task(s) into {}",
         plan.tasks.len(),
         dir.display()
     );
+    let index = collect(&llm.model, &llm.tokenizer, &base, &plan, &mut progress())?;
+    report(&a, &dir, &index)
+}
+
+/// The progress bar of each task and a line when it is done.
+fn progress() -> impl FnMut(Event<'_>) {
     let mut bar = None;
-    let index = collect(&llm.model, &llm.tokenizer, &base, &plan, &mut |e| match e {
+    move |e| match e {
         Event::TaskStart { task, steps } => bar = Some(step_bar(steps, task)),
         Event::Step(r) => bar.iter().for_each(|b| show_step(b, r)),
         Event::TaskDone(m) => {
@@ -89,11 +140,15 @@ pub fn run(a: CollectArgs) -> Result<()> {
                 m.wall_time_s
             );
         }
-    })?;
+    }
+}
+
+/// Print the collection's table and write it as the --summary files.
+fn report(a: &CollectArgs, dir: &Path, index: &CollectionIndex) -> Result<()> {
     // The summary names files as `$DND_CACHE/...` and pinned models by name: no machine's paths.
     let mut summary = index.clone();
     summary.base_model.path = dnd_assets::portable_name(Path::new(&index.base_model.path));
-    let md = markdown(&summary, &dnd_assets::portable_name(&dir));
+    let md = markdown(&summary, &dnd_assets::portable_name(dir));
     println!("{md}");
     if let Some(prefix) = &a.summary {
         dnd_io::write_atomic(

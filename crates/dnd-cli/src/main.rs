@@ -12,6 +12,7 @@ mod finetune;
 mod generate;
 mod info;
 mod serve;
+mod slurm;
 mod tasks;
 mod text;
 mod train;

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub const INDEX_FILE: &str = "collection.json";
+/// The directory of unit completion markers (`<task>.json`, each the task's index entry).
+pub const UNITS_DIR: &str = "units";
 
 /// A task's adapter-train part as training sequences.
 pub struct TaskSequences {
@@ -188,6 +190,103 @@ pub fn collect(
     plan: &CollectPlan,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<CollectionIndex> {
+    let existing = check_plan(plan, base)?;
+    // Every task's sources are read before any work: a missing file fails at once, not hours in.
+    let mut hashes = Vec::with_capacity(plan.tasks.len());
+    for t in &plan.tasks {
+        hashes.push(t.source_hashes(&plan.data_root)?);
+    }
+    let mut done = Vec::new();
+    for (task, sha256) in plan.tasks.iter().zip(hashes) {
+        done.push(collect_task(
+            model, tok, base, plan, task, sha256, on_event,
+        )?);
+        write_index(plan, base, &existing, &done)?;
+    }
+    Ok(index_of(plan, base, done))
+}
+
+/// Collect task `unit` of `plan` (numbered from 0 in plan order) as one independent job: the task's
+/// files, then its index entry in `units/<task>.json`, written atomically last, which marks the unit
+/// done. `collection.json` is not touched (units may run at once on a cluster): [`merge_units`] builds
+/// it. A unit already done is skipped; a half-done one resumes.
+pub fn collect_unit(
+    model: &Transformer,
+    tok: &Tokenizer,
+    base: &BaseModel,
+    plan: &CollectPlan,
+    unit: usize,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<TaskEntry> {
+    check_plan(plan, base)?;
+    let task = plan.tasks.get(unit).ok_or_else(|| {
+        CollectError::Config(format!(
+            "unit {unit}: the plan has {} units (0 to {})",
+            plan.tasks.len(),
+            plan.tasks.len().saturating_sub(1)
+        ))
+    })?;
+    let marker = unit_file(plan, task);
+    if let Some(entry) = read_unit(&marker, task)? {
+        return Ok(entry);
+    }
+    let sha256 = task.source_hashes(&plan.data_root)?;
+    let entry = collect_task(model, tok, base, plan, task, sha256, on_event)?;
+    dnd_io::write_json::<_, CollectError>(&marker, &entry)?;
+    Ok(entry)
+}
+
+/// Build `collection.json` from the units of every task of `plan`, in plan order (after the tasks the
+/// collection held before), as [`collect`] would have written it. Refuses while any unit is missing,
+/// naming them.
+pub fn merge_units(plan: &CollectPlan, base: &BaseModel) -> Result<CollectionIndex> {
+    let existing = check_plan(plan, base)?;
+    let mut done = Vec::new();
+    let mut missing = Vec::new();
+    for (i, task) in plan.tasks.iter().enumerate() {
+        match read_unit(&unit_file(plan, task), task)? {
+            Some(entry) => done.push(entry),
+            None => missing.push(format!("{i} ({})", task.name)),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(CollectError::Config(format!(
+            "{} of {} units are not done: {}",
+            missing.len(),
+            plan.tasks.len(),
+            missing.join(", ")
+        )));
+    }
+    write_index(plan, base, &existing, &done)?;
+    Ok(index_of(plan, base, done))
+}
+
+/// Where unit `task` of a plan records that it is done.
+fn unit_file(plan: &CollectPlan, task: &Task) -> PathBuf {
+    plan.dir.join(UNITS_DIR).join(format!("{}.json", task.name))
+}
+
+/// A unit's entry if it is done, refusing one recorded for other data under the same task name.
+fn read_unit(path: &Path, task: &Task) -> Result<Option<TaskEntry>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let entry: TaskEntry = dnd_io::read_json::<_, CollectError>(path)?;
+    if entry
+        .definition
+        .as_ref()
+        .is_some_and(|d| !d.same_data(task))
+    {
+        return Err(CollectError::Mismatch {
+            dir: path.into(),
+            reason: format!("unit {} was collected from other data", task.name),
+        });
+    }
+    Ok(Some(entry))
+}
+
+/// The checks every way of collecting starts with; the index the directory already has.
+fn check_plan(plan: &CollectPlan, base: &BaseModel) -> Result<Vec<TaskEntry>> {
     if plan.tasks.is_empty() {
         return Err(CollectError::Config("no tasks to collect".into()));
     }
@@ -197,59 +296,75 @@ pub fn collect(
             plan.first_phase, plan.train.steps
         )));
     }
-    let existing = existing_index(plan, base)?.map_or(Vec::new(), |i| i.tasks);
-    let mut hashes = Vec::with_capacity(plan.tasks.len());
-    for t in &plan.tasks {
-        hashes.push(t.source_hashes(&plan.data_root)?);
-    }
-    let mut index = CollectionIndex {
+    Ok(existing_index(plan, base)?.map_or(Vec::new(), |i| i.tasks))
+}
+
+fn index_of(plan: &CollectPlan, base: &BaseModel, tasks: Vec<TaskEntry>) -> CollectionIndex {
+    CollectionIndex {
         base_model: base.clone(),
         train: plan.train.clone(),
         first_phase: plan.first_phase,
-        tasks: Vec::new(),
-        wall_time_s: 0.0,
-    };
-    for (task, sha256) in plan.tasks.iter().zip(hashes) {
-        let started = Instant::now();
-        on_event(Event::TaskStart {
-            task: &task.name,
-            steps: plan.train.steps,
-        });
-        let data = prepare_task(tok, task, &plan.data_root, &plan.split, plan.train.max_len)?;
-        let spec = RunSpec {
-            task: task.name.clone(),
-            base_model: base.clone(),
-            data: data.info,
-            train: plan.train.clone(),
-            saves: Saves::EveryStepFrom(plan.first_phase + 1),
-            storage: plan.storage,
-        };
-        let dir = plan.dir.join(&task.name);
-        let mut on_step = |r: &StepRecord| on_event(Event::Step(r));
-        let mut opts = RunOptions {
-            state_every: plan.state_every,
-            stop_after: None,
-            started,
-            on_step: &mut on_step,
-        };
-        let RunOutcome::Complete(manifest) = run(model, &data.seqs, &spec, &dir, &mut opts)? else {
-            unreachable!("runs without stop_after complete");
-        };
-        let mut entry = task_entry(&dir, task, sha256, &manifest)?;
-        if let Some(last) = manifest.checkpoints.last() {
-            let at = (plan.data_root.as_path(), &plan.split, plan.train.max_len);
-            entry.heldout = heldout(model, tok, task, &dir.join(last), at, &dir)?;
-        }
-        index.tasks.push(entry);
-        on_event(Event::TaskDone(&manifest));
-        index.wall_time_s = index.tasks.iter().map(|t| t.wall_time_s).sum();
-        let mut on_disk = index.clone();
-        on_disk.tasks = merged(&existing, &index.tasks);
-        on_disk.wall_time_s = on_disk.tasks.iter().map(|t| t.wall_time_s).sum();
-        std::fs::create_dir_all(&plan.dir).map_err(io_err(&plan.dir))?;
-        dnd_io::write_json::<_, CollectError>(&plan.dir.join(INDEX_FILE), &on_disk)?;
+        wall_time_s: tasks.iter().map(|t| t.wall_time_s).sum(),
+        tasks,
     }
-    Ok(index)
+}
+
+/// Write `collection.json`: the entries it had, with `done` replacing or added after them.
+fn write_index(
+    plan: &CollectPlan,
+    base: &BaseModel,
+    existing: &[TaskEntry],
+    done: &[TaskEntry],
+) -> Result<()> {
+    let on_disk = index_of(plan, base, merged(existing, done));
+    std::fs::create_dir_all(&plan.dir).map_err(io_err(&plan.dir))?;
+    dnd_io::write_json::<_, CollectError>(&plan.dir.join(INDEX_FILE), &on_disk)
+}
+
+/// One task of the plan, from its data (whose files hashed to `sha256`) to its index entry, with the
+/// held-out check.
+#[allow(clippy::too_many_arguments)]
+fn collect_task(
+    model: &Transformer,
+    tok: &Tokenizer,
+    base: &BaseModel,
+    plan: &CollectPlan,
+    task: &Task,
+    sha256: Vec<String>,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<TaskEntry> {
+    let started = Instant::now();
+    on_event(Event::TaskStart {
+        task: &task.name,
+        steps: plan.train.steps,
+    });
+    let data = prepare_task(tok, task, &plan.data_root, &plan.split, plan.train.max_len)?;
+    let spec = RunSpec {
+        task: task.name.clone(),
+        base_model: base.clone(),
+        data: data.info,
+        train: plan.train.clone(),
+        saves: Saves::EveryStepFrom(plan.first_phase + 1),
+        storage: plan.storage,
+    };
+    let dir = plan.dir.join(&task.name);
+    let mut on_step = |r: &StepRecord| on_event(Event::Step(r));
+    let mut opts = RunOptions {
+        state_every: plan.state_every,
+        stop_after: None,
+        started,
+        on_step: &mut on_step,
+    };
+    let RunOutcome::Complete(manifest) = run(model, &data.seqs, &spec, &dir, &mut opts)? else {
+        unreachable!("runs without stop_after complete");
+    };
+    let mut entry = task_entry(&dir, task, sha256, &manifest)?;
+    if let Some(last) = manifest.checkpoints.last() {
+        let at = (plan.data_root.as_path(), &plan.split, plan.train.max_len);
+        entry.heldout = heldout(model, tok, task, &dir.join(last), at, &dir)?;
+    }
+    on_event(Event::TaskDone(&manifest));
+    Ok(entry)
 }
 
 /// The collection directory's index, if it has one, checked against the plan: one base model and

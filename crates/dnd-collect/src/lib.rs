@@ -18,7 +18,11 @@
 //! <collection>/<task>/checkpoint_std.safetensors  element-wise spread across the checkpoints
 //! <collection>/<task>/heldout.json           held-out answer-token loss, base model vs last checkpoint
 //! <collection>/<task>/run-state.safetensors  only while unfinished: what a rerun resumes from
+//! <collection>/units/<task>.json             a unit's index entry, when collected as a job unit
 //! ```
+//!
+//! [`collect_unit`] collects one task of a plan as an independent job (a Slurm array element) and
+//! [`merge_units`] builds `collection.json` once every unit is done.
 
 mod collection;
 mod data;
@@ -32,8 +36,9 @@ mod stats;
 mod trainer;
 
 pub use collection::{
-    collect, finetune, prepare_task, prepare_tasks, task_checkpoints, union_name, CollectPlan,
-    CollectionIndex, Event, TaskEntry, TaskSequences, INDEX_FILE,
+    collect, collect_unit, finetune, merge_units, prepare_task, prepare_tasks, task_checkpoints,
+    union_name, CollectPlan, CollectionIndex, Event, TaskEntry, TaskSequences, INDEX_FILE,
+    UNITS_DIR,
 };
 pub use data::{batch_indices, encode, lm_micro_batches, micro_batches, EncodeStats, Sequence};
 pub use defaults::{default_collection_dir, CollectDefaults, DEFAULT_SEED};

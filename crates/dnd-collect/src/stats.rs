@@ -57,7 +57,11 @@ pub fn checkpoint_std(dirs: &[PathBuf]) -> Result<HashMap<String, Tensor>> {
 pub fn mean_spread(std: &HashMap<String, Tensor>) -> Result<(f64, f64)> {
     let mean_of = |which: &str| -> Result<f64> {
         let (mut sum, mut n) = (0f64, 0usize);
-        for (k, t) in std {
+        // In key order: a HashMap's order changes from process to process, and so would the sum's
+        // last bits (and collection.json's bytes).
+        let mut keys: Vec<&String> = std.keys().collect();
+        keys.sort();
+        for (k, t) in keys.into_iter().map(|k| (k, &std[k])) {
             if k.contains(which) {
                 sum += t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
                 n += t.elem_count();

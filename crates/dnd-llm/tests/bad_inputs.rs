@@ -289,7 +289,8 @@ fn non_finite_scores_are_errors() {
 fn fuzzer_finds_are_errors() {
     // A tensor shape whose element count overflows: candle's size check passed on the wrapped product
     // and dequantising it asked for an impossible allocation (a panic).
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/gguf-shape-overflow");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/gguf-shape-overflow");
     let mut f = GgufFile::open(&path).unwrap();
     let cfg = f.config().unwrap();
     let e = f.weights(&cfg).err().expect("must fail").to_string();

@@ -1,0 +1,113 @@
+//! Job arrays: which unit an array element runs, and the `sbatch` script of a plan. dnd holds no
+//! scheduler code beyond this: reading the element's index, and writing a script for the user to submit.
+
+use crate::collect::CollectArgs;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// The unit index from `--unit`: a number, or `env` for the scheduler's array index.
+pub fn unit_index(arg: &str) -> Result<usize> {
+    if arg != "env" {
+        return arg
+            .parse()
+            .with_context(|| format!("--unit {arg}: a unit number or `env`"));
+    }
+    for var in ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"] {
+        if let Ok(v) = std::env::var(var) {
+            return v
+                .parse()
+                .with_context(|| format!("{var}={v}: not a unit number"));
+        }
+    }
+    bail!("--unit env: neither SLURM_ARRAY_TASK_ID nor JOB_COMPLETION_INDEX is set")
+}
+
+/// Write the `sbatch` script running this same `dnd collect` command as an array over `units` units.
+pub fn emit(script: &Path, a: &CollectArgs, units: usize) -> Result<()> {
+    if a.units_per_job == 0 {
+        bail!("--units-per-job must be at least 1");
+    }
+    let elements = units.div_ceil(a.units_per_job);
+    let dnd = std::env::current_exe().context("locating the dnd binary")?;
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let mut args = vec![dnd.display().to_string()];
+    args.extend(plan_args());
+    args.extend(["--unit".into(), "env".into()]);
+    args.extend(["--units-per-job".into(), a.units_per_job.to_string()]);
+    let command = args.iter().map(|s| quote(s)).collect::<Vec<_>>().join(" ");
+    let logs = cwd.join(&a.slurm_logs);
+    let text = format!(
+        "#!/bin/bash\n\
+         #SBATCH --job-name=dnd-collect\n\
+         #SBATCH --array=0-{last}%{throttle}\n\
+         #SBATCH --cpus-per-task={cpus}\n\
+         #SBATCH --mem={mem}\n\
+         #SBATCH --output={logs}/%A_%a.out\n\
+         #SBATCH --requeue\n\
+         # {units} units ({per} per array element), written by `dnd collect --emit-slurm`. A shared file\n\
+         # system is assumed: the collection directory, the data and the model cache must be at the same\n\
+         # paths on every node. A unit already done is skipped, so requeued or resubmitted elements are\n\
+         # safe. When every element has finished: the same dnd collect command with --merge.\n\
+         set -euo pipefail\n\
+         mkdir -p {logs_q}\n\
+         cd {cwd}\n\
+         export CANDLE_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{cpus}}}\n\
+         {command}\n",
+        last = elements - 1,
+        throttle = a.slurm_throttle.max(1),
+        cpus = a.slurm_cpus,
+        mem = a.slurm_mem,
+        logs = logs.display(),
+        logs_q = quote(&logs.display().to_string()),
+        per = a.units_per_job,
+        cwd = quote(&cwd.display().to_string()),
+    );
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    dnd_io::write_atomic(script, text)?;
+    println!(
+        "{}: {elements} array elements for {units} units\n  submit: sbatch {}\n  then:   {} --merge",
+        script.display(),
+        script.display(),
+        std::iter::once(dnd.display().to_string())
+            .chain(plan_args())
+            .map(|s| quote(&s))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok(())
+}
+
+/// This command's own arguments (from `collect` on) without the options that only shape the script.
+fn plan_args() -> Vec<String> {
+    const SCRIPT_ONLY: [&str; 6] = [
+        "--emit-slurm",
+        "--slurm-throttle",
+        "--slurm-mem",
+        "--slurm-cpus",
+        "--slurm-logs",
+        "--units-per-job",
+    ];
+    let mut out = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let name = arg.split('=').next().unwrap_or("");
+        if SCRIPT_ONLY.contains(&name) {
+            if !arg.contains('=') {
+                args.next();
+            }
+            continue;
+        }
+        out.push(arg);
+    }
+    out
+}
+
+/// A shell word: as is when it is plainly safe, else single-quoted.
+fn quote(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
