@@ -1,0 +1,166 @@
+//! A 4-task collection on the tiny model, run as a Slurm job array on a real single-node cluster
+//! (`scripts/slurm/cluster.sh`: Debian's munge, slurmctld and slurmd on loopback, installed and started
+//! by the script), then merged: it equals the same collection run locally, every file byte for byte
+//! but the JSON fields that measure the machine (time, memory, speed). A finished element requeued
+//! does no work. `DND_SLURM_TEST=0` skips it (no root for the daemons).
+//!
+//! The same check with a unit killed mid-way on the real model: `scripts/slurm/collect_check.sh`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TIMING: [&str; 5] = [
+    "wall_time_s",
+    "seconds",
+    "sessions",
+    "peak_rss_mb",
+    "train_tokens_per_s",
+];
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("running a command");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// Files under `dir` (unit markers left out), JSON without the machine's measurements.
+fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.retain(|k, _| !TIMING.contains(&k.as_str()));
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    dnd_testkit::files(dir)
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("units/"))
+        .map(|(k, v)| {
+            if !k.ends_with(".json") {
+                return (k, v);
+            }
+            let mut j: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            strip(&mut j);
+            (k, j.to_string().into_bytes())
+        })
+        .collect()
+}
+
+/// The tiny model and a task file of four user tasks, under `dir`.
+fn inputs(dir: &Path) -> (PathBuf, PathBuf) {
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    dnd_testkit::tiny_llm(&model);
+    let mut toml = String::new();
+    for t in ["alpha", "beta", "gamma", "delta"] {
+        dnd_testkit::mc_task(t, &dir.join(format!("{t}.jsonl")), 60);
+        toml += &format!(
+            "[[task]]\nname = \"{t}\"\nfile = \"{t}.jsonl\"\nlayout = \"multiple-choice\"\n\n"
+        );
+    }
+    let tasks = dir.join("tasks.toml");
+    std::fs::write(&tasks, toml).unwrap();
+    (model, tasks)
+}
+
+#[test]
+fn a_slurm_array_collection_equals_the_local_one() {
+    if std::env::var("DND_SLURM_TEST").as_deref() == Ok("0") {
+        eprintln!("DND_SLURM_TEST=0: skipped");
+        return;
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let up = run(Command::new(repo.join("scripts/slurm/cluster.sh")).arg("up"));
+    let conf = up
+        .trim()
+        .strip_prefix("export SLURM_CONF=")
+        .expect("cluster.sh prints the SLURM_CONF");
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, tasks) = inputs(tmp.path());
+    let dnd = env!("CARGO_BIN_EXE_dnd");
+    let collect = |dir: &str, extra: &[&str]| {
+        let mut c = Command::new(dnd);
+        c.current_dir(tmp.path())
+            .env("SLURM_CONF", conf)
+            .env("DND_CACHE", tmp.path().join("cache"))
+            .args(["collect", "--model"])
+            .arg(&model)
+            .arg("--task-file")
+            .arg(&tasks)
+            .args(["--first-phase", "3", "--checkpoints", "3", "--rank", "2"])
+            .args([
+                "--targets",
+                "q,v",
+                "--batch",
+                "4",
+                "--max-len",
+                "64",
+                "--state-every",
+                "1",
+            ])
+            .args(["--dir", dir])
+            .args(extra);
+        c
+    };
+    run(&mut collect("local", &[]));
+    run(&mut collect(
+        "array",
+        &[
+            "--emit-slurm",
+            "collect.sbatch",
+            "--slurm-logs",
+            "logs",
+            "--slurm-mem",
+            "1G",
+            "--slurm-cpus",
+            "1",
+            "--units-per-job",
+            "2",
+        ],
+    ));
+    let sbatch = |args: &[&str]| {
+        let mut c = Command::new("sbatch");
+        c.env("SLURM_CONF", conf).current_dir(tmp.path()).args(args);
+        run(&mut c).trim().to_string()
+    };
+    let wait = |job: &str| loop {
+        let q = run(Command::new("squeue")
+            .env("SLURM_CONF", conf)
+            .args(["-h", "-j", job]));
+        if q.trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let job = sbatch(&["--parsable", "--wait", "collect.sbatch"]);
+    wait(&job);
+    let before = dnd_testkit::files(&tmp.path().join("array"));
+    // Element 0 again (a requeue after it finished): skipped, nothing changes.
+    let again = sbatch(&["--parsable", "--wait", "--array=0", "collect.sbatch"]);
+    wait(&again);
+    assert_eq!(dnd_testkit::files(&tmp.path().join("array")), before);
+    run(&mut collect("array", &["--merge"]));
+    let (local, array) = (
+        contents(&tmp.path().join("local")),
+        contents(&tmp.path().join("array")),
+    );
+    let differ: Vec<&String> = local
+        .keys()
+        .filter(|k| local.get(*k) != array.get(*k))
+        .collect();
+    assert!(
+        differ.is_empty() && local.len() == array.len() && local.len() > 20,
+        "{} vs {} files, differ: {differ:?}",
+        local.len(),
+        array.len()
+    );
+}
