@@ -119,13 +119,17 @@ struct Positions {
     batch: usize,
     len: usize,
     offset: usize,
+    /// Rotary rows `[T, hd/2]`, or `[B*T, hd/2]` for a left-padded batch.
     cos: Tensor,
     sin: Tensor,
+    /// For a left-padded batch, the first real position of each element (its padding length); empty
+    /// when no element is padded.
+    starts: Vec<usize>,
 }
 
 impl Positions {
     fn rope(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(rope(x, &self.cos, &self.sin)?)
+        Ok(rope(x, &self.cos, &self.sin, self.len)?)
     }
 }
 
@@ -192,7 +196,8 @@ impl Attention {
         // are stacked along the sequence axis, so one batched matmul serves them all.
         let q = q.contiguous()?.reshape((b, nkv, nh / nkv * t, hd))?;
         let scores = q.matmul(&k.contiguous()?.t()?)?;
-        let y = causal_softmax(&scores, scale, t, pos.offset)?.matmul(&v.contiguous()?)?;
+        let probs = causal_softmax(&scores, scale, t, pos.offset, &pos.starts)?;
+        let y = probs.matmul(&v.contiguous()?)?;
         Ok(y.reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b * t, nh * hd))?)
@@ -399,9 +404,50 @@ impl Transformer {
         &self,
         ids: &Tensor,
         lora: Option<&Lora>,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let pos = self.positions(ids, cache.as_ref().map_or(0, |c| c.len))?;
+        self.run_blocks(ids, pos, lora, cache)
+    }
+
+    /// [`Self::hidden`] for a left-padded batch: row `b` of `ids` starts with `pads[b]` padding tokens,
+    /// which no real position attends to, and its tokens are at positions counted from its first real
+    /// one, so each row computes what it would alone. With a cache (all rows share its length), later
+    /// calls continue every row; pass the same `pads`. Inference only (no backward pass).
+    pub fn hidden_padded(
+        &self,
+        ids: &Tensor,
+        pads: &[usize],
+        lora: Option<&Lora>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        let mut pos = self.positions(ids, offset)?;
+        if pads.len() != pos.batch {
+            return Err(LlmError::Input(format!(
+                "{} padding lengths for a batch of {}",
+                pads.len(),
+                pos.batch
+            )));
+        }
+        let rows: Vec<u32> = pads
+            .iter()
+            .flat_map(|&p| (offset..offset + pos.len).map(move |t| t.saturating_sub(p) as u32))
+            .collect();
+        let rows = Tensor::new(rows.as_slice(), self.cos.device())?;
+        pos.cos = self.cos.index_select(&rows, 0)?;
+        pos.sin = self.sin.index_select(&rows, 0)?;
+        pos.starts = pads.to_vec();
+        self.run_blocks(ids, pos, lora, cache)
+    }
+
+    fn run_blocks(
+        &self,
+        ids: &Tensor,
+        pos: Positions,
+        lora: Option<&Lora>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?;
         for (l, block) in self.blocks.iter().enumerate() {
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
@@ -441,6 +487,7 @@ impl Transformer {
             offset,
             cos: self.cos.narrow(0, offset, len)?,
             sin: self.sin.narrow(0, offset, len)?,
+            starts: Vec::new(),
         })
     }
 

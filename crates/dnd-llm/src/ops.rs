@@ -151,16 +151,30 @@ impl CustomOp2 for RmsNormGrad {
 
 /// Softmax over the last axis of `scale * x` for attention scores `[.., rows, S]`, with the causal mask
 /// applied on the fly: row `i` holds query position `offset + (i mod t)` and sees keys `0..=` that.
-/// Rows are stacked groups of `t` queries (grouped-query heads share keys along the row axis).
-pub fn causal_softmax(x: &Tensor, scale: f64, t: usize, offset: usize) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op1(CausalSoftmax { scale, t, offset })
+/// Rows are stacked groups of `t` queries (grouped-query heads share keys along the row axis). For a
+/// left-padded batch, the rows of batch element `b` (the rows split into `starts.len()` equal parts)
+/// see only keys from `starts[b]` on; empty `starts`: no padding. Padded batches have no backward pass
+/// (inference only).
+pub fn causal_softmax(
+    x: &Tensor,
+    scale: f64,
+    t: usize,
+    offset: usize,
+    starts: &[usize],
+) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(CausalSoftmax {
+        scale,
+        t,
+        offset,
+        starts: starts.to_vec(),
+    })
 }
 
 struct CausalSoftmax {
     scale: f64,
     t: usize,
     offset: usize,
+    starts: Vec<usize>,
 }
 
 fn softmax_fwd<T: WithDType + Float + num_traits::NumAssign>(
@@ -170,16 +184,24 @@ fn softmax_fwd<T: WithDType + Float + num_traits::NumAssign>(
 ) -> Result<Vec<T>> {
     let mut y = vec![T::zero(); x.len()];
     let scale: T = cast(op.scale);
+    let rows = x.len() / s.max(1);
+    let per_batch = rows / op.starts.len().max(1);
     for (i, (row, out)) in x.chunks_exact(s).zip(y.chunks_exact_mut(s)).enumerate() {
         let visible = (op.offset + i % op.t + 1).min(s);
-        let m = row[..visible]
+        // A padding query (before its row's start) sees its own position only: finite, and unused.
+        let start = op
+            .starts
+            .get(i / per_batch.max(1))
+            .map_or(0, |&st| st.min(visible - 1));
+        let (row, out) = (&row[start..visible], &mut out[start..visible]);
+        let m = row
             .iter()
             .fold(T::neg_infinity(), |a, &v| Float::max(a, v * scale));
-        for (o, &v) in out[..visible].iter_mut().zip(row) {
+        for (o, &v) in out.iter_mut().zip(row) {
             *o = (v * scale - m).exp();
         }
-        let inv = T::one() / out[..visible].iter().fold(T::zero(), |a, &e| a + e);
-        out[..visible].iter_mut().for_each(|o| *o *= inv);
+        let inv = T::one() / out.iter().fold(T::zero(), |a, &e| a + e);
+        out.iter_mut().for_each(|o| *o *= inv);
     }
     Ok(y)
 }
@@ -206,6 +228,9 @@ impl CustomOp1 for CausalSoftmax {
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        if !self.starts.is_empty() {
+            bail!("causal-softmax: no backward pass for padded batches")
+        }
         Ok(Some(y.apply_op2_no_bwd(
             &dy.contiguous()?,
             &SoftmaxGrad(self.scale),
@@ -233,11 +258,14 @@ impl CustomOp2 for SoftmaxGrad {
     }
 }
 
-/// Half-split (NEOX / Hugging Face) rotary embedding of `[.., T, hd]` with tables `[T, hd/2]`.
-pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+/// Half-split (NEOX / Hugging Face) rotary embedding of `[B, .., T, hd]` with tables `[T, hd/2]`
+/// shared by the batch, or `[B*T, hd/2]`, one block of `T` rows per batch element (a left-padded batch,
+/// whose elements are at different positions).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, t: usize) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Rope {
         cos: cos.contiguous()?,
         sin: sin.contiguous()?,
+        t,
         inverse: false,
     })
 }
@@ -247,6 +275,8 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 struct Rope {
     cos: Tensor,
     sin: Tensor,
+    /// Positions per batch element (rows of the tables per block).
+    t: usize,
     inverse: bool,
 }
 
@@ -255,13 +285,15 @@ fn rope_kernel<T: WithDType + Float>(
     cos: &[T],
     sin: &[T],
     hd: usize,
+    t: usize,
     inverse: bool,
 ) -> Result<Vec<T>> {
     let half = hd / 2;
-    let t = cos.len() / half;
+    let blocks = cos.len() / half / t;
+    let rows_per_block = x.len() / hd / blocks;
     let mut y = vec![T::zero(); x.len()];
     for (r, (row, out)) in x.chunks_exact(hd).zip(y.chunks_exact_mut(hd)).enumerate() {
-        let p = (r % t) * half;
+        let p = ((r / rows_per_block) * t + r % t) * half;
         for i in 0..half {
             let (c, s) = (cos[p + i], if inverse { -sin[p + i] } else { sin[p + i] });
             let (a, b) = (row[i], row[i + half]);
@@ -280,13 +312,25 @@ impl Rope {
         let (candle_core::Storage::Cpu(cs), candle_core::Storage::Cpu(ss)) = (&*cs, &*ss) else {
             bail!("rope: tables are not on the CPU")
         };
-        if hd == 0 || cl.shape().elem_count() * 2 % hd != 0 {
-            bail!("rope: head dim {hd} does not fit tables {:?}", cl.shape())
+        let rows = cl.shape().elem_count() * 2 / hd.max(1);
+        let x_rows = l.shape().elem_count() / hd.max(1);
+        if hd == 0
+            || cl.shape().elem_count() * 2 % hd != 0
+            || self.t == 0
+            || rows % self.t != 0
+            || x_rows % (rows / self.t) != 0
+        {
+            bail!(
+                "rope: head dim {hd}, {} positions do not fit tables {:?} and input {:?}",
+                self.t,
+                cl.shape(),
+                l.shape()
+            )
         }
-        let inv = self.inverse;
+        let (t, inv) = (self.t, self.inverse);
         Ok(float_dispatch!(
             st,
-            rope_kernel(slice(st, l)?, slice(cs, cl)?, slice(ss, sl)?, hd, inv)
+            rope_kernel(slice(st, l)?, slice(cs, cl)?, slice(ss, sl)?, hd, t, inv)
         ))
     }
 }
@@ -304,6 +348,7 @@ impl CustomOp1 for Rope {
         let back = Rope {
             cos: self.cos.clone(),
             sin: self.sin.clone(),
+            t: self.t,
             inverse: !self.inverse,
         };
         Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&back)?))

@@ -166,3 +166,65 @@ pub fn generate_greedy(
     }
     Ok(out)
 }
+
+/// Greedy decoding of several prompts at once: one left-padded batch ([`Transformer::hidden_padded`])
+/// with one KV cache, one forward pass per new token for all of them. Each sequence ends after a token
+/// in `stop_ids` (kept) or when `stop(i, ids)` says its ids so far are complete; a finished sequence
+/// rides along, its outputs dropped, until all are done or `max_new` tokens. Each prompt gets what
+/// [`generate_greedy`] gives it alone (up to float rounding of the batched matmuls).
+pub fn generate_greedy_batch(
+    model: &Transformer,
+    lora: Option<&Lora>,
+    prompts: &[Vec<u32>],
+    max_new: usize,
+    stop_ids: &[u32],
+    stop: &dyn Fn(usize, &[u32]) -> bool,
+) -> Result<Vec<Vec<u32>>> {
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(LlmError::Input(format!("prompt {i} is empty")));
+    }
+    let (b, width) = (
+        prompts.len(),
+        prompts.iter().map(Vec::len).max().unwrap_or(0),
+    );
+    let mut outs = vec![Vec::new(); b];
+    if b == 0 || max_new == 0 {
+        return Ok(outs);
+    }
+    let pads: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
+    // Padding is any valid id: no real position attends to it.
+    let ids: Vec<u32> = prompts
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(0, width - p.len()).chain(p.iter().copied()))
+        .collect();
+    let dev = model.device().clone();
+    let mut cache = model.new_cache();
+    let mut input = Tensor::from_vec(ids, (b, width), &dev)?;
+    let mut done = vec![false; b];
+    for _ in 0..max_new {
+        let t = input.dim(1)?;
+        let hidden = model.hidden_padded(&input, &pads, lora, Some(&mut cache))?;
+        let last: Vec<u32> = (0..b).map(|i| (i * t + t - 1) as u32).collect();
+        let logits =
+            model.logits(&hidden.index_select(&Tensor::new(last.as_slice(), &dev)?, 0)?)?;
+        let sums: Vec<f64> = logits.to_dtype(DType::F64)?.sum(1)?.to_vec1()?;
+        if let Some(i) = (0..b).find(|&i| !done[i] && !sums[i].is_finite()) {
+            return Err(LlmError::NonFinite(format!(
+                "logits of sequence {i} at generated token {}",
+                outs[i].len()
+            )));
+        }
+        let next: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+        for i in 0..b {
+            if !done[i] {
+                outs[i].push(next[i]);
+                done[i] = stop_ids.contains(&next[i]) || stop(i, &outs[i]);
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        input = Tensor::new(next.as_slice(), &dev)?.unsqueeze(1)?;
+    }
+    Ok(outs)
+}

@@ -172,3 +172,45 @@ fn lora_gradients_match_finite_differences() {
         assert_eq!(vars.len(), cfg.num_layers * 7 * 2);
     }
 }
+
+/// A left-padded batch computes, for each row, what the row computes alone: the last position's
+/// hidden state, and greedy generation with a shared cache (both tiny models: tied Llama with GQA,
+/// Qwen2 with q/k/v biases), with a per-sequence stop.
+#[test]
+fn padded_batches_equal_each_sequence_alone() {
+    for fixture in ["tiny_llama.json", "tiny_qwen2.json"] {
+        let (model, _fx, _dir) = tiny_model(fixture, DType::F32);
+        let prompts: Vec<Vec<u32>> = vec![
+            vec![3, 9, 27],
+            vec![5, 1, 60, 7, 33, 2, 8],
+            vec![11, 4, 19, 50, 6],
+        ];
+        let width = 7;
+        let pads: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
+        let padded: Vec<u32> = prompts
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(0, width - p.len()).chain(p.iter().copied()))
+            .collect();
+        let batch = Tensor::from_vec(padded, (3, width), &Device::Cpu).unwrap();
+        let h = model.hidden_padded(&batch, &pads, None, None).unwrap();
+        for (i, p) in prompts.iter().enumerate() {
+            let alone = model.hidden(&ids(p), None, None).unwrap();
+            let d = max_abs_diff(
+                &alone.get(p.len() - 1).unwrap(),
+                &h.get(i * width + width - 1).unwrap(),
+            );
+            assert!(
+                d < 1e-5,
+                "{fixture} prompt {i}: last hidden state differs by {d}"
+            );
+        }
+        let stop = |i: usize, out: &[u32]| i == 1 && out.len() == 4;
+        let batched =
+            dnd_llm::score::generate_greedy_batch(&model, None, &prompts, 10, &[], &stop).unwrap();
+        for (i, p) in prompts.iter().enumerate() {
+            let alone = generate_greedy(&model, None, p, 10, &[], &|out| stop(i, out)).unwrap();
+            assert_eq!(batched[i], alone, "{fixture} prompt {i}");
+        }
+        assert_eq!(batched[1].len(), 4);
+    }
+}

@@ -95,6 +95,32 @@ fn check(file: &str, fixture_name: &str) {
             "{fixture_name} {key}: decoded text"
         );
     }
+    // Both prompts in one left-padded batch (different lengths): the same ids as transformers gives
+    // each alone.
+    let keys = ["greedy", "greedy_question"];
+    let prompts: Vec<Vec<u32>> = keys.iter().map(|k| u32s(&fx[*k]["prompt_ids"])).collect();
+    let limits: Vec<usize> = keys
+        .iter()
+        .map(|k| fx[*k]["max_new_tokens"].as_u64().unwrap() as usize)
+        .collect();
+    let eos = llm.tokenizer.eos_ids().to_vec();
+    let max_new = *limits.iter().max().unwrap();
+    let out = dnd_llm::score::generate_greedy_batch(
+        &llm.model,
+        None,
+        &prompts,
+        max_new,
+        &eos,
+        &|i, o| o.len() >= limits[i],
+    )
+    .unwrap();
+    for (k, got) in keys.iter().zip(&out) {
+        assert_eq!(
+            got,
+            &u32s(&fx[*k]["new_ids"]),
+            "{fixture_name} {k}: batched greedy ids differ from transformers"
+        );
+    }
     // The question form answers Paris on both models. (SmolLM2-135M at Q4_1 completes the bare
     // statement "The capital of France is" with nonsense, in transformers too: see the fixture.)
     let text = fx["greedy_question"]["text"].as_str().unwrap();
