@@ -318,7 +318,7 @@ impl Rope {
             || cl.shape().elem_count() * 2 % hd != 0
             || self.t == 0
             || rows % self.t != 0
-            || x_rows % (rows / self.t) != 0
+            || !x_rows.is_multiple_of(rows / self.t)
         {
             bail!(
                 "rope: head dim {hd}, {} positions do not fit tables {:?} and input {:?}",

@@ -293,6 +293,6 @@ fn fuzzer_finds_are_errors() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/gguf-shape-overflow");
     let mut f = GgufFile::open(&path).unwrap();
     let cfg = f.config().unwrap();
-    let e = f.weights(&cfg).err().expect("must fail").to_string();
+    let e = f.weights(&cfg).expect_err("must fail").to_string();
     assert!(e.contains("needs more bytes than the file"), "{e}");
 }
