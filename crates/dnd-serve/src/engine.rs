@@ -1,12 +1,15 @@
 //! The one thread that computes: it owns the base model, the generator and the resident adapters, and
 //! takes jobs from a bounded queue, so that requests share one copy of the model and a full queue is
-//! answered at once (503) instead of piling up. Text streams back token by token through a channel.
+//! answered at once (503) instead of piling up. Completions waiting for the same adapter are decoded
+//! together as one batch (one forward pass per token for all of them); text streams back token by
+//! token through a channel per request.
 
 use crate::adapters::{AdapterMeta, AdapterStore};
 use crate::error::{ApiError, ApiResult};
-use dnd_llm::score::generate_greedy;
+use dnd_llm::score::generate_greedy_batch;
 use dnd_llm::{ChatMessage, Llm, Lora};
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -117,17 +120,44 @@ struct Worker {
     max_resident: usize,
 }
 
+/// Most sequences decoded together in one batch.
+const MAX_BATCH: usize = 16;
+
 impl Worker {
+    /// Jobs in arrival order, except that every completion already waiting for the same adapter as
+    /// the one at the front joins its batch (up to [`MAX_BATCH`]).
     fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        while let Some(job) = jobs.blocking_recv() {
+        let mut pending: VecDeque<Job> = VecDeque::new();
+        loop {
+            let job = match pending.pop_front() {
+                Some(j) => j,
+                None => match jobs.blocking_recv() {
+                    Some(j) => j,
+                    None => break,
+                },
+            };
             match job {
-                Job::Complete(c, tx) => {
-                    if let Err(e) = self.complete(c, &tx) {
-                        let _ = tx.send(Event::Error(e));
-                    }
-                }
                 Job::Create(prompts, tx) => {
                     let _ = tx.send(self.create(prompts));
+                }
+                Job::Complete(c, tx) => {
+                    while let Ok(j) = jobs.try_recv() {
+                        pending.push_back(j);
+                    }
+                    let mut batch = vec![(c, tx)];
+                    let mut rest = VecDeque::new();
+                    for j in pending.drain(..) {
+                        match j {
+                            Job::Complete(c, tx)
+                                if c.adapter == batch[0].0.adapter && batch.len() < MAX_BATCH =>
+                            {
+                                batch.push((c, tx))
+                            }
+                            other => rest.push_back(other),
+                        }
+                    }
+                    pending = rest;
+                    self.complete_batch(batch);
                 }
             }
         }
@@ -149,17 +179,12 @@ impl Worker {
         Ok(self.resident[0].1.clone())
     }
 
-    fn complete(&mut self, c: Completion, tx: &mpsc::UnboundedSender<Event>) -> ApiResult<()> {
-        let lora = c
-            .adapter
-            .as_deref()
-            .map(|id| self.adapter(id))
-            .transpose()?;
+    /// The prompt's token ids, checked against the model's context.
+    fn encode(&self, c: &Completion) -> ApiResult<Vec<u32>> {
         let llm = &self.backend.llm;
-        let tok = &llm.tokenizer;
         let ids = match &c.input {
-            Input::Text(t) => tok.encode(t, true),
-            Input::Chat(m) => tok.encode_chat(m, true),
+            Input::Text(t) => llm.tokenizer.encode(t, true),
+            Input::Chat(m) => llm.tokenizer.encode_chat(m, true),
         }
         .map_err(|e| ApiError::bad_request(format!("prompt: {e}")))?;
         let context = llm.model.config().max_position_embeddings;
@@ -171,29 +196,72 @@ impl Worker {
                 c.max_tokens
             )));
         }
-        let stream = TextStream::new(tx, &c.stop);
-        let out = generate_greedy(
+        Ok(ids)
+    }
+
+    /// Completions for one adapter, decoded as one batch, each streamed as it grows.
+    fn complete_batch(&mut self, batch: Vec<(Completion, mpsc::UnboundedSender<Event>)>) {
+        let adapter = batch[0].0.adapter.clone();
+        let lora = match adapter.as_deref().map(|id| self.adapter(id)).transpose() {
+            Ok(l) => l,
+            Err(e) => {
+                for (_, tx) in &batch {
+                    let _ = tx.send(Event::Error(e.clone()));
+                }
+                return;
+            }
+        };
+        let mut seqs = Vec::new();
+        for (c, tx) in batch {
+            match self.encode(&c) {
+                Ok(ids) => seqs.push((c, ids, tx)),
+                Err(e) => {
+                    let _ = tx.send(Event::Error(e));
+                }
+            }
+        }
+        if seqs.is_empty() {
+            return;
+        }
+        let llm = &self.backend.llm;
+        let tok = &llm.tokenizer;
+        let streams: Vec<TextStream<'_>> = seqs
+            .iter()
+            .map(|(c, _, tx)| TextStream::new(tx, &c.stop))
+            .collect();
+        let prompts: Vec<Vec<u32>> = seqs.iter().map(|s| s.1.clone()).collect();
+        let max_new = seqs.iter().map(|s| s.0.max_tokens).max().unwrap_or(0);
+        let out = generate_greedy_batch(
             &llm.model,
             lora.as_deref(),
-            &ids,
-            c.max_tokens,
+            &prompts,
+            max_new,
             tok.eos_ids(),
-            &|out| stream.step(tok, out),
-        )
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-        let ended_by_eos = out.last().is_some_and(|t| tok.eos_ids().contains(t));
-        let finish_reason = if stream.stopped() || ended_by_eos {
-            "stop"
-        } else {
-            "length"
+            &|i, out| streams[i].step(tok, out) || out.len() >= seqs[i].0.max_tokens,
+        );
+        let outs = match out {
+            Ok(o) => o,
+            Err(e) => {
+                for (_, _, tx) in &seqs {
+                    let _ = tx.send(Event::Error(ApiError::internal(e.to_string())));
+                }
+                return;
+            }
         };
-        stream.flush(tok, &out);
-        let _ = tx.send(Event::Done {
-            finish_reason,
-            prompt_tokens: ids.len(),
-            completion_tokens: out.len(),
-        });
-        Ok(())
+        for (((_, ids, tx), stream), out) in seqs.iter().zip(&streams).zip(&outs) {
+            let ended_by_eos = out.last().is_some_and(|t| tok.eos_ids().contains(t));
+            let finish_reason = if stream.stopped() || ended_by_eos {
+                "stop"
+            } else {
+                "length"
+            };
+            stream.flush(tok, out);
+            let _ = tx.send(Event::Done {
+                finish_reason,
+                prompt_tokens: ids.len(),
+                completion_tokens: out.len(),
+            });
+        }
     }
 
     fn create(&mut self, prompts: Vec<String>) -> ApiResult<AdapterMeta> {

@@ -498,3 +498,40 @@ async fn bad_requests_get_clear_4xx_and_the_server_keeps_serving() {
         s == StatusCode::OK && String::from_utf8_lossy(&page).contains("Drop a file of prompts")
     );
 }
+
+/// Concurrent requests are decoded together (one batch) and each gets the answer it gets alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_completions_get_their_own_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = server(dir.path(), Limits::default());
+    let prompts = [
+        "a",
+        "hello there",
+        "the quick brown fox",
+        "xyz",
+        "1 2 3 4 5 6",
+        "q",
+    ];
+    let body = |p: &str, n: usize| Some(json!({"model": "tiny", "prompt": p, "max_tokens": n}));
+    let mut alone = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let (_, v) = json_call(&app, "POST", "/v1/completions", Some(KEY), body(p, 3 + i)).await;
+        alone.push(v["choices"][0]["text"].clone());
+    }
+    let tasks: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (app, b) = (app.clone(), body(p, 3 + i));
+            tokio::spawn(
+                async move { json_call(&app, "POST", "/v1/completions", Some(KEY), b).await },
+            )
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (s, v) = t.await.unwrap();
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["choices"][0]["text"], alone[i], "prompt {i}");
+        assert_eq!(v["usage"]["completion_tokens"], 3 + i, "prompt {i}");
+    }
+}
