@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// Adapters kept in memory.
     #[arg(long, default_value_t = 8)]
     max_resident: usize,
+    /// Completions decoded together as one batch.
+    #[arg(long, default_value_t = 64)]
+    max_batch: usize,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -78,6 +81,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             max_tokens: a.max_tokens,
             max_queue: a.max_queue,
             max_resident: a.max_resident,
+            max_batch: a.max_batch,
         },
     };
     let adapters_dir = config.adapters_dir.clone();

@@ -65,19 +65,17 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Start the compute thread with room for `queue` waiting jobs and `resident` adapters in memory.
-    pub fn start(
-        backend: Backend,
-        store: Arc<AdapterStore>,
-        queue: usize,
-        resident: usize,
-    ) -> Self {
+    /// Start the compute thread with room for `max_queue` waiting jobs, `max_resident` adapters in
+    /// memory and batches of `max_batch` completions.
+    pub fn start(backend: Backend, store: Arc<AdapterStore>, limits: &crate::Limits) -> Self {
+        let (queue, resident) = (limits.max_queue, limits.max_resident);
         let (tx, rx) = mpsc::channel(queue.max(1));
         let worker = Worker {
             backend,
             store,
             resident: Vec::new(),
             max_resident: resident.max(1),
+            max_batch: limits.max_batch.max(1),
         };
         std::thread::Builder::new()
             .name("dnd-engine".into())
@@ -118,14 +116,12 @@ struct Worker {
     /// Most recently used first.
     resident: Vec<(String, Arc<Lora>)>,
     max_resident: usize,
+    max_batch: usize,
 }
-
-/// Most sequences decoded together in one batch.
-const MAX_BATCH: usize = 16;
 
 impl Worker {
     /// Jobs in arrival order, except that every completion already waiting for the same adapter as
-    /// the one at the front joins its batch (up to [`MAX_BATCH`]).
+    /// the one at the front joins its batch (up to `max_batch`).
     fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         let mut pending: VecDeque<Job> = VecDeque::new();
         loop {
@@ -149,7 +145,8 @@ impl Worker {
                     for j in pending.drain(..) {
                         match j {
                             Job::Complete(c, tx)
-                                if c.adapter == batch[0].0.adapter && batch.len() < MAX_BATCH =>
+                                if c.adapter == batch[0].0.adapter
+                                    && batch.len() < self.max_batch =>
                             {
                                 batch.push((c, tx))
                             }

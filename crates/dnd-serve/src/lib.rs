@@ -36,6 +36,8 @@ pub struct Limits {
     pub max_queue: usize,
     /// Adapters kept in memory (least recently used evicted).
     pub max_resident: usize,
+    /// Completions decoded together in one batch.
+    pub max_batch: usize,
 }
 
 impl Default for Limits {
@@ -47,6 +49,7 @@ impl Default for Limits {
             max_tokens: 512,
             max_queue: 64,
             max_resident: 8,
+            max_batch: 64,
         }
     }
 }
@@ -68,12 +71,7 @@ pub fn app(backend: Backend, config: ServeConfig) -> std::io::Result<axum::Route
     let store = Arc::new(AdapterStore::open(&config.adapters_dir)?);
     let model_config = backend.llm.model.config().clone();
     let has_generator = backend.generator.is_some();
-    let engine = Engine::start(
-        backend,
-        store.clone(),
-        config.limits.max_queue,
-        config.limits.max_resident,
-    );
+    let engine = Engine::start(backend, store.clone(), &config.limits);
     Ok(api::router(Arc::new(AppState {
         engine,
         store,
