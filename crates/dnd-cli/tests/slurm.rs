@@ -6,17 +6,8 @@
 //!
 //! The same check with a unit killed mid-way on the real model: `scripts/slurm/collect_check.sh`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-const TIMING: [&str; 5] = [
-    "wall_time_s",
-    "seconds",
-    "sessions",
-    "peak_rss_mb",
-    "train_tokens_per_s",
-];
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("running a command");
@@ -27,32 +18,6 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     text
-}
-
-/// Files under `dir` (unit markers left out), JSON without the machine's measurements.
-fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn strip(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(m) => {
-                m.retain(|k, _| !TIMING.contains(&k.as_str()));
-                m.values_mut().for_each(strip);
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    dnd_testkit::files(dir)
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("units/"))
-        .map(|(k, v)| {
-            if !k.ends_with(".json") {
-                return (k, v);
-            }
-            let mut j: serde_json::Value = serde_json::from_slice(&v).unwrap();
-            strip(&mut j);
-            (k, j.to_string().into_bytes())
-        })
-        .collect()
 }
 
 /// The tiny model and a task file of four user tasks, under `dir`.
@@ -150,8 +115,8 @@ fn a_slurm_array_collection_equals_the_local_one() {
     assert_eq!(dnd_testkit::files(&tmp.path().join("array")), before);
     run(&mut collect("array", &["--merge"]));
     let (local, array) = (
-        contents(&tmp.path().join("local")),
-        contents(&tmp.path().join("array")),
+        dnd_testkit::collection_contents(&tmp.path().join("local")),
+        dnd_testkit::collection_contents(&tmp.path().join("array")),
     );
     let differ: Vec<&String> = local
         .keys()

@@ -371,42 +371,6 @@ fn the_model_hash_is_cached_and_refreshed_when_the_file_changes() {
     assert_ne!(model_sha256(&d, &cache).unwrap(), a);
 }
 
-/// JSON fields that measure the machine (time, memory, speed) rather than the collection.
-const TIMING: [&str; 5] = [
-    "wall_time_s",
-    "seconds",
-    "sessions",
-    "peak_rss_mb",
-    "train_tokens_per_s",
-];
-
-/// Everything of a collection but what measures the machine: files compared byte for byte, the JSON
-/// files without their [`TIMING`] fields; the unit markers are left out.
-fn without_timings(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    files(dir)
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("units/"))
-        .map(|(k, v)| {
-            if !k.ends_with(".json") {
-                return (k, v);
-            }
-            let mut j: serde_json::Value = serde_json::from_slice(&v).unwrap();
-            fn strip(v: &mut serde_json::Value) {
-                match v {
-                    serde_json::Value::Object(m) => {
-                        m.retain(|k, _| !TIMING.contains(&k.as_str()));
-                        m.values_mut().for_each(strip);
-                    }
-                    serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
-                    _ => {}
-                }
-            }
-            strip(&mut j);
-            (k, j.to_string().into_bytes())
-        })
-        .collect()
-}
-
 /// A collection run as job units (in any order, one of them twice) and merged equals the same
 /// collection run in one go; merging refuses while a unit is missing, naming it.
 #[test]
@@ -443,7 +407,10 @@ fn units_then_merge_equal_one_run() {
         .to_string();
     assert!(e.contains("unit 2: the plan has 2 units"), "{e}");
     dnd_collect::merge_units(&units, &base).unwrap();
-    let (a, b) = (without_timings(&local.dir), without_timings(&units.dir));
+    let (a, b) = (
+        dnd_testkit::collection_contents(&local.dir),
+        dnd_testkit::collection_contents(&units.dir),
+    );
     let differ: Vec<&String> = a.keys().filter(|k| a.get(*k) != b.get(*k)).collect();
     assert!(
         differ.is_empty() && a.len() == b.len(),

@@ -189,8 +189,8 @@ fn wrong_weight_shape_is_named() {
     );
 }
 
-#[test]
-fn peft_round_trip_and_mismatched_adapters() {
+/// The tiny Llama and a formula adapter on q/v/down saved as PEFT in `dir/adapter`.
+fn saved_adapter() -> (Transformer, ModelConfig, Lora, tempfile::TempDir, PathBuf) {
     let (model, _fx, dir) = tiny_model("tiny_llama.json", DType::F32);
     let cfg = model.config().clone();
     let lora = formula_lora(
@@ -200,6 +200,12 @@ fn peft_round_trip_and_mismatched_adapters() {
     );
     let adir = dir.path().join("adapter");
     peft::save(&lora, &adir, "tiny").unwrap();
+    (model, cfg, lora, dir, adir)
+}
+
+#[test]
+fn peft_round_trip_and_mismatched_adapters() {
+    let (model, cfg, lora, _dir, adir) = saved_adapter();
     let back = peft::load(&adir, &cfg, DType::F32).unwrap();
     assert_eq!(back.config(), lora.config());
     let x = ids(&[1, 2, 3]);
@@ -255,15 +261,7 @@ fn peft_round_trip_and_mismatched_adapters() {
 /// instead of being reported as null; greedy generation refuses its NaN logits too.
 #[test]
 fn non_finite_scores_are_errors() {
-    let (model, _fx, dir) = tiny_model("tiny_llama.json", DType::F32);
-    let cfg = model.config().clone();
-    let lora = formula_lora(
-        &cfg,
-        LoraConfig::new(4, 8.0, &[Target::Q, Target::V, Target::Down]),
-        DType::F32,
-    );
-    let adir = dir.path().join("adapter");
-    peft::save(&lora, &adir, "tiny").unwrap();
+    let (model, cfg, lora, _dir, adir) = saved_adapter();
     let cfg_path = adir.join(peft::CONFIG_FILE);
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();

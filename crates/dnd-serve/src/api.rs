@@ -4,7 +4,7 @@
 use crate::adapters::AdapterStore;
 use crate::engine::{Completion, Engine, Event};
 use crate::error::{ApiError, ApiResult};
-use crate::requests::{ChatRequest, CompletionRequest, CreateAdapter};
+use crate::requests::{ChatRequest, Checked, CompletionRequest, CreateAdapter};
 use crate::Limits;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
@@ -143,6 +143,17 @@ impl AppState {
         Ok(Some(model.to_string()))
     }
 
+    /// Queue a checked completion: its model name, whether it streams, and its events.
+    fn queue(&self, c: Checked) -> ApiResult<(String, bool, mpsc::UnboundedReceiver<Event>)> {
+        let events = self.engine.complete(Completion {
+            adapter: self.resolve(&c.model)?,
+            input: c.input,
+            max_tokens: c.max_tokens,
+            stop: c.stop,
+        })?;
+        Ok((c.model, c.stream, events))
+    }
+
     fn next_id(&self, prefix: &str) -> String {
         format!("{prefix}-{}", self.counter.fetch_add(1, Ordering::Relaxed))
     }
@@ -152,30 +163,18 @@ async fn completions(
     State(s): State<Arc<AppState>>,
     Body(r): Body<CompletionRequest>,
 ) -> ApiResult<Response> {
-    let c = r.check(&s.limits)?;
-    let events = s.engine.complete(Completion {
-        adapter: s.resolve(&c.model)?,
-        input: c.input,
-        max_tokens: c.max_tokens,
-        stop: c.stop,
-    })?;
-    let (id, model) = (s.next_id("cmpl"), c.model);
+    let (model, stream, events) = s.queue(r.check(&s.limits)?)?;
+    let id = s.next_id("cmpl");
     let shape = move |text: &str, finish: Option<&str>| {
         json!({"id": id, "object": "text_completion", "created": now(), "model": model,
                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": null}]})
     };
-    respond(events, c.stream, shape).await
+    respond(events, stream, shape).await
 }
 
 async fn chat(State(s): State<Arc<AppState>>, Body(r): Body<ChatRequest>) -> ApiResult<Response> {
-    let c = r.check(&s.limits)?;
-    let events = s.engine.complete(Completion {
-        adapter: s.resolve(&c.model)?,
-        input: c.input,
-        max_tokens: c.max_tokens,
-        stop: c.stop,
-    })?;
-    let (id, model, stream) = (s.next_id("chatcmpl"), c.model, c.stream);
+    let (model, stream, events) = s.queue(r.check(&s.limits)?)?;
+    let id = s.next_id("chatcmpl");
     let shape = move |text: &str, finish: Option<&str>| {
         if stream {
             json!({"id": id, "object": "chat.completion.chunk", "created": now(), "model": model,

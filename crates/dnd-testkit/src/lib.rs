@@ -177,6 +177,42 @@ pub fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// JSON fields of a collection that measure the machine (time, memory, speed), not the collection.
+pub const MACHINE_FIELDS: [&str; 5] = [
+    "wall_time_s",
+    "seconds",
+    "sessions",
+    "peak_rss_mb",
+    "train_tokens_per_s",
+];
+
+/// A collection directory for comparing two ways of making it: every file byte for byte, the JSON
+/// files without their [`MACHINE_FIELDS`], the unit markers (`units/`) left out.
+pub fn collection_contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.retain(|k, _| !MACHINE_FIELDS.contains(&k.as_str()));
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    files(dir)
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("units/"))
+        .map(|(k, v)| {
+            if !k.ends_with(".json") {
+                return (k, v);
+            }
+            let mut j: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            strip(&mut j);
+            (k, j.to_string().into_bytes())
+        })
+        .collect()
+}
+
 /// LoRA fine-tuning settings small enough for the tiny model: rank 2 on q/v/down, batches of 4, `steps`
 /// updates.
 pub fn tiny_collect_config(steps: usize) -> LoraTrainConfig {
