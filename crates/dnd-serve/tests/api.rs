@@ -535,3 +535,53 @@ async fn concurrent_completions_get_their_own_answers() {
         assert_eq!(v["usage"]["completion_tokens"], 3 + i, "prompt {i}");
     }
 }
+
+/// With one adapter resident at a time, alternating between two evicts and reloads them, and every
+/// answer stays the one each adapter gives.
+#[tokio::test]
+async fn evicted_adapters_reload_with_the_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_resident: 1,
+        ..Limits::default()
+    };
+    let app = server(dir.path(), limits);
+    let mut ids = Vec::new();
+    for prompts in [json!(["one"]), json!(["one", "two", "three"])] {
+        let (_, meta) = json_call(
+            &app,
+            "POST",
+            "/v1/adapters",
+            Some(ADMIN),
+            Some(json!({"prompts": prompts})),
+        )
+        .await;
+        ids.push(meta["id"].as_str().unwrap().to_string());
+    }
+    let answer = |id: String| {
+        let app = app.clone();
+        async move {
+            let (s, v) = json_call(
+                &app,
+                "POST",
+                "/v1/chat/completions",
+                Some(KEY),
+                Some(chat(&id, false)),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            v["choices"][0]["message"]["content"].clone()
+        }
+    };
+    let first = [answer(ids[0].clone()).await, answer(ids[1].clone()).await];
+    assert_ne!(first[0], first[1], "the two adapters differ");
+    for round in 0..2 {
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(
+                answer(id.clone()).await,
+                first[i],
+                "round {round}, adapter {i}"
+            );
+        }
+    }
+}
