@@ -14,7 +14,7 @@ if [ -z "$CHROMIUM" ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
   CHROMIUM=$(command -v chromium)
 fi
-$PY -c "import playwright" 2>/dev/null || $PY -m pip install -q playwright
+$PY -c "import playwright" 2>/dev/null || $PY -m pip install -q playwright==1.65.3
 W=$(mktemp -d)
 cargo build --release -q -p dnd-cli
 ./target/release/dnd serve --port "$PORT" --api-key page-key --generator "$GEN" --adapters "$W/adapters" \
