@@ -56,38 +56,45 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Bearer keys: the API key for every route but the page (static HTML that holds no data and asks for
-/// the key itself); the admin key, when set, for creating and deleting adapters.
+/// the key itself); the admin key, when set, for creating and deleting adapters, and it opens the
+/// user routes too.
 async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let admin = req.uri().path() == "/v1/adapters" && req.method() == Method::POST
         || req.uri().path().starts_with("/v1/adapters/") && req.method() == Method::DELETE;
-    let needed = if admin {
-        s.admin_key.as_ref().or(s.api_key.as_ref())
-    } else if req.uri().path() == "/" {
-        None
+    // The keys that open this route: the admin key opens every route (its holder may do all a user
+    // may), the API key every route but the admin ones when an admin key is set.
+    let keys: Vec<&String> = if req.uri().path() == "/" {
+        Vec::new()
+    } else if admin && s.admin_key.is_some() {
+        s.admin_key.iter().collect()
     } else {
-        s.api_key.as_ref()
+        s.api_key.iter().chain(s.admin_key.iter()).collect()
     };
-    if let Some(key) = needed {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
-            let what = if admin {
-                "the admin key"
-            } else {
-                "the API key"
-            };
-            return ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "authentication_error",
-                format!("missing or wrong bearer key: this route needs {what} (Authorization: Bearer KEY)"),
-            )
-            .into_response();
-        }
+    if keys.is_empty() {
+        return next.run(req).await;
     }
-    next.run(req).await
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| {
+        keys.iter()
+            .any(|k| constant_time_eq(g.as_bytes(), k.as_bytes()))
+    }) {
+        return next.run(req).await;
+    }
+    let what = if admin {
+        "the admin key"
+    } else {
+        "the API key"
+    };
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "authentication_error",
+        format!("missing or wrong bearer key: this route needs {what} (Authorization: Bearer KEY)"),
+    )
+    .into_response()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -101,6 +101,8 @@ async fn completions_chat_and_streaming() {
     let (s, v) = json_call(&app, "GET", "/v1/models", Some(KEY), None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["data"][0]["id"], "tiny");
+    let (s, _) = json_call(&app, "GET", "/v1/models", Some(ADMIN), None).await;
+    assert_eq!(s, StatusCode::OK, "the admin key opens user routes too");
     let (s, v) = json_call(
         &app,
         "POST",
