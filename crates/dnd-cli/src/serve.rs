@@ -63,7 +63,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let generator = a
         .generator
         .as_ref()
-        .map(|dir| load_generator(dir, &llm.source))
+        .map(|dir| load_generator(dir, &llm))
         .transpose()?;
     let model_name = model_name(&a.model.model);
     let config = ServeConfig {
@@ -117,10 +117,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
 /// The generator composed with its prompt encoder, as the function the engine calls, and its hash.
 fn load_generator(
     dir: &std::path::Path,
-    base: &std::path::Path,
+    llm: &dnd_llm::Llm,
 ) -> Result<(dnd_serve::AdapterFn, String)> {
-    let model = dnd_llm::ModelConfig::from_path(base)?;
-    let gen = Generator::load(dir, &model, None)?;
+    let base = &llm.source;
+    let gen = Generator::load(dir, llm.model.config(), None)?;
     let enc = Encoder::minilm(EncoderConfig {
         max_len: gen.info().encoder_max_len,
         ..EncoderConfig::default()

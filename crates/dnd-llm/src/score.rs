@@ -123,9 +123,9 @@ fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
     shifted.broadcast_sub(&lse)
 }
 
-/// Greedy decoding with a KV cache: up to `max_new` tokens after `prompt`, stopping after any token in
-/// `stop_ids` (which is kept in the output) or when `stop` says the generated ids so far are complete
-/// (for stop strings, which need the tokenizer).
+/// Greedy decoding with a KV cache (a batch of one, [`generate_greedy_batch`]): up to `max_new` tokens
+/// after `prompt`, stopping after any token in `stop_ids` (which is kept in the output) or when `stop`
+/// says the generated ids so far are complete (for stop strings, which need the tokenizer).
 pub fn generate_greedy(
     model: &Transformer,
     lora: Option<&Lora>,
@@ -137,34 +137,15 @@ pub fn generate_greedy(
     if prompt.is_empty() {
         return Err(LlmError::Input("empty prompt".into()));
     }
-    let dev = model.device().clone();
-    let mut cache = model.new_cache();
-    let mut input = Tensor::new(prompt, &dev)?.unsqueeze(0)?;
-    let mut out = Vec::new();
-    while out.len() < max_new {
-        let hidden = model.hidden(&input, lora, Some(&mut cache))?;
-        let last = hidden.narrow(0, hidden.dim(0)? - 1, 1)?;
-        let logits = model.logits(&last)?;
-        // An argmax over NaNs is an arbitrary token: stop instead of generating garbage.
-        if !logits
-            .to_dtype(DType::F64)?
-            .sum_all()?
-            .to_scalar::<f64>()?
-            .is_finite()
-        {
-            return Err(LlmError::NonFinite(format!(
-                "logits at generated token {}",
-                out.len()
-            )));
-        }
-        let next = logits.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
-        out.push(next);
-        if stop_ids.contains(&next) || stop(&out) {
-            break;
-        }
-        input = Tensor::new(&[next], &dev)?.unsqueeze(0)?;
-    }
-    Ok(out)
+    let mut out = generate_greedy_batch(
+        model,
+        lora,
+        &[prompt.to_vec()],
+        max_new,
+        stop_ids,
+        &|_, ids| stop(ids),
+    )?;
+    Ok(out.pop().unwrap_or_default())
 }
 
 /// Greedy decoding of several prompts at once: one left-padded batch ([`Transformer::hidden_padded`])
