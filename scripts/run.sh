@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LIMIT=${LIMIT:-100}
+scripts/system-deps.sh
 cargo build --release --locked --bin dnd
 ./target/release/dnd fetch
 ./target/release/dnd collect

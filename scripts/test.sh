@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
+scripts/system-deps.sh
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
 cargo build --release --locked --bin dnd
 ./target/release/dnd fetch --all

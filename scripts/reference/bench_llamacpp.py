@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
-"""llama.cpp (llama-cpp-python) CPU forward throughput on a GGUF: the forward-speed reference.
+"""llama.cpp (llama-cpp-python) reference for `dnd bench llm` on the same GGUF, 2 threads.
 
-    python scripts/reference/bench_llamacpp.py --model M.gguf --batch 8 --seq 128 --steps 3
+    OMP_WAIT_POLICY=PASSIVE python scripts/reference/bench_llamacpp.py --model M.gguf --batch 8 --seq 128 \
+        --steps 3 --decode-prompt 32 --decode-new 128
 
-Evaluates `batch` sequences of `seq` fixed pseudo-random tokens (the same ids dnd's benchmark uses) with a
-cleared context each, 2 threads, llama.cpp computing logits for the last position only (its prompt
-processing). llama.cpp runs the quantised weights directly, dnd dequantised f32. Prints one JSON line.
+`forward`: `batch` sequences of `seq` fixed pseudo-random tokens (dnd's ids), a cleared context each,
+logits for the last position only (llama.cpp's prompt processing); median of --steps after a warm-up.
+`decode_1`: greedy decoding (top-k 1) of exactly --decode-new tokens after a --decode-prompt-token
+prompt, prompt processing included, one run after a warm-up. llama.cpp runs the GGUF's quantised blocks
+directly (dnd and PyTorch dequantised f32). It has no batched decoding in this API: no `decode_batch`.
+Prints one JSON line: {"tok_s": {measure: tokens/s}, ...}. Build and run notes: README.md here.
 """
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -23,33 +28,56 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--decode-prompt", type=int, default=32)
+    ap.add_argument("--decode-new", type=int, default=128)
+    ap.add_argument("--decode-batch", type=int, default=16, help="accepted for dnd's arguments; not measured")
+    ap.add_argument("--matmul-shapes", default="", help="accepted for dnd's arguments; not measured")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    # Before llama.cpp loads its OpenMP runtime: spinning threads starve each other on 2 cores.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from llama_cpp import Llama, __version__
 
-    llm = Llama(model_path=args.model, n_ctx=args.seq, n_batch=args.seq, n_threads=args.threads,
+    n_ctx = max(args.seq, args.decode_prompt + args.decode_new)
+    llm = Llama(model_path=args.model, n_ctx=n_ctx, n_batch=n_ctx, n_threads=args.threads,
                 n_threads_batch=args.threads, logits_all=False, verbose=False)
     vocab = llm.n_vocab()
     ids = [(i * 2654435761) % vocab for i in range(args.batch * args.seq)]
     seqs = [ids[i * args.seq:(i + 1) * args.seq] for i in range(args.batch)]
 
-    def step():
+    def forward():
         for s in seqs:
             llm.reset()
-            llm._ctx.kv_cache_clear() if hasattr(llm._ctx, "kv_cache_clear") else None
             llm.eval(s)
 
-    step()
+    forward()
     times = []
     for _ in range(args.steps):
         t = time.perf_counter()
-        step()
+        forward()
         times.append(time.perf_counter() - t)
-    mean = sum(times) / len(times)
+    forward_tok_s = args.batch * args.seq / statistics.median(times)
+
+    prompt = ids[:args.decode_prompt]
+
+    def decode(n):
+        count = 0
+        for _tok in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, reset=True):
+            count += 1
+            if count == n:
+                break
+        return count
+
+    decode(4)
+    t = time.perf_counter()
+    generated = decode(args.decode_new)
+    decode_tok_s = generated / (time.perf_counter() - t)
     print(json.dumps({
-        "bench": "llama_cpp_reference", "model_file": os.path.basename(args.model), "batch": args.batch,
-        "seq": args.seq, "threads": args.threads, "version": __version__,
-        "forward": {"tok_s": round(args.batch * args.seq / mean, 2), "step_s_mean": round(mean, 4)},
+        "bench": "llama_cpp_reference",
+        "tok_s": {"forward": round(forward_tok_s, 2), "decode_1": round(decode_tok_s, 2)},
+        "model_file": os.path.basename(args.model),
+        "threads": args.threads,
+        "version": __version__,
         "peak_rss_mb": round(peak_rss_mb()),
     }))
 

@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
-"""PyTorch CPU throughput reference for the GGUF base model (forward and LoRA training).
+"""PyTorch CPU reference for `dnd bench llm`: the same measures on the same GGUF model, fp32, 2 threads.
 
-    python scripts/reference/bench_torch.py --model ~/.cache/dnd/models/SmolLM2-135M-Instruct.Q4_1.gguf \
-        --batch 8 --seq 128 --steps 3
+    python scripts/reference/bench_torch.py --model M.gguf --batch 8 --seq 128 --steps 3 \
+        --decode-prompt 32 --decode-new 128 --decode-batch 16 --matmul-shapes 1024x576x576x60,...
 
-Prints one JSON line: forward tokens/s (hidden states only, and full with lm_head), LoRA training
-tokens/s (PEFT r=8 alpha=16 on all 7 projections, AdamW lr 1e-4, causal-LM loss, fp32), peak RSS.
+Measures (median seconds over --steps after one warm-up): `forward` (hidden states of batch x seq),
+`lora_train` (PEFT r=8 alpha=16 on all 7 projections, AdamW lr 1e-4, causal-LM loss on every token),
+`decode_1` and `decode_batch` (transformers' greedy `generate`, exactly --decode-new tokens after a
+--decode-prompt-token prompt, KV cache; one run after a short warm-up). Also torch's matmul rate at the
+shapes dnd passes (`x @ W.T`, each shape weighted by its FLOPs per forward pass), which `dnd bench llm`
+takes into the machine's ceiling. Prints one JSON line: {"tok_s": {measure: tokens/s}, ...}.
 """
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -21,18 +26,35 @@ import refcommon as rc  # noqa: E402
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-peak_rss_mb = rc.peak_rss_mb
-
-
-def timed(fn, steps, warmup):
-    for _ in range(warmup):
-        fn()
+def median_time(fn, steps):
+    fn()
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return times
+    return statistics.median(times)
+
+
+def fixed_ids(n, vocab):
+    """The ids dnd's benchmark uses: (i * 2654435761) % vocab."""
+    return [(i * 2654435761) % vocab for i in range(n)]
+
+
+def matmul_rate(shapes, seconds=1.0):
+    """FLOPs over time of `x @ W.T` at every (m, k, n, count) shape, as one forward pass would run them."""
+    flop = secs = 0.0
+    for m, k, n, count in shapes:
+        x, w = torch.randn(m, k), torch.randn(n, k)
+        x @ w.T
+        t, reps = time.perf_counter(), 0
+        while reps == 0 or time.perf_counter() - t < seconds:
+            x @ w.T
+            reps += 1
+        per = (time.perf_counter() - t) / reps
+        flop += 2.0 * m * k * n * count
+        secs += per * count
+    return flop / secs / 1e9
 
 
 def main():
@@ -41,7 +63,10 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--decode-prompt", type=int, default=32)
+    ap.add_argument("--decode-new", type=int, default=128)
+    ap.add_argument("--decode-batch", type=int, default=16)
+    ap.add_argument("--matmul-shapes", default="", help="m x k x n x count, comma-separated")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"],
                     help="attention kernel (sdpa = torch's fused one, the fairer speed reference)")
@@ -50,18 +75,32 @@ def main():
     torch.manual_seed(0)
 
     t0 = time.perf_counter()
-    load_before = os.getloadavg()
     model, _tok = rc.load_gguf(args.model, attn=args.attn)
     load_s = time.perf_counter() - t0
-    rss_loaded = peak_rss_mb()
     cfg = model.config
-    ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
     ntok = args.batch * args.seq
+    ids = torch.tensor(fixed_ids(ntok, cfg.vocab_size)).reshape(args.batch, args.seq)
+    tok_s = {}
+
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.matmul_shapes.split(",") if s]
+    rate = matmul_rate(shapes) if shapes else None
 
     with torch.no_grad():
-        hid_t = timed(lambda: model.model(input_ids=ids), args.steps, args.warmup)
-        full_t = timed(lambda: model(input_ids=ids), args.steps, args.warmup)
-    rss_fwd = peak_rss_mb()
+        tok_s["forward"] = ntok / median_time(lambda: model.model(input_ids=ids), args.steps)
+
+        def decode(batch):
+            prompt = torch.tensor(fixed_ids(batch * args.decode_prompt, cfg.vocab_size))
+            prompt = prompt.reshape(batch, args.decode_prompt)
+            mask = torch.ones_like(prompt)
+            kw = dict(attention_mask=mask, do_sample=False, pad_token_id=0, eos_token_id=None)
+            model.generate(prompt, max_new_tokens=4, min_new_tokens=4, **kw)
+            t = time.perf_counter()
+            out = model.generate(prompt, max_new_tokens=args.decode_new, min_new_tokens=args.decode_new, **kw)
+            new = (out.shape[1] - args.decode_prompt) * batch
+            return new / (time.perf_counter() - t)
+
+        tok_s["decode_1"] = decode(1)
+        tok_s["decode_batch"] = decode(args.decode_batch)
 
     from peft import LoraConfig, get_peft_model
 
@@ -69,46 +108,27 @@ def main():
                                           bias="none", task_type="CAUSAL_LM"))
     pm.train()
     params = [p for p in pm.parameters() if p.requires_grad]
-    n_train = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=1e-4)
-    losses = []
 
     def step():
         opt.zero_grad(set_to_none=True)
         out = pm(input_ids=ids, labels=ids)
         out.loss.backward()
         opt.step()
-        losses.append(out.loss.detach().item())
 
-    train_t = timed(step, args.steps, args.warmup)
+    tok_s["lora_train"] = ntok / median_time(step, args.steps)
 
-    def stats(ts):
-        mean = sum(ts) / len(ts)
-        return {"tok_s": round(ntok / mean, 2), "tok_s_best": round(ntok / min(ts), 2), "step_s_mean": round(mean, 4),
-                "step_s_min": round(min(ts), 4)}
-
-    res = {
+    print(json.dumps({
         "bench": "torch_reference",
+        "tok_s": {k: round(v, 2) for k, v in tok_s.items()},
+        "matmul_forward_gflop_s": None if rate is None else round(rate, 1),
         "model_file": os.path.basename(args.model),
-        "arch": cfg.model_type,
-        "batch": args.batch,
-        "seq": args.seq,
-        "steps": args.steps,
-        "warmup": args.warmup,
         "threads": torch.get_num_threads(),
         "attn": args.attn,
-        "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "cpus": os.cpu_count(),
         "load_s": round(load_s, 2),
-        "forward_hidden": stats(hid_t),
-        "forward_full_logits": stats(full_t),
-        "lora_train": {**stats(train_t), "r": 8, "alpha": 16, "trainable_params": n_train,
-                       "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4)},
-        "peak_rss_mb": {"after_load": round(rss_loaded), "after_forward": round(rss_fwd),
-                        "after_train": round(peak_rss_mb())},
+        "peak_rss_mb": round(rc.peak_rss_mb()),
         "versions": {k: v for k, v in rc.versions().items() if k in ("torch", "transformers", "peft")},
-    }
-    print(json.dumps(res))
+    }))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 //! which people and READMEs read; write them with [`sorted_json`]. The references are Python scripts
 //! run through [`Reference`], found at run time.
 
+pub mod ceiling;
 pub mod finetune;
 pub mod generate;
 pub mod llm;

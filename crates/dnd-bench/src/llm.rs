@@ -1,19 +1,36 @@
-//! `dnd bench llm`: the base model's forward pass and LoRA training step in tokens/s against PyTorch
-//! (+PEFT) on the same model and batch, and the forward pass against llama.cpp where the reference
-//! environment has it (`results/bench/llm.json`).
+//! `dnd bench llm`: the base model's kernels side by side with PyTorch (+PEFT, transformers'
+//! `generate`) and llama.cpp on the same model file, each as tokens/s and as a share of the machine's
+//! measured matmul ceiling (`results/bench/llm-<model>.json`).
+//!
+//! Measures (the same work on every side):
+//! - `forward`: hidden states of a `batch x seq` batch (no head);
+//! - `lora_train`: forward, backward and AdamW with rank-8 LoRA on all seven projections and the
+//!   causal-LM loss on every token (both sides compute every logit);
+//! - `decode_1`: greedy decoding of `decode_new` tokens after a `decode_prompt`-token prompt, one
+//!   sequence, KV cache, no stop (prompt processing included);
+//! - `decode_batch`: the same for `decode_batch` sequences at once.
+//!
+//! The machine's load drifts, so the run is split into rounds of (dnd, PyTorch, llama.cpp); each ratio
+//! is taken within a round and the median over rounds is reported, with its range.
 
-use crate::stats::{mean_time, ratio};
-use crate::{table, LoraShape, Reference, Result, ALL_TARGETS};
+use crate::ceiling::{self, Ceiling};
+use crate::stats::{median, median_time};
+use crate::{table, Reference, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use dnd_llm::train::{lm_loss, LmBatch};
-use dnd_llm::{Lora, LoraConfig};
+use dnd_llm::{Lora, LoraConfig, ModelConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Instant;
 
 const TORCH_SCRIPT: &str = "bench_torch.py";
 const LLAMA_CPP_SCRIPT: &str = "bench_llamacpp.py";
+
+/// The measures, in table order.
+pub const MEASURES: [&str; 4] = ["forward", "lora_train", "decode_1", "decode_batch"];
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -22,15 +39,26 @@ pub struct LlmBenchConfig {
     pub model: PathBuf,
     pub batch: usize,
     pub seq: usize,
-    /// Timed steps per measurement (after one warm-up step).
+    /// Timed steps of `forward` and `lora_train` per round (after one warm-up step).
     pub steps: usize,
+    pub rounds: usize,
+    pub decode: DecodeShape,
+    /// Seconds per shape when measuring the matmul ceiling.
+    pub ceiling_seconds: f64,
     /// Without it only dnd is measured.
     pub reference: Option<Reference>,
 }
 
-/// `results/bench/llm.json`.
-#[derive(Debug, Serialize)]
-#[cfg_attr(test, derive(Deserialize))]
+/// The decoding measures' shape.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct DecodeShape {
+    pub prompt: usize,
+    pub new_tokens: usize,
+    pub batch: usize,
+}
+
+/// `results/bench/llm-<model>.json`.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct LlmBench {
     /// Always `llm`.
     pub bench: String,
@@ -38,159 +66,221 @@ pub struct LlmBench {
     pub batch: usize,
     pub seq: usize,
     pub steps: usize,
-    pub lora: LoraShape<u32>,
+    pub rounds: usize,
+    pub decode: DecodeShape,
     pub threads: usize,
+    /// The library under dnd's projections (`openblas (<kernels>)` or `gemm`).
+    pub blas: String,
     pub loadavg_1m_before_after: [Option<f64>; 2],
-    pub dnd: LlmDnd,
-    pub torch: Option<TorchLlm>,
-    pub llama_cpp: Option<LlamaCpp>,
-    pub ratio_dnd_forward_hidden_over_llama_cpp: Option<f64>,
-    pub ratio_dnd_over_torch: LlmRatios,
+    pub ceiling: Ceiling,
+    /// Useful FLOPs per token of each measure (products only), for the shares.
+    pub flop_per_token: BTreeMap<String, f64>,
+    /// Per measure: medians over the rounds, ratios and shares.
+    pub measures: Vec<Measure>,
+    pub per_round: Vec<Round>,
 }
 
-/// dnd's side: mean tokens/s of each measurement.
-#[derive(Debug, Serialize)]
-#[cfg_attr(test, derive(Deserialize))]
-pub struct LlmDnd {
-    /// The final hidden states only (what scoring and training need before the head).
-    pub forward_hidden_tok_s: f64,
-    /// With logits at every position.
-    pub forward_full_logits_tok_s: f64,
-    /// Forward, backward and AdamW with the paper's LoRA on every projection.
-    pub lora_train_tok_s: f64,
-    pub peak_rss_mb_after_forward: f64,
-    pub peak_rss_mb_after_train: f64,
-    pub loss_first: Option<f64>,
-    pub loss_last: Option<f64>,
-}
-
-/// A reference measurement: the tokens/s compared, and whatever else the script recorded, kept as
-/// written so the results file holds all of it.
+/// One measure over all rounds.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Throughput {
+pub struct Measure {
+    pub name: String,
+    /// Median tokens/s over the rounds.
+    pub dnd_tok_s: f64,
+    /// `dnd_tok_s` x FLOPs per token over the ceiling.
+    pub dnd_share: f64,
+    /// Per reference that measured it (`torch`, `llama_cpp`).
+    pub references: BTreeMap<String, Versus>,
+}
+
+/// A reference's side of a measure.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Versus {
     pub tok_s: f64,
+    pub share: f64,
+    /// Median over rounds of dnd / reference within the round.
+    pub ratio: f64,
+    pub ratio_min: f64,
+    pub ratio_max: f64,
+}
+
+/// Tokens/s of every side in one round (a side's measures by name).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Round {
+    pub dnd: BTreeMap<String, f64>,
+    pub references: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Whatever else each reference script recorded (versions, load times, peak RSS), as written.
+    pub reference_details: BTreeMap<String, Map<String, Value>>,
+    pub dnd_peak_rss_mb: f64,
+}
+
+/// What a reference script prints: tokens/s per measure it ran, its matmul rate at the same shapes
+/// where it measured one, and anything else.
+#[derive(Debug, Deserialize)]
+struct ScriptOutput {
+    tok_s: BTreeMap<String, f64>,
+    #[serde(default)]
+    matmul_forward_gflop_s: Option<f64>,
     #[serde(flatten)]
-    pub other: Map<String, Value>,
+    other: Map<String, Value>,
 }
 
-/// `bench_torch.py`'s record.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TorchLlm {
-    pub forward_hidden: Throughput,
-    pub forward_full_logits: Throughput,
-    pub lora_train: Throughput,
-    #[serde(flatten)]
-    pub other: Map<String, Value>,
-}
-
-/// `bench_llamacpp.py`'s record (its forward pass returns last-position logits only).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct LlamaCpp {
-    pub forward: Throughput,
-    #[serde(flatten)]
-    pub other: Map<String, Value>,
-}
-
-/// dnd's tokens/s over PyTorch's, per measurement; null without the reference.
-#[derive(Debug, Serialize)]
-#[cfg_attr(test, derive(Deserialize))]
-pub struct LlmRatios {
-    pub forward_hidden: Option<f64>,
-    pub forward_full_logits: Option<f64>,
-    pub lora_train: Option<f64>,
-}
-
-impl LlmRatios {
-    fn new(dnd: &LlmDnd, torch: Option<&TorchLlm>) -> Self {
-        Self {
-            forward_hidden: ratio(
-                dnd.forward_hidden_tok_s,
-                torch.map(|t| t.forward_hidden.tok_s),
-            ),
-            forward_full_logits: ratio(
-                dnd.forward_full_logits_tok_s,
-                torch.map(|t| t.forward_full_logits.tok_s),
-            ),
-            lora_train: ratio(dnd.lora_train_tok_s, torch.map(|t| t.lora_train.tok_s)),
-        }
-    }
-}
-
-/// Measure dnd, then the references (PyTorch must run; llama.cpp is optional in the reference
-/// environment and is skipped with a warning when its script fails).
+/// Run every round, then summarise.
 pub fn run(config: &LlmBenchConfig) -> Result<LlmBench> {
     if let Some(r) = &config.reference {
         r.script(TORCH_SCRIPT)?;
     }
     let load_before = crate::loadavg();
-    let dnd = measure_dnd(config)?;
-    let args = reference_args(config);
-    let torch = match &config.reference {
-        Some(r) => Some(r.run::<TorchLlm>(TORCH_SCRIPT, &args)?),
-        None => None,
-    };
-    let llama_cpp = config.reference.as_ref().and_then(|r| {
-        r.run::<LlamaCpp>(LLAMA_CPP_SCRIPT, &args)
-            .map_err(|e| tracing::warn!("llama.cpp reference skipped: {e}"))
-            .ok()
-    });
+    let llm = crate::load_model(&config.model)?;
+    let cfg = llm.model.config().clone();
+    let shapes = ceiling::model_shapes(&cfg, config.batch * config.seq, 0);
+    tracing::info!("measuring the matmul ceiling at the model's shapes");
+    let mut ceiling = ceiling::measure(&shapes, config.ceiling_seconds)?;
+    let mut rounds = Vec::new();
+    let mut reference_rates = Vec::new();
+    for r in 0..config.rounds {
+        tracing::info!("round {} of {}", r + 1, config.rounds);
+        let mut round = Round {
+            dnd: measure_dnd(&llm, config)?,
+            dnd_peak_rss_mb: dnd_io::peak_rss_mb(),
+            ..Round::default()
+        };
+        for (name, script) in [("torch", TORCH_SCRIPT), ("llama_cpp", LLAMA_CPP_SCRIPT)] {
+            let Some(reference) = &config.reference else {
+                continue;
+            };
+            match reference.run::<ScriptOutput>(script, &reference_args(config, &shapes)) {
+                Ok(out) => {
+                    reference_rates.extend(out.matmul_forward_gflop_s);
+                    round.references.insert(name.into(), out.tok_s);
+                    round.reference_details.insert(name.into(), out.other);
+                }
+                // PyTorch must run; llama.cpp is optional in the reference environment.
+                Err(e) if name == "llama_cpp" => tracing::warn!("llama.cpp reference skipped: {e}"),
+                Err(e) => return Err(e),
+            }
+        }
+        rounds.push(round);
+    }
+    let reference_rate = (!reference_rates.is_empty()).then(|| median(&reference_rates));
+    ceiling = ceiling.with_reference(reference_rate);
+    let flop_per_token = flop_per_token(&cfg, config);
+    let measures = summarise(&rounds, &flop_per_token, &ceiling);
     Ok(LlmBench {
         bench: "llm".into(),
         model: config.model.display().to_string(),
         batch: config.batch,
         seq: config.seq,
         steps: config.steps,
-        lora: LoraShape {
-            rank: 8,
-            alpha: 16,
-            targets: ALL_TARGETS.into(),
-        },
+        rounds: config.rounds,
+        decode: config.decode,
         threads: crate::threads(),
+        blas: dnd_llm::blas::backend(),
         loadavg_1m_before_after: [load_before, crate::loadavg()],
-        ratio_dnd_forward_hidden_over_llama_cpp: ratio(
-            dnd.forward_hidden_tok_s,
-            llama_cpp.as_ref().map(|l| l.forward.tok_s),
-        ),
-        ratio_dnd_over_torch: LlmRatios::new(&dnd, torch.as_ref()),
-        dnd,
-        torch,
-        llama_cpp,
+        ceiling,
+        flop_per_token,
+        measures,
+        per_round: rounds,
     })
 }
 
-/// dnd's forward passes (hidden states, then all logits) and LoRA training steps on one fixed batch.
-fn measure_dnd(config: &LlmBenchConfig) -> Result<LlmDnd> {
-    let llm = crate::load_model(&config.model)?;
+/// Useful FLOPs per token of each measure. Training: the forward pass with the head at every
+/// position, and a backward pass of the same size (input gradients only: the base weights are
+/// frozen, the rank-8 adapter's products are negligible). Decoding: the projections, attention over
+/// the mean context and the head, per generated token.
+pub fn flop_per_token(cfg: &ModelConfig, config: &LlmBenchConfig) -> BTreeMap<String, f64> {
+    let forward = ceiling::forward_flop_per_token(cfg, config.seq);
+    let head = ceiling::head_flop_per_token(cfg);
+    let d = config.decode;
+    let keys = d.prompt as f64 + (d.new_tokens as f64 + 1.0) / 2.0;
+    let decode = ceiling::projection_flop_per_token(cfg)
+        + ceiling::attention_flop_per_token(cfg, keys)
+        + head;
+    BTreeMap::from([
+        ("forward".to_string(), forward),
+        ("lora_train".to_string(), 2.0 * (forward + head)),
+        ("decode_1".to_string(), decode),
+        ("decode_batch".to_string(), decode),
+    ])
+}
+
+/// Medians, per-round ratios and shares of every measure some side ran.
+fn summarise(
+    rounds: &[Round],
+    flop_per_token: &BTreeMap<String, f64>,
+    ceiling: &Ceiling,
+) -> Vec<Measure> {
+    let share = |name: &str, tok_s: f64| ceiling.share(flop_per_token[name], tok_s);
+    MEASURES
+        .iter()
+        .map(|&name| {
+            let dnd: Vec<f64> = rounds
+                .iter()
+                .filter_map(|r| r.dnd.get(name).copied())
+                .collect();
+            let dnd_tok_s = median(&dnd);
+            let mut references = BTreeMap::new();
+            let sides: std::collections::BTreeSet<&String> =
+                rounds.iter().flat_map(|r| r.references.keys()).collect();
+            for side in sides {
+                let pairs: Vec<(f64, f64)> = rounds
+                    .iter()
+                    .filter_map(|r| Some((*r.dnd.get(name)?, *r.references.get(side)?.get(name)?)))
+                    .filter(|&(_, t)| t > 0.0)
+                    .collect();
+                if pairs.is_empty() {
+                    continue;
+                }
+                let tok_s = median(&pairs.iter().map(|p| p.1).collect::<Vec<_>>());
+                let ratios: Vec<f64> = pairs.iter().map(|(d, t)| d / t).collect();
+                references.insert(
+                    side.clone(),
+                    Versus {
+                        tok_s,
+                        share: share(name, tok_s),
+                        ratio: median(&ratios),
+                        ratio_min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                        ratio_max: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    },
+                );
+            }
+            Measure {
+                name: name.into(),
+                dnd_tok_s,
+                dnd_share: share(name, dnd_tok_s),
+                references,
+            }
+        })
+        .collect()
+}
+
+/// One round of dnd's measures, in tokens/s.
+fn measure_dnd(llm: &dnd_llm::Llm, config: &LlmBenchConfig) -> Result<BTreeMap<String, f64>> {
     let model = &llm.model;
     let ntok = (config.batch * config.seq) as f64;
     let ids = crate::fixed_ids(config.batch * config.seq, model.config().vocab_size);
     let ids_t = Tensor::from_vec(ids.clone(), (config.batch, config.seq), &Device::Cpu)?;
-    tracing::info!("timing dnd's forward pass");
-    let hidden_s = mean_time(config.steps, || {
+    tracing::info!("dnd: forward");
+    let (forward_s, _) = median_time(config.steps, || {
         model.hidden(&ids_t, None, None)?;
         Ok(())
     })?;
-    let full_s = mean_time(config.steps, || {
-        model.forward(&ids_t, None)?;
-        Ok(())
-    })?;
-    let peak_rss_mb_after_forward = dnd_io::peak_rss_mb();
-    tracing::info!("timing dnd's LoRA training step");
-    let (train_s, losses) = lora_train(&llm, &ids, config)?;
-    Ok(LlmDnd {
-        forward_hidden_tok_s: ntok / hidden_s,
-        forward_full_logits_tok_s: ntok / full_s,
-        lora_train_tok_s: ntok / train_s,
-        peak_rss_mb_after_forward,
-        peak_rss_mb_after_train: dnd_io::peak_rss_mb(),
-        loss_first: losses.first().map(|&l| f64::from(l)),
-        loss_last: losses.last().map(|&l| f64::from(l)),
-    })
+    tracing::info!("dnd: LoRA training step");
+    let train_s = lora_train(llm, &ids, config)?;
+    tracing::info!("dnd: decoding");
+    let d = config.decode;
+    let decode_1 = decode(model, d, 1)?;
+    let decode_batch = decode(model, d, d.batch)?;
+    Ok(BTreeMap::from([
+        ("forward".to_string(), ntok / forward_s),
+        ("lora_train".to_string(), ntok / train_s),
+        ("decode_1".to_string(), decode_1),
+        ("decode_batch".to_string(), decode_batch),
+    ]))
 }
 
-/// Mean seconds of a LoRA training step (the paper's LoRA, causal-LM loss on every token, AdamW at
-/// 1e-4, as `bench_torch.py` trains), and the loss of every step including the warm-up.
-fn lora_train(llm: &dnd_llm::Llm, ids: &[u32], config: &LlmBenchConfig) -> Result<(f64, Vec<f32>)> {
+/// Median seconds of a LoRA training step (the paper's LoRA, causal-LM loss on every token, AdamW at
+/// 1e-4, as `bench_torch.py` trains).
+fn lora_train(llm: &dnd_llm::Llm, ids: &[u32], config: &LlmBenchConfig) -> Result<f64> {
     let model = &llm.model;
     let lora = Lora::init(
         LoraConfig::paper_default(),
@@ -211,75 +301,117 @@ fn lora_train(llm: &dnd_llm::Llm, ids: &[u32], config: &LlmBenchConfig) -> Resul
         .map(|s| (s.to_vec(), vec![true; s.len()]))
         .collect();
     let batch = LmBatch::new(&seqs, 0, &Device::Cpu)?;
-    let mut losses = Vec::new();
-    let train_s = mean_time(config.steps, || {
+    let (train_s, _) = median_time(config.steps, || {
         let loss = lm_loss(model, Some(&lora), &batch)?;
         opt.backward_step(&loss)?;
-        losses.push(loss.to_scalar::<f32>()?);
         Ok(())
     })?;
-    Ok((train_s, losses))
+    Ok(train_s)
 }
 
-/// The reference scripts' arguments for this benchmark's shape.
-fn reference_args(config: &LlmBenchConfig) -> Vec<String> {
+/// Generated tokens/s of greedy decoding for `batch` prompts of fixed ids (each row its own ids),
+/// after a short warm-up generation.
+fn decode(model: &dnd_llm::Transformer, d: DecodeShape, batch: usize) -> Result<f64> {
+    let ids = crate::fixed_ids(batch * d.prompt, model.config().vocab_size);
+    let prompts: Vec<Vec<u32>> = ids.chunks(d.prompt).map(<[u32]>::to_vec).collect();
+    let never = |_: usize, _: &[u32]| false;
+    dnd_llm::score::generate_greedy_batch(model, None, &prompts, 4, &[], &never)?;
+    let t = Instant::now();
+    let out =
+        dnd_llm::score::generate_greedy_batch(model, None, &prompts, d.new_tokens, &[], &never)?;
+    let generated: usize = out.iter().map(Vec::len).sum();
+    Ok(generated as f64 / t.elapsed().as_secs_f64())
+}
+
+/// The reference scripts' arguments: the same shapes, and the matmul shapes to rate.
+fn reference_args(config: &LlmBenchConfig, shapes: &[ceiling::Shape]) -> Vec<String> {
     let mut v = vec!["--model".to_string(), config.model.display().to_string()];
+    let d = config.decode;
     for (k, x) in [
         ("--batch", config.batch),
         ("--seq", config.seq),
         ("--steps", config.steps),
+        ("--decode-prompt", d.prompt),
+        ("--decode-new", d.new_tokens),
+        ("--decode-batch", d.batch),
     ] {
         v.extend([k.to_string(), x.to_string()]);
     }
+    let shapes: Vec<String> = shapes
+        .iter()
+        .map(|s| format!("{}x{}x{}x{}", s.m, s.k, s.n, s.per_forward))
+        .collect();
+    v.extend(["--matmul-shapes".to_string(), shapes.join(",")]);
     v
 }
 
 impl LlmBench {
-    /// The Markdown summary: tokens/s of each side and their ratio per measurement.
+    /// The Markdown summary: per measure, each side's tokens/s and share of the ceiling, and dnd's
+    /// ratio to each reference (median over rounds, with its range).
     pub fn table(&self) -> String {
+        let c = &self.ceiling;
         let mut t = format!(
-            "| measure (batch {} x {}) | dnd tok/s | torch tok/s | ratio |\n|---|---|---|---|\n",
-            self.batch, self.seq
+            "Matmul ceiling at the model's shapes: {:.0} GFLOP/s (dnd's products, {}: {:.0}; PyTorch: {}). Rounds: {}.\n\n\
+             | measure | dnd tok/s (share) | PyTorch tok/s (share) | dnd / PyTorch | llama.cpp tok/s (share) | dnd / llama.cpp |\n\
+             |---|---|---|---|---|---|\n",
+            c.gflop_s,
+            self.blas,
+            c.dnd_forward_gflop_s,
+            table::value(c.reference_forward_gflop_s, 0),
+            self.rounds,
         );
-        let (d, r) = (&self.dnd, &self.ratio_dnd_over_torch);
-        let torch = self.torch.as_ref();
-        let rows = [
-            (
-                "forward, hidden states",
-                d.forward_hidden_tok_s,
-                torch.map(|t| t.forward_hidden.tok_s),
-                r.forward_hidden,
-            ),
-            (
-                "forward, all logits",
-                d.forward_full_logits_tok_s,
-                torch.map(|t| t.forward_full_logits.tok_s),
-                r.forward_full_logits,
-            ),
-            (
-                "LoRA training step",
-                d.lora_train_tok_s,
-                torch.map(|t| t.lora_train.tok_s),
-                r.lora_train,
-            ),
-        ];
-        for (name, dnd, torch, ratio) in rows {
+        for m in &self.measures {
+            let side = |name: &str| match m.references.get(name) {
+                Some(v) => (
+                    format!("{:.1} ({:.0}%)", v.tok_s, 100.0 * v.share),
+                    format!(
+                        "{} ({:.2}-{:.2})",
+                        table::times(Some(v.ratio)),
+                        v.ratio_min,
+                        v.ratio_max
+                    ),
+                ),
+                None => ("-".into(), "-".into()),
+            };
+            let ((pt, pr), (lt, lr)) = (side("torch"), side("llama_cpp"));
             t += &format!(
-                "| {name} | {} | {} | {} |\n",
-                table::value(Some(dnd), 1),
-                table::value(torch, 1),
-                table::times(ratio)
+                "| {} | {:.1} ({:.0}%) | {pt} | {pr} | {lt} | {lr} |\n",
+                self.label(&m.name),
+                m.dnd_tok_s,
+                100.0 * m.dnd_share
             );
         }
-        if let Some(l) = &self.llama_cpp {
+        let get = |n: &str| {
+            self.measures
+                .iter()
+                .find(|m| m.name == n)
+                .map(|m| m.dnd_tok_s)
+        };
+        if let (Some(one), Some(many)) = (get("decode_1"), get("decode_batch")) {
             t += &format!(
-                "| forward vs llama.cpp (last-position logits) | {} | llama.cpp {:.1} | {:.2}x |\n",
-                table::value(Some(d.forward_hidden_tok_s), 1),
-                l.forward.tok_s,
-                self.ratio_dnd_forward_hidden_over_llama_cpp.unwrap_or(0.0)
+                "\ndnd batch-{} decode over single-stream decode: {:.2}x\n",
+                self.decode.batch,
+                many / one
             );
         }
         t
+    }
+
+    fn label(&self, name: &str) -> String {
+        let d = self.decode;
+        match name {
+            "forward" => format!("forward, hidden states ({} x {})", self.batch, self.seq),
+            "lora_train" => format!(
+                "LoRA training step, every-token loss ({} x {})",
+                self.batch, self.seq
+            ),
+            "decode_1" => format!(
+                "greedy decode, 1 sequence ({} + {} tokens)",
+                d.prompt, d.new_tokens
+            ),
+            "decode_batch" => format!("greedy decode, {} sequences", d.batch),
+            other => other.into(),
+        }
     }
 }
 
@@ -287,68 +419,104 @@ impl LlmBench {
 mod tests {
     use super::*;
 
-    /// The committed `llm.json` with the load averages, which were added to the record after the
-    /// file was written, as an unreadable /proc would leave them.
-    fn committed_value() -> Value {
-        let mut v: Value =
-            serde_json::from_str(include_str!("../../../results/bench/llm.json")).unwrap();
-        assert!(v.get("loadavg_1m_before_after").is_none());
-        v["loadavg_1m_before_after"] = serde_json::json!([null, null]);
-        v
+    fn round(dnd: &[(&str, f64)], torch: &[(&str, f64)]) -> Round {
+        let map = |v: &[(&str, f64)]| v.iter().map(|&(k, x)| (k.to_string(), x)).collect();
+        Round {
+            dnd: map(dnd),
+            references: BTreeMap::from([("torch".to_string(), map(torch))]),
+            ..Round::default()
+        }
     }
 
-    fn committed() -> LlmBench {
-        serde_json::from_value(committed_value()).unwrap()
-    }
-
-    #[test]
-    fn the_record_keeps_the_keys_and_values_of_the_committed_file() {
-        let committed = committed_value();
-        let record: LlmBench = serde_json::from_value(committed.clone()).unwrap();
-        assert_eq!(crate::sorted_json(&record), committed);
-    }
-
-    #[test]
-    fn ratios_divide_dnd_by_the_reference_and_are_null_without_it() {
-        let record = committed();
-        let r = LlmRatios::new(&record.dnd, record.torch.as_ref());
-        assert_eq!(r.forward_hidden, Some(165.24015900628038 / 141.26));
-        let committed = record.ratio_dnd_over_torch.lora_train.unwrap();
-        assert!((r.lora_train.unwrap() - committed).abs() < 1e-12);
-        let none = LlmRatios::new(&record.dnd, None);
-        assert_eq!(
-            (
-                none.forward_hidden,
-                none.forward_full_logits,
-                none.lora_train
-            ),
-            (None, None, None)
-        );
+    fn ceiling_of(gflop_s: f64) -> Ceiling {
+        Ceiling {
+            square_2048_gflop_s: 0.0,
+            shapes: vec![],
+            dnd_forward_gflop_s: gflop_s,
+            reference_forward_gflop_s: None,
+            gflop_s,
+        }
     }
 
     #[test]
-    fn the_table_shows_both_sides_and_llama_cpp() {
-        let mut record = committed();
-        let t = record.table();
-        let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(
-            lines[0],
-            "| measure (batch 8 x 128) | dnd tok/s | torch tok/s | ratio |"
+    fn ratios_are_taken_within_rounds_and_their_median_reported() {
+        // Round 2's machine is twice as slow for both sides: its ratio is the same as round 1's.
+        let rounds = [
+            round(&[("forward", 100.0)], &[("forward", 50.0)]),
+            round(&[("forward", 50.0)], &[("forward", 25.0)]),
+            round(&[("forward", 90.0)], &[("forward", 60.0)]),
+        ];
+        let flop = MEASURES.iter().map(|m| (m.to_string(), 1e9)).collect();
+        let m = summarise(&rounds, &flop, &ceiling_of(200.0));
+        let fwd = &m[0];
+        assert_eq!(fwd.name, "forward");
+        assert_eq!(fwd.dnd_tok_s, 90.0);
+        let t = &fwd.references["torch"];
+        assert_eq!((t.ratio, t.ratio_min, t.ratio_max), (2.0, 1.5, 2.0));
+        assert_eq!(t.tok_s, 50.0);
+        // 90 tok/s x 1 GFLOP per token of a 200 GFLOP/s ceiling.
+        assert!((fwd.dnd_share - 0.45).abs() < 1e-12);
+        // No side measured decoding: no reference entry, a NaN median (null in the file).
+        let dec = m.iter().find(|m| m.name == "decode_1").unwrap();
+        assert!(dec.references.is_empty() && dec.dnd_tok_s.is_nan());
+    }
+
+    #[test]
+    fn training_counts_two_passes_with_the_head_and_decoding_one_with_it() {
+        let cfg = crate::ceiling::tests::smollm2();
+        let config = LlmBenchConfig {
+            model: "m".into(),
+            batch: 8,
+            seq: 128,
+            steps: 1,
+            rounds: 1,
+            decode: DecodeShape {
+                prompt: 32,
+                new_tokens: 128,
+                batch: 16,
+            },
+            ceiling_seconds: 0.0,
+            reference: None,
+        };
+        let f = flop_per_token(&cfg, &config);
+        let head = 2.0 * 576.0 * 49152.0;
+        assert!((f["lora_train"] - 2.0 * (f["forward"] + head)).abs() < 1.0);
+        let proj = crate::ceiling::projection_flop_per_token(&cfg);
+        // Decoding attends to 32 + 64.5 keys on average.
+        let attn = 30.0 * 4.0 * 576.0 * 96.5;
+        assert!((f["decode_1"] - (proj + attn + head)).abs() < 1.0);
+        assert_eq!(f["decode_1"], f["decode_batch"]);
+    }
+
+    #[test]
+    fn reference_arguments_name_every_shape() {
+        let config = LlmBenchConfig {
+            model: "m.gguf".into(),
+            batch: 2,
+            seq: 4,
+            steps: 1,
+            rounds: 1,
+            decode: DecodeShape {
+                prompt: 3,
+                new_tokens: 5,
+                batch: 6,
+            },
+            ceiling_seconds: 0.0,
+            reference: None,
+        };
+        let shapes = crate::ceiling::model_shapes(&crate::ceiling::tests::smollm2(), 8, 0);
+        let a = reference_args(&config, &shapes).join(" ");
+        assert!(
+            a.starts_with("--model m.gguf --batch 2 --seq 4 --steps 1"),
+            "{a}"
         );
-        assert_eq!(
-            lines[2],
-            "| forward, hidden states | 165.2 | 141.3 | 1.17x |"
+        assert!(
+            a.contains("--decode-prompt 3 --decode-new 5 --decode-batch 6"),
+            "{a}"
         );
-        assert_eq!(lines[4], "| LoRA training step | 32.3 | 14.7 | 2.20x |");
-        assert_eq!(
-            lines[5],
-            "| forward vs llama.cpp (last-position logits) | 165.2 | llama.cpp 20.5 | 8.05x |"
+        assert!(
+            a.ends_with("--matmul-shapes 8x576x576x60,8x576x192x60,8x576x1536x60,8x1536x576x30"),
+            "{a}"
         );
-        record.torch = None;
-        record.llama_cpp = None;
-        record.ratio_dnd_over_torch = LlmRatios::new(&record.dnd, None);
-        let t = record.table();
-        assert_eq!(t.lines().count(), 5, "no llama.cpp row: {t}");
-        assert!(t.contains("| forward, all logits | 95.9 | - | - |"), "{t}");
     }
 }

@@ -112,6 +112,11 @@ fn main() -> anyhow::Result<()> {
     if matches!(command, Command::Generate(_)) {
         no_huge_pages();
         single_threaded_elementwise();
+    } else {
+        // Before any thread starts (it sets OPENBLAS_CORETYPE): the LLM's products run on OpenBLAS
+        // where the machine has it.
+        dnd_llm::blas::init();
+        tracing::debug!("f32 products on {}", dnd_llm::blas::backend());
     }
     match command {
         Command::Fetch(a) => fetch::run(a),

@@ -3,6 +3,7 @@
 //! generation.
 
 pub mod adapter_config;
+pub mod blas;
 pub mod config;
 pub mod error;
 pub mod gguf;
