@@ -29,8 +29,22 @@ use std::time::Instant;
 const TORCH_SCRIPT: &str = "bench_torch.py";
 const LLAMA_CPP_SCRIPT: &str = "bench_llamacpp.py";
 
-/// The measures, in table order.
-pub const MEASURES: [&str; 4] = ["forward", "lora_train", "decode_1", "decode_batch"];
+/// The measures, in table order. `_quantized`: decoding with the GGUF's quantised blocks kept for
+/// the short products ([`dnd_llm::Llm::quantized_model`]), compared with the references' plain
+/// decoding (llama.cpp always decodes on its quantised blocks).
+pub const MEASURES: [&str; 6] = [
+    "forward",
+    "lora_train",
+    "decode_1",
+    "decode_batch",
+    "decode_1_quantized",
+    "decode_batch_quantized",
+];
+
+/// The reference measure a dnd measure is compared with.
+fn reference_measure(name: &str) -> &str {
+    name.strip_suffix("_quantized").unwrap_or(name)
+}
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -133,6 +147,10 @@ pub fn run(config: &LlmBenchConfig) -> Result<LlmBench> {
     let llm = crate::load_model(&config.model)?;
     let cfg = llm.model.config().clone();
     let shapes = ceiling::model_shapes(&cfg, config.batch * config.seq, 0);
+    let quantized = llm.quantized_model()?;
+    if let Some((_, n)) = &quantized {
+        tracing::info!("{n} weights with quantised blocks for the _quantized measures");
+    }
     tracing::info!("measuring the matmul ceiling at the model's shapes");
     let mut ceiling = ceiling::measure(&shapes, config.ceiling_seconds)?;
     let mut rounds = Vec::new();
@@ -140,7 +158,7 @@ pub fn run(config: &LlmBenchConfig) -> Result<LlmBench> {
     for r in 0..config.rounds {
         tracing::info!("round {} of {}", r + 1, config.rounds);
         let mut round = Round {
-            dnd: measure_dnd(&llm, config)?,
+            dnd: measure_dnd(&llm, quantized.as_ref().map(|q| &q.0), config)?,
             dnd_peak_rss_mb: dnd_io::peak_rss_mb(),
             ..Round::default()
         };
@@ -200,6 +218,8 @@ pub fn flop_per_token(cfg: &ModelConfig, config: &LlmBenchConfig) -> BTreeMap<St
         ("lora_train".to_string(), 2.0 * (forward + head)),
         ("decode_1".to_string(), decode),
         ("decode_batch".to_string(), decode),
+        ("decode_1_quantized".to_string(), decode),
+        ("decode_batch_quantized".to_string(), decode),
     ])
 }
 
@@ -224,7 +244,10 @@ fn summarise(
             for side in sides {
                 let pairs: Vec<(f64, f64)> = rounds
                     .iter()
-                    .filter_map(|r| Some((*r.dnd.get(name)?, *r.references.get(side)?.get(name)?)))
+                    .filter_map(|r| {
+                        let reference = r.references.get(side)?.get(reference_measure(name))?;
+                        Some((*r.dnd.get(name)?, *reference))
+                    })
                     .filter(|&(_, t)| t > 0.0)
                     .collect();
                 if pairs.is_empty() {
@@ -254,7 +277,11 @@ fn summarise(
 }
 
 /// One round of dnd's measures, in tokens/s.
-fn measure_dnd(llm: &dnd_llm::Llm, config: &LlmBenchConfig) -> Result<BTreeMap<String, f64>> {
+fn measure_dnd(
+    llm: &dnd_llm::Llm,
+    quantized: Option<&dnd_llm::Transformer>,
+    config: &LlmBenchConfig,
+) -> Result<BTreeMap<String, f64>> {
     let model = &llm.model;
     let ntok = (config.batch * config.seq) as f64;
     let ids = crate::fixed_ids(config.batch * config.seq, model.config().vocab_size);
@@ -268,14 +295,17 @@ fn measure_dnd(llm: &dnd_llm::Llm, config: &LlmBenchConfig) -> Result<BTreeMap<S
     let train_s = lora_train(llm, &ids, config)?;
     tracing::info!("dnd: decoding");
     let d = config.decode;
-    let decode_1 = decode(model, d, 1)?;
-    let decode_batch = decode(model, d, d.batch)?;
-    Ok(BTreeMap::from([
+    let mut out = BTreeMap::from([
         ("forward".to_string(), ntok / forward_s),
         ("lora_train".to_string(), ntok / train_s),
-        ("decode_1".to_string(), decode_1),
-        ("decode_batch".to_string(), decode_batch),
-    ]))
+        ("decode_1".to_string(), decode(model, d, 1)?),
+        ("decode_batch".to_string(), decode(model, d, d.batch)?),
+    ]);
+    if let Some(q) = quantized {
+        out.insert("decode_1_quantized".into(), decode(q, d, 1)?);
+        out.insert("decode_batch_quantized".into(), decode(q, d, d.batch)?);
+    }
+    Ok(out)
 }
 
 /// Median seconds of a LoRA training step (the paper's LoRA, causal-LM loss on every token, AdamW at
@@ -387,12 +417,17 @@ impl LlmBench {
                 .find(|m| m.name == n)
                 .map(|m| m.dnd_tok_s)
         };
-        if let (Some(one), Some(many)) = (get("decode_1"), get("decode_batch")) {
-            t += &format!(
-                "\ndnd batch-{} decode over single-stream decode: {:.2}x\n",
-                self.decode.batch,
-                many / one
-            );
+        for suffix in ["", "_quantized"] {
+            let one = get(&format!("decode_1{suffix}"));
+            let many = get(&format!("decode_batch{suffix}"));
+            if let (Some(one), Some(many)) = (one, many) {
+                t += &format!(
+                    "\ndnd batch-{} decode over single-stream decode{}: {:.2}x\n",
+                    self.decode.batch,
+                    suffix.replace('_', ", "),
+                    many / one
+                );
+            }
         }
         t
     }
@@ -410,6 +445,10 @@ impl LlmBench {
                 d.prompt, d.new_tokens
             ),
             "decode_batch" => format!("greedy decode, {} sequences", d.batch),
+            "decode_1_quantized" => "greedy decode, 1 sequence, quantised blocks".into(),
+            "decode_batch_quantized" => {
+                format!("greedy decode, {} sequences, quantised blocks", d.batch)
+            }
             other => other.into(),
         }
     }
@@ -459,6 +498,14 @@ mod tests {
         // No side measured decoding: no reference entry, a NaN median (null in the file).
         let dec = m.iter().find(|m| m.name == "decode_1").unwrap();
         assert!(dec.references.is_empty() && dec.dnd_tok_s.is_nan());
+        // dnd's quantised decoding is compared with the reference's plain decoding.
+        let rounds = [round(
+            &[("decode_1_quantized", 30.0)],
+            &[("decode_1", 20.0)],
+        )];
+        let m = summarise(&rounds, &flop, &ceiling_of(200.0));
+        let q = m.iter().find(|m| m.name == "decode_1_quantized").unwrap();
+        assert_eq!(q.references["torch"].ratio, 1.5);
     }
 
     #[test]
@@ -486,6 +533,7 @@ mod tests {
         let attn = 30.0 * 4.0 * 576.0 * 96.5;
         assert!((f["decode_1"] - (proj + attn + head)).abs() < 1.0);
         assert_eq!(f["decode_1"], f["decode_batch"]);
+        assert_eq!(f["decode_1"], f["decode_1_quantized"]);
     }
 
     #[test]

@@ -201,6 +201,70 @@ impl GgufFile {
     }
 }
 
+impl GgufFile {
+    /// The block-quantised weights of the projections and the vocabulary head as stored (f32 and f16
+    /// tensors are left out: they gain nothing), under their Hugging Face names, with llama's Q/K rows
+    /// put back in Hugging Face order (whole rows move; a row's blocks stay as they are).
+    pub fn quantized_weights(&mut self, cfg: &ModelConfig) -> Result<HashMap<String, QTensor>> {
+        let mut out = HashMap::new();
+        let names: Vec<String> = self.content.tensor_infos.keys().cloned().collect();
+        for name in names {
+            let Some(hf) = hf_name(&name) else { continue };
+            let projection = hf.starts_with("model.layers.") && !hf.contains("layernorm");
+            let head = hf == "lm_head.weight" || hf == "model.embed_tokens.weight";
+            let dtype = self.info(&name)?.ggml_dtype;
+            if !(projection || head) || !hf.ends_with(".weight") || dtype.block_size() == 1 {
+                continue;
+            }
+            let q = self.qtensor(&name)?;
+            let q = fast_blocks(q).map_err(|e| self.bad_tensor(&name, e))?;
+            let q = match rope_heads(cfg, &name) {
+                Some(heads) => unpermute_rows(&q, heads).map_err(|e| self.bad_tensor(&name, e))?,
+                None => q,
+            };
+            out.insert(hf, q);
+        }
+        Ok(out)
+    }
+}
+
+/// `q` in a block type candle multiplies with SIMD kernels: Q4_1, Q5_0 and Q5_1 have only scalar ones
+/// (candle 0.11: `vec_dot_unopt`, half of a decoding step's samples), so they are requantised to Q8_0,
+/// twice their bytes and a rounding step of at most 1/254 of a block's largest weight on top of theirs.
+fn fast_blocks(q: QTensor) -> candle_core::Result<QTensor> {
+    use candle_core::quantized::GgmlDType;
+    match q.dtype() {
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
+            QTensor::quantize(&q.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)
+        }
+        _ => Ok(q),
+    }
+}
+
+/// [`unpermute`] for a quantised `[rows, k]` tensor: the row order is computed on row indices and
+/// each row's bytes are moved whole.
+fn unpermute_rows(q: &QTensor, heads: usize) -> candle_core::Result<QTensor> {
+    let (rows, _) = q.shape().dims2()?;
+    let index = Tensor::arange(0u32, rows as u32, &Device::Cpu)?.reshape((rows, 1))?;
+    let order: Vec<u32> = unpermute(&index, heads)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+        .flatten_all()?
+        .to_vec1()?;
+    let data = q.data()?;
+    let row_bytes = data.len() / rows;
+    let mut moved = Vec::with_capacity(data.len());
+    for &r in &order {
+        let r = r as usize;
+        moved.extend_from_slice(&data[r * row_bytes..(r + 1) * row_bytes]);
+    }
+    let storage = candle_core::quantized::QStorage::from_data(
+        std::borrow::Cow::Owned(moved),
+        &Device::Cpu,
+        q.dtype(),
+    )?;
+    QTensor::new(storage, q.shape().clone())
+}
+
 /// Map a llama.cpp tensor name to its Hugging Face name.
 fn hf_name(gguf: &str) -> Option<String> {
     match gguf {
@@ -264,6 +328,35 @@ fn swap_row_axes(t: &Tensor, heads: usize, grid: [usize; 2]) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
+
+    /// Moving whole rows of quantised blocks gives the blocks of the unpermuted f32 rows.
+    #[test]
+    fn unpermute_rows_moves_quantised_rows_like_unpermute() {
+        use candle_core::quantized::GgmlDType;
+        let (heads, hd, k) = (3, 8, 64);
+        let t = Tensor::arange(0f32, (heads * hd * k) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((heads * hd, k))
+            .unwrap()
+            .sin()
+            .unwrap();
+        let q = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap();
+        let moved = unpermute_rows(&q, heads)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
+        let want = unpermute(&q.dequantize(&Device::Cpu).unwrap(), heads).unwrap();
+        let diff: f32 = (moved - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(diff, 0.0);
+    }
+
     use super::*;
 
     #[test]

@@ -59,4 +59,28 @@ impl Llm {
             source: path.into(),
         })
     }
+
+    /// Keep the GGUF's quantised blocks next to the f32 weights for decoding
+    /// ([`Transformer::set_quantized`]): `dnd generate-text --quantized`, `dnd serve --quantized`. A
+    /// Hugging Face directory has no blocks and is left as it is. Returns how many weights got them.
+    pub fn quantize_for_inference(&mut self) -> Result<usize> {
+        let Some((model, n)) = self.quantized_model()? else {
+            return Ok(0);
+        };
+        self.model = model;
+        Ok(n)
+    }
+
+    /// A copy of the model with the quantised blocks attached (and how many), leaving this one
+    /// as it is; `None` for a Hugging Face directory.
+    pub fn quantized_model(&self) -> Result<Option<(Transformer, usize)>> {
+        if self.source.is_dir() {
+            return Ok(None);
+        }
+        let mut file = gguf::GgufFile::open(&self.source)?;
+        let q = file.quantized_weights(self.model.config())?;
+        let mut model = self.model.clone();
+        let n = model.set_quantized(q)?;
+        Ok(Some((model, n)))
+    }
 }

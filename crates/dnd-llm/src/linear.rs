@@ -3,29 +3,61 @@
 //! without touching the model code.
 
 use candle_core::backend::BackendStorage;
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+    bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Module, Result, Shape, Storage, Tensor,
     WithDType,
 };
 
-/// A frozen weight `[out, in]` applied as `x W^T`.
+/// Rows up to which an untracked product runs on the quantised blocks, when the weight has them.
+/// Decoding multiplies a handful of rows per step, where reading the weights is the whole cost and the
+/// blocks are 4-8x smaller than f32; a prompt's hundreds of rows are compute-bound, where f32 OpenBLAS
+/// is faster than candle's quantised kernels.
+pub const QUANTIZED_MAX_ROWS: usize = 32;
+
+/// A frozen weight `[out, in]` applied as `x W^T`, optionally with the GGUF's quantised blocks of the
+/// same weight for inference.
 #[derive(Clone)]
 pub struct Frozen {
     w: Tensor,
+    q: Option<std::sync::Arc<QMatMul>>,
 }
 
 impl Frozen {
     pub fn new(w: Tensor) -> Result<Self> {
-        Ok(Self { w: w.detach() })
+        Ok(Self {
+            w: w.detach(),
+            q: None,
+        })
     }
 
     pub fn weight(&self) -> &Tensor {
         &self.w
     }
 
-    /// `x [N, in] -> [N, out]`. On the CPU the product is [`InputGradMatmul`]: OpenBLAS when the
-    /// machine has it (crate::blas), and a backward that skips the frozen weight's gradient.
+    /// Keep `q` (the same weight, quantised, in the same `[out, in]` row order) for untracked
+    /// products of at most [`QUANTIZED_MAX_ROWS`] rows.
+    pub fn set_quantized(&mut self, q: QTensor) -> Result<()> {
+        if q.shape().dims() != self.w.dims() {
+            bail!(
+                "quantised weight {:?} against f32 weight {:?}",
+                q.shape().dims(),
+                self.w.dims()
+            );
+        }
+        self.q = Some(std::sync::Arc::new(QMatMul::from_qtensor(q)?));
+        Ok(())
+    }
+
+    /// `x [N, in] -> [N, out]`. Untracked and short, on the quantised blocks when set; otherwise on
+    /// the CPU the product is [`InputGradMatmul`]: OpenBLAS when the machine has it (crate::blas),
+    /// and a backward that skips the frozen weight's gradient.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(q) = &self.q {
+            if !x.track_op() && x.rank() == 2 && x.dim(0)? <= QUANTIZED_MAX_ROWS {
+                return q.forward(&x.contiguous()?);
+            }
+        }
         if fused(x) && x.rank() == 2 {
             return x
                 .contiguous()?
@@ -269,7 +301,11 @@ mod tests {
         for (name, (f, p)) in ["y", "dx", "dA", "dB"].iter().zip(fused.iter().zip(&plain)) {
             assert_eq!(f.dims(), p.dims(), "{name}");
             let diff = (f - p).unwrap().abs().unwrap().max_all().unwrap();
-            let diff = diff.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+            let diff = diff
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
             assert!(diff < tol, "{name}: max difference {diff}");
         }
     }
@@ -282,5 +318,4 @@ mod tests {
     fn lora_matmul_matches_the_unfused_formula_and_its_gradients_in_f32() {
         lora_matmul_matches_the_unfused_formula(DType::F32, 1e-5);
     }
-
 }

@@ -136,3 +136,101 @@ fn smollm2_matches_transformers() {
 fn qwen2_coder_matches_transformers() {
     check("Qwen2.5-Coder-0.5B-Instruct.gguf", "gguf_qwen2.json");
 }
+
+/// dnd's greedy decoding against transformers' on the 20 chat prompts of `greedy_<name>.json`
+/// (`scripts/reference/greedy_fixture.py`), without and with its seeded PEFT adapter (read by dnd
+/// from the same files PEFT read), each prompt alone and all 20 in one left-padded batch.
+fn check_greedy(file: &str, name: &str) {
+    let Some(path) = asset(file) else { return };
+    let llm = Llm::load(&path, DType::F32).unwrap();
+    let fx = fixture(&format!("greedy_{name}.json"));
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fx["adapter"]["dir"].as_str().unwrap());
+    let lora = dnd_llm::peft::load(&dir, llm.model.config(), DType::F32).unwrap();
+    let max_new = fx["max_new_tokens"].as_u64().unwrap() as usize;
+    let eos = u32s(&fx["eos_ids"]);
+    let items = fx["prompts"].as_array().unwrap();
+    assert_eq!(items.len(), 20);
+    let prompts: Vec<Vec<u32>> = items.iter().map(|p| u32s(&p["prompt_ids"])).collect();
+    let changed = items
+        .iter()
+        .filter(|p| p["base_ids"] != p["adapter_ids"])
+        .count();
+    assert!(
+        changed >= 3,
+        "the adapter changes {changed} generations: too few to test adapted decoding"
+    );
+    for (lora, key) in [(None, "base_ids"), (Some(&lora), "adapter_ids")] {
+        let want: Vec<Vec<u32>> = items.iter().map(|p| u32s(&p[key])).collect();
+        for (i, (prompt, want)) in prompts.iter().zip(&want).enumerate() {
+            let got = generate_greedy(&llm.model, lora, prompt, max_new, &eos, &|_| false).unwrap();
+            assert_eq!(&got, want, "{name} {key} prompt {i}: alone");
+        }
+        let batch = dnd_llm::score::generate_greedy_batch(
+            &llm.model,
+            lora,
+            &prompts,
+            max_new,
+            &eos,
+            &|_, _| false,
+        )
+        .unwrap();
+        for (i, (got, want)) in batch.iter().zip(&want).enumerate() {
+            assert_eq!(got, want, "{name} {key} prompt {i}: in a batch of 20");
+        }
+    }
+}
+
+#[test]
+fn smollm2_greedy_matches_transformers_on_20_prompts() {
+    check_greedy("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2");
+}
+
+#[test]
+fn qwen2_coder_greedy_matches_transformers_on_20_prompts() {
+    check_greedy("Qwen2.5-Coder-0.5B-Instruct.gguf", "qwen2");
+}
+
+/// Logits on the quantised blocks (inputs of at most 32 tokens take that path: each prompt's first 32) against the f32
+/// weights, at every position of the 20 greedy prompts: the rounding of the 4- or 8-bit weights and
+/// of the activations' 8-bit quantisation, the size of llama.cpp's own difference from f32
+/// (results/parity/gguf_lora.json). Returns the worst max|diff| / max|logit| per position.
+fn quantized_logit_gap(file: &str, name: &str) -> Option<f64> {
+    let path = asset(file)?;
+    let llm = Llm::load(&path, DType::F32).unwrap();
+    let (q, n) = llm.quantized_model().unwrap().unwrap();
+    assert!(n > 0, "{name}: no quantised weights");
+    let fx = fixture(&format!("greedy_{name}.json"));
+    let mut worst = 0f64;
+    for p in fx["prompts"].as_array().unwrap() {
+        let mut ids = u32s(&p["prompt_ids"]);
+        ids.truncate(dnd_llm::model::QUANTIZED_MAX_ROWS);
+        let t = Tensor::new(ids.as_slice(), llm.model.device())
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let f = llm.model.forward(&t, None).unwrap().squeeze(0).unwrap();
+        let g = q.forward(&t, None).unwrap().squeeze(0).unwrap();
+        let diff = (&f - &g).unwrap().abs().unwrap().max(1).unwrap();
+        let scale = f.abs().unwrap().max(1).unwrap();
+        let rel: Vec<f32> = (diff / scale).unwrap().to_vec1().unwrap();
+        worst = rel.iter().fold(worst, |w, &r| w.max(r as f64));
+    }
+    eprintln!("{name}: quantised decoding, worst relative logit gap {worst:.2e}");
+    Some(worst)
+}
+
+#[test]
+fn smollm2_quantized_logits_stay_close() {
+    if let Some(gap) = quantized_logit_gap("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2") {
+        assert!(gap < 0.1, "{gap}");
+    }
+}
+
+#[test]
+fn qwen2_coder_quantized_logits_stay_close() {
+    if let Some(gap) = quantized_logit_gap("Qwen2.5-Coder-0.5B-Instruct.gguf", "qwen2") {
+        assert!(gap < 0.1, "{gap}");
+    }
+}
