@@ -10,7 +10,7 @@
 //!   sequence, KV cache, no stop (prompt processing included);
 //! - `decode_batch`: the same for `decode_batch` sequences at once.
 //!
-//! The machine's load drifts, so the run is split into rounds of (dnd, PyTorch, llama.cpp); each ratio
+//! The machine's load drifts, so the run is split into rounds of (PyTorch, llama.cpp, dnd); each ratio
 //! is taken within a round and the median over rounds is reported, with its range.
 
 use crate::ceiling::{self, Ceiling};
@@ -157,11 +157,9 @@ pub fn run(config: &LlmBenchConfig) -> Result<LlmBench> {
     let mut reference_rates = Vec::new();
     for r in 0..config.rounds {
         tracing::info!("round {} of {}", r + 1, config.rounds);
-        let mut round = Round {
-            dnd: measure_dnd(&llm, quantized.as_ref().map(|q| &q.0), config)?,
-            dnd_peak_rss_mb: dnd_io::peak_rss_mb(),
-            ..Round::default()
-        };
+        // The references first: dnd's allocator keeps its peak (mimalloc, purging off), which with
+        // PyTorch's on top ran a 24 GB machine out of memory on Qwen2.5-0.5B.
+        let mut round = Round::default();
         for (name, script) in [("torch", TORCH_SCRIPT), ("llama_cpp", LLAMA_CPP_SCRIPT)] {
             let Some(reference) = &config.reference else {
                 continue;
@@ -177,6 +175,8 @@ pub fn run(config: &LlmBenchConfig) -> Result<LlmBench> {
                 Err(e) => return Err(e),
             }
         }
+        round.dnd = measure_dnd(&llm, quantized.as_ref().map(|q| &q.0), config)?;
+        round.dnd_peak_rss_mb = dnd_io::peak_rss_mb();
         rounds.push(round);
     }
     let reference_rate = (!reference_rates.is_empty()).then(|| median(&reference_rates));

@@ -43,31 +43,9 @@ pub struct CollectArgs {
     /// Also write a summary to <PREFIX>.json and <PREFIX>.md (e.g. results/collect/commonsense).
     #[arg(long)]
     summary: Option<PathBuf>,
-    /// Collect only job unit I of this plan (task I, from 0, in plan order), for a scheduler's array
-    /// job: `env` reads SLURM_ARRAY_TASK_ID, else JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs).
-    /// Leaves collection.json to --merge. A unit already done is skipped.
-    #[arg(long, conflicts_with_all = ["merge", "emit_slurm", "fresh"])]
-    unit: Option<String>,
-    /// With --unit: each array element runs this many consecutive units (element i: units i*K ..).
-    #[arg(long, default_value_t = 1)]
-    pub units_per_job: usize,
-    /// Build collection.json from the finished units of this plan; names the units not done.
-    #[arg(long, conflicts_with_all = ["emit_slurm", "fresh"])]
-    merge: bool,
-    /// Write a Slurm batch script running this plan as a job array (one element per --units-per-job
-    /// units) to FILE, and print how to submit and merge it. Nothing is collected.
-    #[arg(long, value_name = "FILE")]
-    emit_slurm: Option<PathBuf>,
-    /// Slurm settings of --emit-slurm: most array elements at once, memory and CPUs per element, and
-    /// the log directory.
-    #[arg(long, default_value_t = 8)]
-    pub slurm_throttle: usize,
-    #[arg(long, default_value = "4G")]
-    pub slurm_mem: String,
-    #[arg(long, default_value_t = 2)]
-    pub slurm_cpus: usize,
-    #[arg(long, default_value = "slurm-logs")]
-    pub slurm_logs: PathBuf,
+    /// Job units (one task each): --unit, --merge, --emit-slurm.
+    #[command(flatten)]
+    pub units: crate::slurm::UnitArgs,
 }
 
 fn parse_storage(s: &str) -> std::result::Result<Storage, String> {
@@ -93,21 +71,19 @@ pub fn run(a: CollectArgs) -> Result<()> {
         state_every: a.state_every,
         storage: a.storage,
     };
-    if let Some(script) = &a.emit_slurm {
-        return crate::slurm::emit(script, &a, plan.tasks.len());
+    if a.fresh && (a.units.unit.is_some() || a.units.merge) {
+        bail!("--fresh cannot be combined with --unit or --merge");
+    }
+    if let Some(script) = &a.units.emit_slurm {
+        return crate::slurm::emit(script, &a.units, "collect", plan.tasks.len());
     }
     let base = base_model(&a.model)?;
-    if a.merge {
+    if a.units.merge {
         let index = merge_units(&plan, &base)?;
         return report(&a, &dir, &index);
     }
     let llm = a.model.load()?;
-    if let Some(unit) = &a.unit {
-        let first = crate::slurm::unit_index(unit)? * a.units_per_job;
-        let units = first..(first + a.units_per_job).min(plan.tasks.len());
-        if units.is_empty() {
-            bail!("unit {first}: the plan has {} units", plan.tasks.len());
-        }
+    if let Some(units) = a.units.selected(plan.tasks.len())? {
         for u in units {
             tracing::info!("unit {u} ({}) of {}", plan.tasks[u].name, dir.display());
             collect_unit(&llm.model, &llm.tokenizer, &base, &plan, u, &mut progress())?;

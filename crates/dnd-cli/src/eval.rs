@@ -58,6 +58,10 @@ pub struct Args {
     /// of the selected examples to this JSONL file, for scripts/reference/lm_eval_parity.py.
     #[arg(long)]
     export_requests: Option<PathBuf>,
+    /// Job units, one (model or adapter, task) run each, the base model's first, then each
+    /// adapter's, tasks in order: --unit, --merge, --emit-slurm.
+    #[command(flatten)]
+    units: crate::slurm::UnitArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -94,12 +98,31 @@ pub fn run(a: Args) -> Result<()> {
         Style::Plain => PromptStyle::Plain,
         Style::Chat => PromptStyle::Chat,
     };
-    let model_path = a.model.path()?;
-    let llm = a.model.load()?;
-    if let Some(file) = &a.export_requests {
-        return export(&llm, &sets, style, file);
+    let mut combos: Vec<(String, Option<&Path>)> = Vec::new();
+    if !a.no_base {
+        combos.push(("base".into(), None));
     }
-    let out = a.out.clone().expect("clap requires --out");
+    for (label, dir) in adapter_labels(&a.adapter).into_iter().zip(&a.adapter) {
+        combos.push((label, Some(dir.as_path())));
+    }
+    // The plan's units: every (run, task) pair, run-major.
+    let units: Vec<(usize, usize)> = (0..combos.len())
+        .flat_map(|c| (0..sets.len()).map(move |t| (c, t)))
+        .collect();
+    if let Some(script) = &a.units.emit_slurm {
+        return crate::slurm::emit(script, &a.units, "eval", units.len());
+    }
+    let model_path = a.model.path()?;
+    let out = a.out.clone();
+    let llm = if a.units.merge {
+        None
+    } else {
+        Some(a.model.load()?)
+    };
+    if let (Some(file), Some(llm)) = (&a.export_requests, &llm) {
+        return export(llm, &sets, style, file);
+    }
+    let out = out.expect("clap requires --out");
     let cfg = EvalConfig {
         style,
         protocol: match a.protocol {
@@ -121,12 +144,27 @@ pub fn run(a: Args) -> Result<()> {
         command: std::env::args().collect(),
     };
     let store = Store::new(&out);
-    let mut combos: Vec<(String, Option<&Path>)> = Vec::new();
-    if !a.no_base {
-        combos.push(("base".into(), None));
-    }
-    for (label, dir) in adapter_labels(&a.adapter).into_iter().zip(&a.adapter) {
-        combos.push((label, Some(dir.as_path())));
+    let Some(llm) = llm else {
+        return merge(&store, &spec, &combos, &sets, &units, &out);
+    };
+    if let Some(range) = a.units.selected(units.len())? {
+        for u in range {
+            let (c, t) = units[u];
+            let (label, adapter) = &combos[c];
+            tracing::info!("unit {u}: {label}/{}", sets[t].0.name);
+            let mut progress = ScoreProgress::default();
+            score(
+                &llm,
+                &store,
+                &spec,
+                label,
+                *adapter,
+                &sets[t..=t],
+                &mut |e| progress.show(e),
+            )
+            .with_context(|| format!("scoring {label}"))?;
+        }
+        return Ok(());
     }
     let mut runs = Vec::new();
     for (label, adapter) in combos {
@@ -138,6 +176,41 @@ pub fn run(a: Args) -> Result<()> {
         runs.extend(scored);
         store.write_summary(&runs, &spec.command)?;
     }
+    print!("{}", dnd_evaluate::report::markdown(&runs));
+    println!("results written to {}", out.display());
+    Ok(())
+}
+
+/// `--merge`: the summary of a plan run as job units, once every unit's run is stored with this
+/// command's settings; otherwise an error naming the units still missing.
+fn merge(
+    store: &Store,
+    spec: &ScoreSpec,
+    combos: &[(String, Option<&Path>)],
+    sets: &[(Task, Vec<Example>)],
+    units: &[(usize, usize)],
+    out: &Path,
+) -> Result<()> {
+    let mut runs = Vec::new();
+    let mut missing = Vec::new();
+    for (u, &(c, t)) in units.iter().enumerate() {
+        let (label, adapter) = &combos[c];
+        let (task, examples) = &sets[t];
+        match dnd_evaluate::stored_run(store, spec, label, *adapter, task, examples)? {
+            Some(run) => runs.push(run),
+            None => missing.push(format!("{u} ({label}/{})", task.name)),
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{} of {} units not done in {}: {}",
+            missing.len(),
+            units.len(),
+            out.display(),
+            missing.join(", ")
+        );
+    }
+    store.write_summary(&runs, &spec.command)?;
     print!("{}", dnd_evaluate::report::markdown(&runs));
     println!("results written to {}", out.display());
     Ok(())

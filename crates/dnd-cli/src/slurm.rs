@@ -1,9 +1,58 @@
 //! Job arrays: which unit an array element runs, and the `sbatch` script of a plan. dnd holds no
 //! scheduler code beyond this: reading the element's index, and writing a script for the user to submit.
 
-use crate::collect::CollectArgs;
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// The job-unit options of a command whose work splits into independent units (`dnd collect`: one
+/// task each; `dnd eval`: one (adapter, task) run each).
+#[derive(clap::Args)]
+pub struct UnitArgs {
+    /// Run only job unit I of this plan (in plan order, from 0), for a scheduler's array job: `env`
+    /// reads SLURM_ARRAY_TASK_ID, else JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs). Leaves the
+    /// summary to --merge. A unit already done is skipped.
+    #[arg(long, conflicts_with_all = ["merge", "emit_slurm"])]
+    pub unit: Option<String>,
+    /// With --unit: each array element runs this many consecutive units (element i: units i*K ..).
+    #[arg(long, default_value_t = 1)]
+    pub units_per_job: usize,
+    /// Build the summary from the finished units of this plan; names the units not done.
+    #[arg(long, conflicts_with = "emit_slurm")]
+    pub merge: bool,
+    /// Write a Slurm batch script running this plan as a job array (one element per --units-per-job
+    /// units) to FILE, and print how to submit and merge it. Nothing is run.
+    #[arg(long, value_name = "FILE")]
+    pub emit_slurm: Option<PathBuf>,
+    /// Slurm settings of --emit-slurm: most array elements at once, memory and CPUs per element, and
+    /// the log directory.
+    #[arg(long, default_value_t = 8)]
+    pub slurm_throttle: usize,
+    #[arg(long, default_value = "4G")]
+    pub slurm_mem: String,
+    #[arg(long, default_value_t = 2)]
+    pub slurm_cpus: usize,
+    #[arg(long, default_value = "slurm-logs")]
+    pub slurm_logs: PathBuf,
+}
+
+impl UnitArgs {
+    /// The units this array element runs, with --unit; `None` without it (run the whole plan).
+    pub fn selected(&self, units: usize) -> Result<Option<Range<usize>>> {
+        let Some(unit) = &self.unit else {
+            return Ok(None);
+        };
+        if self.units_per_job == 0 {
+            bail!("--units-per-job must be at least 1");
+        }
+        let first = unit_index(unit)? * self.units_per_job;
+        let range = first..(first + self.units_per_job).min(units);
+        if range.is_empty() {
+            bail!("unit {first}: the plan has {units} units");
+        }
+        Ok(Some(range))
+    }
+}
 
 /// The unit index from `--unit`: a number, or `env` for the scheduler's array index.
 pub fn unit_index(arg: &str) -> Result<usize> {
@@ -22,8 +71,8 @@ pub fn unit_index(arg: &str) -> Result<usize> {
     bail!("--unit env: neither SLURM_ARRAY_TASK_ID nor JOB_COMPLETION_INDEX is set")
 }
 
-/// Write the `sbatch` script running this same `dnd collect` command as an array over `units` units.
-pub fn emit(script: &Path, a: &CollectArgs, units: usize) -> Result<()> {
+/// Write the `sbatch` script running this same `dnd <subcommand>` as an array over `units` units.
+pub fn emit(script: &Path, a: &UnitArgs, subcommand: &str, units: usize) -> Result<()> {
     if a.units_per_job == 0 {
         bail!("--units-per-job must be at least 1");
     }
@@ -38,16 +87,16 @@ pub fn emit(script: &Path, a: &CollectArgs, units: usize) -> Result<()> {
     let logs = cwd.join(&a.slurm_logs);
     let text = format!(
         "#!/bin/bash\n\
-         #SBATCH --job-name=dnd-collect\n\
+         #SBATCH --job-name=dnd-{subcommand}\n\
          #SBATCH --array=0-{last}%{throttle}\n\
          #SBATCH --cpus-per-task={cpus}\n\
          #SBATCH --mem={mem}\n\
          #SBATCH --output={logs}/%A_%a.out\n\
          #SBATCH --requeue\n\
-         # {units} units ({per} per array element), written by `dnd collect --emit-slurm`. A shared file\n\
-         # system is assumed: the collection directory, the data and the model cache must be at the same\n\
-         # paths on every node. A unit already done is skipped, so requeued or resubmitted elements are\n\
-         # safe. When every element has finished: the same dnd collect command with --merge.\n\
+         # {units} units ({per} per array element), written by `dnd {subcommand} --emit-slurm`. A shared\n\
+         # file system is assumed: the output directory, the data and the model cache must be at the\n\
+         # same paths on every node. A unit already done is skipped, so requeued or resubmitted elements\n\
+         # are safe. When every element has finished: the same dnd {subcommand} command with --merge.\n\
          set -euo pipefail\n\
          mkdir -p {logs_q}\n\
          cd {cwd}\n\

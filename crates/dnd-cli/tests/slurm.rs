@@ -2,7 +2,8 @@
 //! (`scripts/slurm/cluster.sh`: Debian's munge, slurmctld and slurmd on loopback, installed and started
 //! by the script), then merged: it equals the same collection run locally, every file byte for byte
 //! but the JSON fields that measure the machine (time, memory, speed). A finished element requeued
-//! does no work. `DND_SLURM_TEST=0` skips it (no root for the daemons).
+//! does no work. Then scoring (`dnd eval`) as a job array of (run, task) units, merged: the same
+//! scores as scoring locally. `DND_SLURM_TEST=0` skips it (no root for the daemons).
 //!
 //! The same check with a unit killed mid-way on the real model: `scripts/slurm/collect_check.sh`.
 
@@ -128,4 +129,51 @@ fn a_slurm_array_collection_equals_the_local_one() {
         local.len(),
         array.len()
     );
+
+    // Scoring as job units: the base model and one collected adapter on the four tasks, 8 units.
+    let eval = |out: &str, extra: &[&str]| {
+        let mut c = Command::new(dnd);
+        c.current_dir(tmp.path())
+            .env("DND_CACHE", tmp.path().join("cache"))
+            .args(["eval", "--model"])
+            .arg(&model)
+            .arg("--task-file")
+            .arg(&tasks)
+            .args([
+                "--limit",
+                "12",
+                "--adapter",
+                "array/beta/checkpoints/step-0006",
+            ])
+            .args(["--out", out])
+            .args(extra);
+        c
+    };
+    run(&mut eval("eval-local", &[]));
+    run(&mut eval(
+        "eval-array",
+        &["--emit-slurm", "eval.sbatch", "--slurm-logs", "logs"],
+    ));
+    let early = eval("eval-array", &["--merge"]).output().unwrap();
+    let msg = String::from_utf8_lossy(&early.stderr);
+    assert!(
+        !early.status.success()
+            && msg.contains("8 of 8 units not done")
+            && msg.contains("0 (base/alpha)"),
+        "{msg}"
+    );
+    let job = sbatch(&["--parsable", "--wait", "--export=ALL", "eval.sbatch"]);
+    wait(&job);
+    run(&mut eval("eval-array", &["--merge"]));
+    for label in ["base", "step-0006"] {
+        for task in ["alpha", "beta", "gamma", "delta"] {
+            let read = |out: &str| -> serde_json::Value {
+                let p = tmp.path().join(format!("{out}/runs/{label}/{task}.json"));
+                serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+            };
+            let (l, a) = (read("eval-local"), read("eval-array"));
+            assert_eq!(l["metrics"], a["metrics"], "{label}/{task}");
+            assert_eq!(l["records"], a["records"], "{label}/{task}");
+        }
+    }
 }

@@ -6,7 +6,7 @@ use crate::heldout::{heldout, Heldout};
 use crate::run::{
     run, BaseModel, DataInfo, Manifest, RunOptions, RunOutcome, RunSpec, Saves, Storage,
 };
-use crate::stats::{checkpoint_std, mean_spread, save_std, STD_FILE};
+use crate::stats::task_spread;
 use crate::trainer::{LoraTrainConfig, StepRecord};
 use dnd_llm::{Tokenizer, Transformer};
 use dnd_tasks::{find_task, Part, SplitConfig, Task};
@@ -426,13 +426,7 @@ fn task_entry(
     m: &Manifest,
 ) -> Result<TaskEntry> {
     let ckpts: Vec<PathBuf> = m.checkpoints.iter().map(|c| dir.join(c)).collect();
-    let std_path = dir.join(STD_FILE);
-    let std = if std_path.is_file() {
-        candle_core::safetensors::load(&std_path, &candle_core::Device::Cpu)?
-    } else {
-        save_std(&checkpoint_std(&ckpts)?, &std_path, m.spec.storage.dtype())?
-    };
-    let (a, b) = mean_spread(&std)?;
+    let spread = task_spread(dir, &ckpts, m.spec.storage.dtype())?;
     Ok(TaskEntry {
         task: task.name.clone(),
         definition: Some(task.clone()),
@@ -442,8 +436,8 @@ fn task_entry(
         first_loss: m.steps.first().map_or(f64::NAN, |r| r.loss),
         final_loss: m.steps.last().map_or(f64::NAN, |r| r.loss),
         wall_time_s: m.wall_time_s,
-        mean_std_lora_a: a,
-        mean_std_lora_b: b,
+        mean_std_lora_a: spread.mean_std_lora_a,
+        mean_std_lora_b: spread.mean_std_lora_b,
         heldout: None,
     })
 }

@@ -15,7 +15,7 @@
 //! <collection>/<task>/manifest.json         base model sha256, LoRA and training settings, data, loss per step
 //! <collection>/<task>/loss.png
 //! <collection>/<task>/checkpoints/step-NNNN/ PEFT adapters (adapter_config.json, adapter_model.safetensors)
-//! <collection>/<task>/checkpoint_std.safetensors  element-wise spread across the checkpoints
+//! <collection>/<task>/spread.json          mean element-wise spread of A and B across the checkpoints
 //! <collection>/<task>/heldout.json           held-out answer-token loss, base model vs last checkpoint
 //! <collection>/<task>/run-state.safetensors  only while unfinished: what a rerun resumes from
 //! <collection>/units/<task>.json             a unit's index entry, when collected as a job unit
@@ -50,5 +50,5 @@ pub use run::{
     run, BaseModel, DataInfo, Manifest, RunOptions, RunOutcome, RunSpec, Saves, Session, Storage,
     CHECKPOINTS_DIR, RUN_LOSS_PNG, RUN_MANIFEST_FILE, STATE_FILE,
 };
-pub use stats::{checkpoint_std, mean_spread, STD_FILE};
+pub use stats::{checkpoint_std, mean_spread, task_spread, Spread, SPREAD_FILE, STD_FILE};
 pub use trainer::{LoraTrainConfig, StepRecord, Trainer};

@@ -8,8 +8,6 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-pub const STD_FILE: &str = "checkpoint_std.safetensors";
-
 /// Population standard deviation (divisor K) of every tensor across K >= 2 PEFT checkpoints, f32,
 /// under the checkpoints' own keys. Computed in f64 with two passes (mean, then squared deviations):
 /// A matrices move by ~1e-5 of their size, which one-pass formulas would lose to cancellation.
@@ -72,19 +70,47 @@ pub fn mean_spread(std: &HashMap<String, Tensor>) -> Result<(f64, f64)> {
     Ok((mean_of(".lora_A.")?, mean_of(".lora_B.")?))
 }
 
-/// Write the spread to `path` atomically, stored as `dtype` (the collection's checkpoint storage);
-/// returns what was stored, so a spread computed now and one read back later agree.
-pub fn save_std(
-    std: &HashMap<String, Tensor>,
-    path: &Path,
-    dtype: DType,
-) -> Result<HashMap<String, Tensor>> {
-    let stored = std
-        .iter()
-        .map(|(k, t)| Ok((k.clone(), t.to_dtype(dtype)?)))
-        .collect::<Result<HashMap<_, _>>>()?;
-    dnd_io::write_atomic_with(path, |tmp| {
-        Ok::<_, crate::CollectError>(candle_core::safetensors::save(&stored, tmp)?)
-    })?;
-    Ok(stored)
+/// An older collection's element-wise spread (f32, or the checkpoints' storage type), still read
+/// where it exists. Nothing reads its elements (training derives its loss weights from the
+/// checkpoints themselves), so new collections keep only its two means, in [`SPREAD_FILE`]: it was
+/// as large as a task's two f16 checkpoints, half of a 291-task collection's disk.
+pub const STD_FILE: &str = "checkpoint_std.safetensors";
+
+/// A task's mean checkpoint spreads, cached so an index rebuild does not reread every checkpoint.
+pub const SPREAD_FILE: &str = "spread.json";
+
+/// The contents of [`SPREAD_FILE`].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Spread {
+    pub mean_std_lora_a: f64,
+    pub mean_std_lora_b: f64,
+}
+
+/// The mean spreads of the task in `dir` over its checkpoints `ckpts`: from [`SPREAD_FILE`], else from
+/// an older collection's [`STD_FILE`], else computed (the element-wise spread rounded to `dtype`, the
+/// checkpoints' storage type, as the old file stored it, then averaged) and cached in [`SPREAD_FILE`].
+pub fn task_spread(dir: &Path, ckpts: &[PathBuf], dtype: DType) -> Result<Spread> {
+    let path = dir.join(SPREAD_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return serde_json::from_str(&text).map_err(|e| CollectError::State {
+            path,
+            reason: e.to_string(),
+        });
+    }
+    let old = dir.join(STD_FILE);
+    let std = if old.is_file() {
+        candle_core::safetensors::load(&old, &Device::Cpu)?
+    } else {
+        checkpoint_std(ckpts)?
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))
+            .collect::<Result<HashMap<_, _>>>()?
+    };
+    let (a, b) = mean_spread(&std)?;
+    let spread = Spread {
+        mean_std_lora_a: a,
+        mean_std_lora_b: b,
+    };
+    dnd_io::write_json::<_, CollectError>(&path, &spread)?;
+    Ok(spread)
 }

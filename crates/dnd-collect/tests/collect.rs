@@ -3,7 +3,7 @@
 
 use dnd_collect::{
     collect, encode, finetune, model_sha256, prepare_task, prepare_tasks, task_checkpoints,
-    CollectError, CollectionIndex, Event, Manifest, INDEX_FILE, STD_FILE,
+    CollectError, CollectionIndex, Event, Manifest, INDEX_FILE, SPREAD_FILE, STD_FILE,
 };
 use dnd_tasks::SplitConfig;
 use dnd_testkit::{
@@ -84,10 +84,17 @@ fn a_collection_has_checkpoints_manifests_spread_and_an_index() {
         let lora = dnd_llm::peft::load(c, llm.model.config(), llm.model.dtype()).unwrap();
         assert_eq!(lora.config().targets.len(), 3);
     }
-    let std =
-        candle_core::safetensors::load(dir.join("boolq").join(STD_FILE), &candle_core::Device::Cpu)
-            .unwrap();
+    // The spread's two means are cached, not its elements; they are those of the checkpoints.
+    let std = dnd_collect::checkpoint_std(&ckpts).unwrap();
     assert_eq!(std.len(), 2 * 3 * 2, "A and B of 3 targets in 2 layers");
+    assert!(!dir.join("boolq").join(STD_FILE).exists());
+    let cached: dnd_collect::Spread = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("boolq").join(SPREAD_FILE)).unwrap(),
+    )
+    .unwrap();
+    let (a, b) = dnd_collect::mean_spread(&std).unwrap();
+    assert_eq!((cached.mean_std_lora_a, cached.mean_std_lora_b), (a, b));
+    assert_eq!((e.mean_std_lora_a, e.mean_std_lora_b), (a, b));
     assert!(dir.join("boolq/loss.png").is_file());
 
     // The held-out losses, checked against the logits of a plain forward pass.
@@ -298,18 +305,34 @@ fn a_collection_grows_over_invocations_but_keeps_one_recipe() {
         "collecting a task again keeps the index as it was"
     );
 
-    // An f16 collection stores its spread in f16 too, and reads back the index it wrote.
+    // An f16 collection averages its spread rounded to f16, as the element file it used to write
+    // held it, and reads back the index it wrote. A collection that has that older file uses it.
     let half = tmp.path().join("half");
     let mut plan = tiny_collect_plan(&half, &root, &["boolq"]);
     plan.storage = dnd_collect::Storage::F16;
     let first = run(&plan).unwrap();
-    let std = candle_core::safetensors::load(
-        half.join("boolq").join(STD_FILE),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    assert!(std.values().all(|t| t.dtype() == candle_core::DType::F16));
+    let half_ckpts = task_checkpoints(&half, "boolq").unwrap();
+    let rounded: std::collections::HashMap<_, _> = dnd_collect::checkpoint_std(&half_ckpts)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, t.to_dtype(candle_core::DType::F16).unwrap()))
+        .collect();
+    let (a, _) = dnd_collect::mean_spread(&rounded).unwrap();
+    assert_eq!(first.tasks[0].mean_std_lora_a, a);
     assert_eq!(run(&plan).unwrap().tasks, first.tasks);
+    std::fs::remove_file(half.join("boolq").join(SPREAD_FILE)).unwrap();
+    let doubled: std::collections::HashMap<_, _> = rounded
+        .iter()
+        .map(|(k, t)| (k.clone(), (t * 2.0).unwrap()))
+        .collect();
+    candle_core::safetensors::save(&doubled, half.join("boolq").join(STD_FILE)).unwrap();
+    let spread =
+        dnd_collect::task_spread(&half.join("boolq"), &half_ckpts, candle_core::DType::F16)
+            .unwrap();
+    assert_eq!(
+        spread.mean_std_lora_a,
+        dnd_collect::mean_spread(&doubled).unwrap().0
+    );
 
     let before = files(&dir);
     let mut other = tiny_collect_plan(&dir, &root, &["boolq"]);

