@@ -181,24 +181,9 @@ fn rate(s: Shape, seconds: f64) -> Result<f64> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use dnd_llm::Arch;
 
     pub(crate) fn smollm2() -> ModelConfig {
-        ModelConfig {
-            arch: Arch::Llama,
-            vocab_size: 49152,
-            hidden_size: 576,
-            intermediate_size: 1536,
-            num_layers: 30,
-            num_heads: 9,
-            num_kv_heads: 3,
-            head_dim: 64,
-            rope_theta: 1e5,
-            rms_norm_eps: 1e-5,
-            tie_word_embeddings: true,
-            qkv_bias: false,
-            max_position_embeddings: 8192,
-        }
+        dnd_testkit::smollm2_config()
     }
 
     #[test]

@@ -6,7 +6,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use dnd_decode::{DecoderConfig, HyperConvDecoder};
 use dnd_encode::{Encoder, EncoderConfig};
-use dnd_llm::{Arch, LoraConfig, ModelConfig};
+use dnd_llm::LoraConfig;
 use dnd_tokenize::LoraTokenizer;
 use std::time::Instant;
 
@@ -27,21 +27,7 @@ fn time<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
-    let model = ModelConfig {
-        arch: Arch::Llama,
-        vocab_size: 49152,
-        hidden_size: 576,
-        intermediate_size: 1536,
-        num_layers: 30,
-        num_heads: 9,
-        num_kv_heads: 3,
-        head_dim: 64,
-        rope_theta: 100000.0,
-        rms_norm_eps: 1e-5,
-        tie_word_embeddings: true,
-        qkv_bias: false,
-        max_position_embeddings: 8192,
-    };
+    let model = dnd_testkit::smollm2_config();
     let tok = LoraTokenizer::with_default_width(&model, &LoraConfig::paper_default())?;
     let (h, w) = tok.token_shape();
     let out = [tok.num_tokens(), h, w];

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use dnd_decode::{DecodeError, DecoderConfig, GeneratorMeta, Head, HyperConvDecoder};
-use dnd_llm::{Arch, LoraConfig, ModelConfig, Target};
+use dnd_llm::{LoraConfig, ModelConfig, Target};
 use dnd_testkit::max_abs_diff;
 
 fn tiny() -> DecoderConfig {
@@ -179,21 +179,7 @@ fn parameter_counts() {
 }
 
 fn smollm2() -> ModelConfig {
-    ModelConfig {
-        arch: Arch::Llama,
-        vocab_size: 49152,
-        hidden_size: 576,
-        intermediate_size: 1536,
-        num_layers: 30,
-        num_heads: 9,
-        num_kv_heads: 3,
-        head_dim: 64,
-        rope_theta: 100000.0,
-        rms_norm_eps: 1e-5,
-        tie_word_embeddings: true,
-        qkv_bias: false,
-        max_position_embeddings: 8192,
-    }
+    dnd_testkit::smollm2_config()
 }
 
 #[test]

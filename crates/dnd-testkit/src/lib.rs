@@ -33,6 +33,26 @@ pub fn tiny_model_config() -> ModelConfig {
     }
 }
 
+/// SmolLM2-135M's config (what its GGUF declares), for tests and benchmarks that need the real shapes
+/// without loading the model.
+pub fn smollm2_config() -> ModelConfig {
+    ModelConfig {
+        arch: Arch::Llama,
+        vocab_size: 49152,
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_layers: 30,
+        num_heads: 9,
+        num_kv_heads: 3,
+        head_dim: 64,
+        rope_theta: 100000.0,
+        rms_norm_eps: 1e-5,
+        tie_word_embeddings: true,
+        qkv_bias: false,
+        max_position_embeddings: 8192,
+    }
+}
+
 /// GPT-2's byte alphabet in byte order (its byte-to-character map), so that every byte has a token:
 /// in the tiny tokenizer, byte b is token b.
 pub fn byte_chars() -> Vec<String> {
