@@ -79,6 +79,10 @@ enum ProtocolArg {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let u = &a.units;
+    if a.export_requests.is_some() && (u.unit.is_some() || u.merge || u.emit_slurm.is_some()) {
+        bail!("--export-requests runs no units: drop --unit, --merge and --emit-slurm");
+    }
     let part = Part::ALL
         .into_iter()
         .find(|p| p.name() == a.split)
