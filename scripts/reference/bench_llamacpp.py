@@ -61,6 +61,9 @@ def main():
     prompt = ids[:args.decode_prompt]
 
     def decode(n):
+        # A cleared context: `generate` would otherwise reuse the warm-up's cached prompt and time no
+        # prompt processing, which dnd's and PyTorch's figures include.
+        llm.reset()
         count = 0
         for _tok in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, reset=True):
             count += 1

@@ -364,6 +364,7 @@ fn reference_args(config: &LlmBenchConfig, shapes: &[ceiling::Shape]) -> Vec<Str
         ("--decode-prompt", d.prompt),
         ("--decode-new", d.new_tokens),
         ("--decode-batch", d.batch),
+        ("--threads", crate::threads()),
     ] {
         v.extend([k.to_string(), x.to_string()]);
     }

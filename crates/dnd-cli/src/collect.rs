@@ -58,6 +58,11 @@ pub fn run(a: CollectArgs) -> Result<()> {
         .dir
         .clone()
         .unwrap_or_else(|| default_collection_dir(&a.name));
+    // Before anything is removed: a unit, a merge or an array script with --fresh would delete the
+    // finished units of the whole plan (every array element in turn).
+    if a.fresh && (a.units.unit.is_some() || a.units.merge || a.units.emit_slurm.is_some()) {
+        bail!("--fresh cannot be combined with --unit, --merge or --emit-slurm");
+    }
     if a.fresh && dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
@@ -71,9 +76,6 @@ pub fn run(a: CollectArgs) -> Result<()> {
         state_every: a.state_every,
         storage: a.storage,
     };
-    if a.fresh && (a.units.unit.is_some() || a.units.merge) {
-        bail!("--fresh cannot be combined with --unit or --merge");
-    }
     if let Some(script) = &a.units.emit_slurm {
         return crate::slurm::emit(script, &a.units, "collect", plan.tasks.len());
     }

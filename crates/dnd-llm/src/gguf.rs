@@ -211,7 +211,11 @@ impl GgufFile {
         for name in names {
             let Some(hf) = hf_name(&name) else { continue };
             let projection = hf.starts_with("model.layers.") && !hf.contains("layernorm");
-            let head = hf == "lm_head.weight" || hf == "model.embed_tokens.weight";
+            let head = if cfg.tie_word_embeddings {
+                hf == "model.embed_tokens.weight"
+            } else {
+                hf == "lm_head.weight"
+            };
             let dtype = self.info(&name)?.ggml_dtype;
             if !(projection || head) || !hf.ends_with(".weight") || dtype.block_size() == 1 {
                 continue;

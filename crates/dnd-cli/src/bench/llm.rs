@@ -49,7 +49,7 @@ pub fn run(a: Args) -> Result<()> {
         rounds: a.rounds.max(1),
         decode: DecodeShape {
             prompt: a.decode_prompt.max(1),
-            new_tokens: a.decode_new,
+            new_tokens: a.decode_new.max(1),
             batch: a.decode_batch.max(1),
         },
         ceiling_seconds: a.ceiling_seconds,
