@@ -5,6 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
+# A test fixture that git ignores passes here and is missing from CI's fresh clone.
+if ignored=$(git ls-files --others --ignored --exclude-standard -- 'crates/*/tests/fixtures' 2>/dev/null) \
+    && [ -n "$ignored" ]; then
+    echo "test fixtures ignored by git (commit them or fix .gitignore):" >&2
+    echo "$ignored" >&2
+    exit 1
+fi
 scripts/system-deps.sh
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
 cargo build --release --locked --bin dnd

@@ -85,7 +85,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--adapter-out", required=True)
     ap.add_argument("--max-new", type=int, default=24)
-    ap.add_argument("--scale", type=float, default=1.0, help="size of the seeded adapter's entries")
+    ap.add_argument("--scale", type=float, default=0.25, help="size of the seeded adapter's entries")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
