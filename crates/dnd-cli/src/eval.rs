@@ -80,8 +80,10 @@ enum ProtocolArg {
 
 pub fn run(a: Args) -> Result<()> {
     let u = &a.units;
-    if a.export_requests.is_some() && (u.unit.is_some() || u.merge || u.emit_slurm.is_some()) {
-        bail!("--export-requests runs no units: drop --unit, --merge and --emit-slurm");
+    if a.export_requests.is_some()
+        && (u.unit.is_some() || u.merge || u.emit_slurm.is_some() || u.jobs > 1)
+    {
+        bail!("--export-requests runs no units: drop --unit, --merge, --emit-slurm and --jobs");
     }
     let part = Part::ALL
         .into_iter()
@@ -118,7 +120,10 @@ pub fn run(a: Args) -> Result<()> {
     }
     let model_path = a.model.path()?;
     let out = a.out.clone();
-    let llm = if a.units.merge {
+    if a.units.starts_workers() {
+        crate::slurm::run_workers(a.units.jobs)?;
+    }
+    let llm = if a.units.merge || a.units.starts_workers() {
         None
     } else {
         Some(a.model.load()?)
@@ -151,8 +156,8 @@ pub fn run(a: Args) -> Result<()> {
     let Some(llm) = llm else {
         return merge(&store, &spec, &combos, &sets, &units, &out);
     };
-    if let Some(range) = a.units.selected(units.len())? {
-        for u in range {
+    if let Some(selected) = a.units.selected(units.len())? {
+        for u in selected {
             let (c, t) = units[u];
             let (label, adapter) = &combos[c];
             tracing::info!("unit {u}: {label}/{}", sets[t].0.name);

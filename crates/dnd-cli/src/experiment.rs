@@ -5,7 +5,7 @@ use crate::common::check_task_files;
 use crate::eval::ScoreProgress;
 use crate::finetune::step_bar;
 use crate::train::GeneratorArgs;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use dnd_collect::CollectionIndex;
 use dnd_encode::CachedEncoder;
 use dnd_evaluate::report::RunResult;
@@ -61,6 +61,9 @@ pub struct ExperimentArgs {
     /// Report directory, instead of results/experiment/<name>.
     #[arg(long)]
     results: Option<PathBuf>,
+    /// Job units (one held-out target each): --unit, --jobs, --merge (writes the report), --emit-slurm.
+    #[command(flatten)]
+    units: crate::slurm::UnitArgs,
 }
 
 pub fn run(a: ExperimentArgs) -> Result<()> {
@@ -69,11 +72,6 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
     let index = CollectionIndex::read(&collection)
         .with_context(|| format!("collection {}", collection.display()))?;
     check_task_files(&a.task_file, &index.resolve(&[], &g.data)?)?;
-    let model = g.model(&index);
-    let model_path = model.path()?;
-    let llm = model.load()?;
-    let pool = CachedEncoder::new(g.encoder()?, CachedEncoder::default_dir());
-    let fresh = g.encoder()?;
     let cfg = ExperimentConfig {
         collection,
         targets: a.targets.clone(),
@@ -103,6 +101,30 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
             .unwrap_or_else(|| PathBuf::from("results/experiment").join(&a.name)),
         reuse: a.reuse_scores.iter().map(|n| experiments.join(n)).collect(),
     };
+    let units = &a.units;
+    if let Some(script) = &units.emit_slurm {
+        let n = dnd_experiment::units(&cfg)?.len();
+        return crate::slurm::emit(script, units, "experiment", n);
+    }
+    if units.starts_workers() {
+        crate::slurm::run_workers(units.jobs)?;
+    }
+    if units.merge || units.starts_workers() {
+        let missing = dnd_experiment::missing_units(&cfg, &paths)?;
+        if !missing.is_empty() {
+            bail!(
+                "{} units not done in {}: {}",
+                missing.len(),
+                paths.work.display(),
+                missing.join(", ")
+            );
+        }
+    }
+    let model = g.model(&index);
+    let model_path = model.path()?;
+    let llm = model.load()?;
+    let pool = CachedEncoder::new(g.encoder()?, CachedEncoder::default_dir());
+    let fresh = g.encoder()?;
     let ctx = Ctx {
         llm: &llm,
         model_path: &model_path,
@@ -119,7 +141,7 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
     );
     let mut scoring = ScoreProgress::default();
     let mut train_bar: Option<(String, indicatif::ProgressBar)> = None;
-    let report = dnd_experiment::run(&cfg, &paths, &ctx, &mut |e| match e {
+    let mut on_event = |e: Event<'_>| match e {
         Event::Phase(p) => {
             if let Some((_, b)) = train_bar.take() {
                 b.finish_and_clear();
@@ -149,7 +171,15 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
             bar.set_position(step as u64);
             bar.set_message(format!("loss {loss:.4}"));
         }
-    })?;
+    };
+    if let Some(selected) = units.selected(dnd_experiment::units(&cfg)?.len())? {
+        for u in selected {
+            tracing::info!("unit {u}");
+            dnd_experiment::run_unit(&cfg, &paths, &ctx, u, &mut on_event)?;
+        }
+        return Ok(());
+    }
+    let report = dnd_experiment::run(&cfg, &paths, &ctx, &mut on_event)?;
     for c in &report.comparisons {
         println!("{}", c.sentence());
     }

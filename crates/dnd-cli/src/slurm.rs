@@ -1,8 +1,8 @@
-//! Job arrays: which unit an array element runs, and the `sbatch` script of a plan. dnd holds no
-//! scheduler code beyond this: reading the element's index, and writing a script for the user to submit.
+//! Job units: which units an array element (or a local worker) runs, the `sbatch` script of a plan,
+//! and local worker processes. dnd holds no scheduler code beyond this: reading the element's index,
+//! and writing a script for the user to submit.
 
 use anyhow::{bail, Context, Result};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// The job-unit options of a command whose work splits into independent units (`dnd collect`: one
@@ -34,11 +34,26 @@ pub struct UnitArgs {
     pub slurm_cpus: usize,
     #[arg(long, default_value = "slurm-logs")]
     pub slurm_logs: PathBuf,
+    /// Run the plan's units in N worker processes on this machine, one thread each (worker i: units
+    /// i, i+N, ...), then merge. Small models use two cores poorly: on 2 cores two single-threaded
+    /// workers collect twice the tasks per hour of one run on both (results/collect/README.md).
+    #[arg(long, default_value_t = 1, conflicts_with_all = ["unit", "merge", "emit_slurm"])]
+    pub jobs: usize,
+    /// Set by --jobs for the worker processes it starts: the worker's number.
+    #[arg(long, hide = true, requires = "jobs")]
+    pub worker: Option<usize>,
 }
 
 impl UnitArgs {
-    /// The units this array element runs, with --unit; `None` without it (run the whole plan).
-    pub fn selected(&self, units: usize) -> Result<Option<Range<usize>>> {
+    /// The units this array element (--unit) or local worker (--worker) runs; `None` for neither
+    /// (run the whole plan).
+    pub fn selected(&self, units: usize) -> Result<Option<Vec<usize>>> {
+        if let Some(w) = self.worker {
+            if w >= self.jobs {
+                bail!("--worker {w}: there are {} workers", self.jobs);
+            }
+            return Ok(Some((w..units).step_by(self.jobs).collect()));
+        }
         let Some(unit) = &self.unit else {
             return Ok(None);
         };
@@ -50,8 +65,53 @@ impl UnitArgs {
         if range.is_empty() {
             bail!("unit {first}: the plan has {units} units");
         }
-        Ok(Some(range))
+        Ok(Some(range.collect()))
     }
+
+    /// Whether this process should start --jobs workers (and merge after them).
+    pub fn starts_workers(&self) -> bool {
+        self.jobs > 1 && self.worker.is_none()
+    }
+}
+
+/// Run this same command in `jobs` worker processes of one thread each and wait for all of them. A
+/// worker that fails does not stop the others (their units are independent); the error names it, and
+/// rerunning the command resumes every unfinished unit.
+pub fn run_workers(jobs: usize) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("locating the dnd binary")?;
+    let mut children = Vec::new();
+    for w in 0..jobs {
+        let mut cmd = std::process::Command::new(&exe);
+        // --fresh was done by this process: a worker repeating it would delete the others' work.
+        cmd.args(plan_args().into_iter().filter(|a| a != "--fresh"))
+            .args(["--worker", &w.to_string()])
+            .env("RAYON_NUM_THREADS", "1")
+            .env("CANDLE_NUM_THREADS", "1");
+        // SAFETY: prctl only sets a flag on the child; a worker must not outlive a killed parent
+        // (a rerun would start a second worker on the same units).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        children.push(cmd.spawn().context("starting a worker process")?);
+    }
+    let mut failed = Vec::new();
+    for (w, mut child) in children.into_iter().enumerate() {
+        let status = child.wait().context("waiting for a worker process")?;
+        if !status.success() {
+            failed.push(format!("worker {w} ({status})"));
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} failed (see its output above); rerun the same command to resume",
+            failed.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// The unit index from `--unit`: a number, or `env` for the scheduler's array index.

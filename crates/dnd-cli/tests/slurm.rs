@@ -7,7 +7,7 @@
 //!
 //! The same check with a unit killed mid-way on the real model: `scripts/slurm/collect_check.sh`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn run(cmd: &mut Command) -> String {
@@ -19,23 +19,6 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     text
-}
-
-/// The tiny model and a task file of four user tasks, under `dir`.
-fn inputs(dir: &Path) -> (PathBuf, PathBuf) {
-    let model = dir.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    dnd_testkit::tiny_llm(&model);
-    let mut toml = String::new();
-    for t in ["alpha", "beta", "gamma", "delta"] {
-        dnd_testkit::mc_task(t, &dir.join(format!("{t}.jsonl")), 60);
-        toml += &format!(
-            "[[task]]\nname = \"{t}\"\nfile = \"{t}.jsonl\"\nlayout = \"multiple-choice\"\n\n"
-        );
-    }
-    let tasks = dir.join("tasks.toml");
-    std::fs::write(&tasks, toml).unwrap();
-    (model, tasks)
 }
 
 #[test]
@@ -51,7 +34,7 @@ fn a_slurm_array_collection_equals_the_local_one() {
         .strip_prefix("export SLURM_CONF=")
         .expect("cluster.sh prints the SLURM_CONF");
     let tmp = tempfile::tempdir().unwrap();
-    let (model, tasks) = inputs(tmp.path());
+    let (model, tasks) = dnd_testkit::tiny_cli_inputs(tmp.path());
     let dnd = env!("CARGO_BIN_EXE_dnd");
     let collect = |dir: &str, extra: &[&str]| {
         let mut c = Command::new(dnd);

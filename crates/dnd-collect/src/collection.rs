@@ -290,10 +290,14 @@ fn check_plan(plan: &CollectPlan, base: &BaseModel) -> Result<Vec<TaskEntry>> {
     if plan.tasks.is_empty() {
         return Err(CollectError::Config("no tasks to collect".into()));
     }
-    if plan.first_phase >= plan.train.steps {
+    // Checked here, before any training: each task's spread (spread.json) needs two checkpoints.
+    if plan.first_phase + 2 > plan.train.steps {
         return Err(CollectError::Config(format!(
-            "the first phase ({} steps) leaves no checkpoint within {} steps",
-            plan.first_phase, plan.train.steps
+            "the first phase ({} steps) leaves {} checkpoint(s) within {} steps; a task's spread \
+             needs at least 2",
+            plan.first_phase,
+            plan.train.steps.saturating_sub(plan.first_phase),
+            plan.train.steps
         )));
     }
     Ok(existing_index(plan, base)?.map_or(Vec::new(), |i| i.tasks))

@@ -192,17 +192,25 @@ fn bad_input_gives_clear_errors() {
         err.to_string().contains("piqa"),
         "a missing data file names itself: {err}"
     );
-    let mut p = tiny_collect_plan(&dir, &root, &["boolq"]);
-    p.first_phase = 6;
-    let err = collect(
-        &llm.model,
-        &llm.tokenizer,
-        &test_base_model("tiny"),
-        &p,
-        &mut |_| {},
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("no checkpoint"), "{err}");
+    // A schedule leaving fewer than the 2 checkpoints a spread needs is refused before training.
+    for (first, left) in [(6, 0), (5, 1)] {
+        let mut p = tiny_collect_plan(&dir, &root, &["boolq"]);
+        p.first_phase = first;
+        let err = collect(
+            &llm.model,
+            &llm.tokenizer,
+            &test_base_model("tiny"),
+            &p,
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("leaves {left} checkpoint(s) within 6 steps")),
+            "{err}"
+        );
+        assert!(!dir.join("boolq").exists());
+    }
     let err = encode(&llm.tokenizer, "t", &[], 16).unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
 }

@@ -140,7 +140,7 @@ pub fn run(
 ) -> Result<Report> {
     let plan = Plan::new(cfg)?;
     let mut scores = Scores::new(cfg, paths, ctx, &plan)?;
-    score_baselines(cfg, ctx, &plan, &mut scores, on_event)?;
+    score_baselines(cfg, ctx, &plan.tasks, &plan.sets, &mut scores, on_event)?;
     on_event(Event::Phase("prompt embeddings (nearest task)"));
     let t = Instant::now();
     let embeddings = task_embeddings(cfg, paths, ctx, &plan.defs)?;
@@ -184,6 +184,80 @@ pub fn run(
     );
     report.write(&paths.results, &manifests)?;
     Ok(report)
+}
+
+/// Where the job units of an experiment record that they are done (`<work>/units/<target>.json`).
+const UNITS_DIR: &str = "units";
+
+/// The completion marker of one target's unit: the configuration it ran (targets aside), so a merge
+/// does not take a unit run with other settings for done.
+#[derive(Serialize, Deserialize, PartialEq)]
+struct UnitDone {
+    target: String,
+    config: String,
+}
+
+impl UnitDone {
+    fn new(cfg: &ExperimentConfig, target: &str) -> Self {
+        let cfg = ExperimentConfig {
+            targets: Vec::new(),
+            ..cfg.clone()
+        };
+        Self {
+            target: target.into(),
+            config: format!("{cfg:?}"),
+        }
+    }
+
+    fn path(paths: &Paths, target: &str) -> PathBuf {
+        paths.work.join(UNITS_DIR).join(format!("{target}.json"))
+    }
+}
+
+/// The experiment's job units, in plan order: one per held-out target.
+pub fn units(cfg: &ExperimentConfig) -> Result<Vec<String>> {
+    Ok(Plan::new(cfg)?.targets)
+}
+
+/// Job unit `unit` (a held-out target): the base model and the training LoRAs scored on it, its
+/// generator trained, its adapters generated and scored, its own baselines; then its completion marker.
+/// A finished unit's artifacts are reused, so a requeued unit redoes nothing. The report is left to
+/// [`run`] once [`missing_units`] is empty.
+pub fn run_unit(
+    cfg: &ExperimentConfig,
+    paths: &Paths,
+    ctx: &Context<'_>,
+    unit: usize,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<()> {
+    let plan = Plan::new(cfg)?;
+    let Some(set) = plan.sets.get(unit..=unit) else {
+        return Err(ExperimentError::Config(format!(
+            "unit {unit}: the plan has {} units (targets)",
+            plan.sets.len()
+        )));
+    };
+    let mut scores = Scores::new(cfg, paths, ctx, &plan)?;
+    score_baselines(cfg, ctx, &plan.tasks, set, &mut scores, on_event)?;
+    per_target(cfg, paths, ctx, &plan, set, &mut scores, on_event)?;
+    let target = &set[0].0.name;
+    dnd_io::write_json::<_, ExperimentError>(
+        &UnitDone::path(paths, target),
+        &UnitDone::new(cfg, target),
+    )
+}
+
+/// The units without a completion marker for this configuration, as `index (target)`.
+pub fn missing_units(cfg: &ExperimentConfig, paths: &Paths) -> Result<Vec<String>> {
+    let mut missing = Vec::new();
+    for (i, target) in units(cfg)?.iter().enumerate() {
+        let done = read_json::<UnitDone>(&UnitDone::path(paths, target))
+            .is_ok_and(|d| d == UnitDone::new(cfg, target));
+        if !done {
+            missing.push(format!("{i} ({target})"));
+        }
+    }
+    Ok(missing)
 }
 
 /// What the experiment covers: the collection's tasks, the held-out targets and their test items.
@@ -351,24 +425,25 @@ impl<'a> Scores<'a> {
     }
 }
 
-/// The runs every target shares: the base model and every training LoRA on every target.
+/// The runs every target shares: the base model and every training LoRA (of `tasks`) on `sets`.
 fn score_baselines(
     cfg: &ExperimentConfig,
     ctx: &Context<'_>,
-    plan: &Plan,
+    tasks: &[String],
+    sets: &[(Task, Vec<Example>)],
     scores: &mut Scores<'_>,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<()> {
     on_event(Event::Phase("base model"));
     let t = Instant::now();
-    scores.score(ctx.llm, &RunLabel::Base, None, &plan.sets, on_event)?;
+    scores.score(ctx.llm, &RunLabel::Base, None, sets, on_event)?;
     scores.timed("score base", t);
     on_event(Event::Phase("training LoRAs on every target"));
     let t = Instant::now();
-    for task in &plan.tasks {
+    for task in tasks {
         let last = last_checkpoint(&cfg.collection, task)?;
         let label = RunLabel::Lora(task.clone());
-        scores.score(ctx.llm, &label, Some(&last), &plan.sets, on_event)?;
+        scores.score(ctx.llm, &label, Some(&last), sets, on_event)?;
     }
     scores.timed("score training LoRAs", t);
     Ok(())

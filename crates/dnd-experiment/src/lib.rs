@@ -14,6 +14,7 @@
 //! <work>/adapters/<target>/uniform-avg/  the element-wise mean of the training checkpoints' A and B
 //! <work>/scores/runs/<label>/<task>.json a dnd-evaluate store: one file per scored (adapter, task)
 //! <work>/task_embeddings.json           mean pooled prompt embedding per task (for "nearest")
+//! <work>/units/<target>.json            a job unit's completion marker ([`run_unit`])
 //! ```
 //!
 //! The report (Markdown, JSON and figures) goes to a results directory ([`report`]).
@@ -27,7 +28,9 @@ pub mod position;
 pub mod report;
 
 pub use baselines::{cosine, mean_pooled, uniform_average};
-pub use experiment::{run, Context, Event, ExperimentConfig, Paths};
+pub use experiment::{
+    missing_units, run, run_unit, units, Context, Event, ExperimentConfig, Paths,
+};
 pub use label::{BadLabel, RunLabel};
 pub use report::{compare, Comparison, DndDiff, Paired, Report, Score, REPORT_SCHEMA};
 

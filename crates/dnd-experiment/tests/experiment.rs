@@ -4,8 +4,8 @@
 
 use dnd_collect::collect;
 use dnd_evaluate::ScoreEvent;
-use dnd_experiment::{run, Event, ExperimentConfig, Paths};
-use std::path::Path;
+use dnd_experiment::{missing_units, run, run_unit, Event, ExperimentConfig, Paths};
+use std::path::{Path, PathBuf};
 
 mod common;
 use common::{context, paths, small_experiment};
@@ -38,19 +38,85 @@ fn siqa_root(root: &Path, n: usize) {
     .unwrap();
 }
 
-#[test]
-fn leave_one_out_end_to_end_and_resumed_from_cache() {
-    let tmp = tempfile::tempdir().unwrap();
-    let model_dir = tmp.path().join("model");
+/// The tiny model and a two-task collection (synthetic BoolQ and SIQA) under `dir`: the model, its
+/// directory, the data root and the collection.
+fn tiny_collection(dir: &Path) -> (dnd_llm::Llm, PathBuf, PathBuf, PathBuf) {
+    let model_dir = dir.join("model");
     std::fs::create_dir_all(&model_dir).unwrap();
     let llm = dnd_testkit::tiny_llm(&model_dir);
-    let root = tmp.path().join("data");
+    let root = dir.join("data");
     dnd_testkit::boolq_root(&root, 80);
     siqa_root(&root, 80);
-    let coll = tmp.path().join("collection");
+    let coll = dir.join("collection");
     let plan = dnd_testkit::tiny_collect_plan(&coll, &root, &["boolq", "siqa"]);
     let base = dnd_testkit::test_base_model(&model_dir.display().to_string());
     collect(&llm.model, &llm.tokenizer, &base, &plan, &mut |_| {}).unwrap();
+    (llm, model_dir, root, coll)
+}
+
+/// The experiment as job units (one target each), then the report: every unit's work is reused by the
+/// report, which equals the one of a single run; the merge check names the units not done.
+#[test]
+fn job_units_then_the_report_equal_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (llm, model_dir, root, coll) = tiny_collection(tmp.path());
+    let cfg = small_experiment(&coll, &root, 3);
+    let ctx = context(&llm, &model_dir);
+    let one = paths(&tmp.path().join("one"));
+    let whole = run(&cfg, &one, &ctx, &mut |_| {}).unwrap();
+
+    let units = paths(&tmp.path().join("units"));
+    let missing = missing_units(&cfg, &units).unwrap();
+    assert_eq!(missing, ["0 (boolq)", "1 (siqa)"]);
+    run_unit(&cfg, &units, &ctx, 1, &mut |_| {}).unwrap();
+    assert_eq!(missing_units(&cfg, &units).unwrap(), ["0 (boolq)"]);
+    let other = ExperimentConfig {
+        seed: 1,
+        ..cfg.clone()
+    };
+    assert_eq!(
+        missing_units(&other, &units).unwrap().len(),
+        2,
+        "other settings: not done"
+    );
+    run_unit(&cfg, &units, &ctx, 0, &mut |_| {}).unwrap();
+    assert!(missing_units(&cfg, &units).unwrap().is_empty());
+    let err = run_unit(&cfg, &units, &ctx, 2, &mut |_| {}).unwrap_err();
+    assert!(
+        err.to_string().contains("unit 2: the plan has 2 units"),
+        "{err}"
+    );
+
+    let (mut scored, mut steps) = (0, 0);
+    let merged = run(&cfg, &units, &ctx, &mut |e| match e {
+        Event::Score(ScoreEvent::Done(_)) => scored += 1,
+        Event::TrainStep { .. } => steps += 1,
+        _ => {}
+    })
+    .unwrap();
+    assert_eq!((scored, steps), (0, 0), "the units did all the work");
+    // Scores without their timing.
+    let key = |s: &dnd_experiment::Score| (s.label.clone(), s.value, s.items.clone());
+    for (a, b) in whole.targets.iter().zip(&merged.targets) {
+        assert_eq!(a.target, b.target);
+        let dnd =
+            |r: &dnd_experiment::report::TargetResult| r.dnd.iter().map(key).collect::<Vec<_>>();
+        assert_eq!(dnd(a), dnd(b));
+        for (x, y) in [
+            (&a.base, &b.base),
+            (&a.oracle, &b.oracle),
+            (&a.uniform_average, &b.uniform_average),
+            (&a.best_lora, &b.best_lora),
+        ] {
+            assert_eq!(key(x), key(y), "{}", a.target);
+        }
+    }
+}
+
+#[test]
+fn leave_one_out_end_to_end_and_resumed_from_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (llm, model_dir, root, coll) = tiny_collection(tmp.path());
 
     let cfg = ExperimentConfig {
         oracle_trajectory: 2,

@@ -11,7 +11,7 @@ use dnd_llm::{Arch, Llm, ModelConfig, Target};
 use dnd_tasks::SplitConfig;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A 2-layer Llama config (hidden 32, 4 heads, 2 KV heads, vocabulary 100), for tests that need only
 /// the shapes of a base model.
@@ -177,6 +177,24 @@ pub fn mc_task(name: &str, path: &Path, n: usize) -> dnd_tasks::Task {
         dnd_tasks::Layout::GauntletMc,
         path,
     )
+}
+
+/// The tiny model (`dir/model`) and a task file (`dir/tasks.toml`) of four user multiple-choice tasks
+/// of 60 items each (`alpha`, `beta`, `gamma`, `delta`), for the CLI's tests.
+pub fn tiny_cli_inputs(dir: &Path) -> (PathBuf, PathBuf) {
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    tiny_llm(&model);
+    let mut toml = String::new();
+    for t in ["alpha", "beta", "gamma", "delta"] {
+        mc_task(t, &dir.join(format!("{t}.jsonl")), 60);
+        toml += &format!(
+            "[[task]]\nname = \"{t}\"\nfile = \"{t}.jsonl\"\nlayout = \"multiple-choice\"\n\n"
+        );
+    }
+    let tasks = dir.join("tasks.toml");
+    std::fs::write(&tasks, toml).unwrap();
+    (model, tasks)
 }
 
 /// Every file under `dir` (relative path -> bytes), for byte-for-byte comparisons.
