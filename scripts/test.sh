@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 # A test fixture that git ignores passes here and is missing from CI's fresh clone.
-if ignored=$(git ls-files --others --ignored --exclude-standard -- 'crates/*/tests/fixtures' 2>/dev/null) \
+if ignored=$(git ls-files --others --ignored --exclude-standard -- 'crates/*/tests/fixtures/*' 2>/dev/null) \
     && [ -n "$ignored" ]; then
     echo "test fixtures ignored by git (commit them or fix .gitignore):" >&2
     echo "$ignored" >&2
