@@ -51,6 +51,12 @@ pub struct ExperimentArgs {
     /// it as many examples of each task as that task's own LoRA saw.
     #[arg(long, default_value_t = 0)]
     multitask_steps: usize,
+    /// Score only the K training LoRAs whose prompts are nearest each target's (the nearest-prompt
+    /// baseline among them; mean and best training LoRA then over these K), not every training LoRA
+    /// on every target: a collection of hundreds of tasks would cost hundreds of scored runs per
+    /// target (~35 s each at 100 items). Default: all.
+    #[arg(long)]
+    score_loras: Option<usize>,
     /// Comma-separated names of other experiments whose stored scores are adopted where they are the
     /// same run (same model, test items and adapter weights), instead of scoring again.
     #[arg(long, value_delimiter = ',')]
@@ -87,6 +93,7 @@ pub fn run(a: ExperimentArgs) -> Result<()> {
         oracle_trajectory: a.oracle_trajectory,
         offset_scale: a.offset_scale,
         multitask_steps: a.multitask_steps,
+        score_loras: a.score_loras,
         eval: EvalConfig::default(),
     };
     let experiments = dnd_assets::cache_root().join("experiments");

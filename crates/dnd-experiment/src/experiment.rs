@@ -64,6 +64,12 @@ pub struct ExperimentConfig {
     /// Updates of the multi-task baseline: per target, one LoRA fine-tuned on the union of the other
     /// tasks (an equal share of each, the collection's recipe). 0: no multi-task baseline.
     pub multitask_steps: usize,
+    /// Training LoRAs scored on each target: `None`, every one (the LoRA-by-target matrix, and the
+    /// mean and best training LoRA over all of them); `Some(k)`, only the `k` whose prompts are nearest
+    /// the target's (the nearest-prompt baseline among them), so that a collection of hundreds of
+    /// tasks does not cost hundreds of scored runs per target. The target's own LoRA (the oracle) is
+    /// scored either way.
+    pub score_loras: Option<usize>,
     pub eval: EvalConfig,
 }
 
@@ -140,11 +146,8 @@ pub fn run(
 ) -> Result<Report> {
     let plan = Plan::new(cfg)?;
     let mut scores = Scores::new(cfg, paths, ctx, &plan)?;
-    score_baselines(cfg, ctx, &plan.tasks, &plan.sets, &mut scores, on_event)?;
-    on_event(Event::Phase("prompt embeddings (nearest task)"));
-    let t = Instant::now();
-    let embeddings = task_embeddings(cfg, paths, ctx, &plan.defs)?;
-    scores.timed("prompt embeddings", t);
+    let cosines = prompt_cosines(cfg, paths, ctx, &plan, &mut scores, on_event)?;
+    score_baselines(cfg, ctx, &plan, &plan.sets, &cosines, &mut scores, on_event)?;
     let mut work = BTreeMap::new();
     for set in plan.sets.chunks(1) {
         let done = per_target(cfg, paths, ctx, &plan, set, &mut scores, on_event)?;
@@ -165,7 +168,6 @@ pub fn run(
     let pca = pca_points(cfg, &plan.tasks, &generated, &mut flat)?;
     let mut positions = positions(cfg, paths, &plan.tasks, &generated, &mut flat)?;
     scores.timed("pca", t);
-    let cosines = prompt_cosines(&plan, &embeddings);
     let rows = plan
         .targets
         .iter()
@@ -238,7 +240,8 @@ pub fn run_unit(
         )));
     };
     let mut scores = Scores::new(cfg, paths, ctx, &plan)?;
-    score_baselines(cfg, ctx, &plan.tasks, set, &mut scores, on_event)?;
+    let cosines = prompt_cosines(cfg, paths, ctx, &plan, &mut scores, on_event)?;
+    score_baselines(cfg, ctx, &plan, set, &cosines, &mut scores, on_event)?;
     per_target(cfg, paths, ctx, &plan, set, &mut scores, on_event)?;
     let target = &set[0].0.name;
     dnd_io::write_json::<_, ExperimentError>(
@@ -299,6 +302,12 @@ impl Plan {
                 "generate at least one adapter per target".into(),
             ));
         }
+        if cfg.score_loras == Some(0) {
+            return Err(ExperimentError::Config(
+                "score at least one training LoRA per target: the nearest-prompt baseline is one"
+                    .into(),
+            ));
+        }
         let split = SplitConfig::default();
         let mut sets: Vec<(Task, Vec<Example>)> = Vec::new();
         for t in &targets {
@@ -323,6 +332,31 @@ impl Plan {
     fn held_apart(&self, task: &str, target: &str) -> bool {
         let dataset = |n: &str| self.defs.iter().find(|t| t.name == n).map(|t| &t.dataset);
         task != target && dataset(task) != dataset(target)
+    }
+
+    /// The training LoRAs scored on `target` (besides its own, the oracle): every task held apart
+    /// from it, or the `k` of them whose prompts are nearest its own, in plan order.
+    fn training_loras(
+        &self,
+        cfg: &ExperimentConfig,
+        cosines: &[(String, String, f64)],
+        target: &str,
+    ) -> Vec<String> {
+        let apart = self.tasks.iter().filter(|t| self.held_apart(t, target));
+        let Some(k) = cfg.score_loras else {
+            return apart.cloned().collect();
+        };
+        let mut near: Vec<(&str, f64)> = cosines
+            .iter()
+            .filter(|(_, t, _)| t == target)
+            .map(|(o, _, c)| (o.as_str(), *c))
+            .collect();
+        near.sort_by(|a, b| b.1.total_cmp(&a.1));
+        near.truncate(k);
+        apart
+            .filter(|t| near.iter().any(|(o, _)| o == t))
+            .cloned()
+            .collect()
     }
 }
 
@@ -353,14 +387,14 @@ impl<'a> Scores<'a> {
             git_rev: ctx.git_rev.clone(),
             command: ctx.command.clone(),
         };
-        let (targets, tasks) = (&plan.targets, &plan.tasks);
+        let targets = &plan.targets;
+        let loras = cfg.score_loras.unwrap_or(plan.tasks.len() - 1);
         tracing::info!(
-            "{} target(s) ({}), {} training LoRAs: {} scored runs of at most {} test items each \
-             (stored ones are reused), {} generator(s) of {} steps",
+            "{} target(s) ({}), {loras} training LoRAs and the oracle scored per target: {} scored \
+             runs of at most {} test items each (stored ones are reused), {} generator(s) of {} steps",
             targets.len(),
             targets.join(", "),
-            tasks.len(),
-            targets.len() * (1 + tasks.len() + cfg.adapters + 1 + cfg.oracle_trajectory),
+            targets.len() * (2 + loras + cfg.adapters + 1 + cfg.oracle_trajectory),
             cfg.limit.map_or("all".into(), |l| l.to_string()),
             targets.len(),
             cfg.train.steps
@@ -425,12 +459,15 @@ impl<'a> Scores<'a> {
     }
 }
 
-/// The runs every target shares: the base model and every training LoRA (of `tasks`) on `sets`.
+/// The runs before any generator: the base model on `sets`, then on each target its own LoRA (the
+/// oracle) and the training LoRAs [`Plan::training_loras`] picks. Without `--score-loras`, every
+/// task's LoRA is scored on every target, as the LoRA-by-target matrix.
 fn score_baselines(
     cfg: &ExperimentConfig,
     ctx: &Context<'_>,
-    tasks: &[String],
+    plan: &Plan,
     sets: &[(Task, Vec<Example>)],
+    cosines: &[(String, String, f64)],
     scores: &mut Scores<'_>,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<()> {
@@ -440,10 +477,18 @@ fn score_baselines(
     scores.timed("score base", t);
     on_event(Event::Phase("training LoRAs on every target"));
     let t = Instant::now();
-    for task in tasks {
-        let last = last_checkpoint(&cfg.collection, task)?;
-        let label = RunLabel::Lora(task.clone());
-        scores.score(ctx.llm, &label, Some(&last), sets, on_event)?;
+    for set in sets.chunks(1) {
+        let target = &set[0].0.name;
+        let loras = match cfg.score_loras {
+            None => plan.tasks.clone(),
+            Some(_) => std::iter::once(target.clone())
+                .chain(plan.training_loras(cfg, cosines, target))
+                .collect(),
+        };
+        for task in loras {
+            let last = last_checkpoint(&cfg.collection, &task)?;
+            scores.score(ctx.llm, &RunLabel::Lora(task), Some(&last), set, on_event)?;
+        }
     }
     scores.timed("score training LoRAs", t);
     Ok(())
@@ -641,12 +686,21 @@ fn uniform_average_for(
 }
 
 /// (training task, target, cosine of their mean pooled prompt embeddings), every training task against
-/// every target: the nearest-prompt pick and the report's table.
+/// every target: the nearest-prompt pick, the LoRAs `--score-loras` scores, and the report's table.
 fn prompt_cosines(
+    cfg: &ExperimentConfig,
+    paths: &Paths,
+    ctx: &Context<'_>,
     plan: &Plan,
-    embeddings: &BTreeMap<String, Vec<f32>>,
-) -> Vec<(String, String, f64)> {
-    plan.tasks
+    scores: &mut Scores<'_>,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<Vec<(String, String, f64)>> {
+    on_event(Event::Phase("prompt embeddings (nearest task)"));
+    let t = Instant::now();
+    let embeddings = task_embeddings(cfg, paths, ctx, &plan.defs)?;
+    scores.timed("prompt embeddings", t);
+    Ok(plan
+        .tasks
         .iter()
         .flat_map(|o| plan.targets.iter().map(move |t| (o, t)))
         .filter(|(o, t)| plan.held_apart(o, t))
@@ -654,7 +708,7 @@ fn prompt_cosines(
             let c = baselines::cosine(&embeddings[t.as_str()], &embeddings[o.as_str()]);
             (o.clone(), t.clone(), c)
         })
-        .collect()
+        .collect())
 }
 
 /// The report's row of `target`: every baseline's score, DnD's, and what its steps measured.
@@ -668,10 +722,9 @@ fn target_row(
     target: &String,
 ) -> Result<TargetResult> {
     let loras = plan
-        .tasks
-        .iter()
-        .filter(|t| plan.held_apart(t, target))
-        .map(|o| scores.get(&RunLabel::Lora(o.to_string()), target))
+        .training_loras(cfg, cosines, target)
+        .into_iter()
+        .map(|o| scores.get(&RunLabel::Lora(o), target))
         .collect::<Result<Vec<_>>>()?;
     let (nearest, cos) = cosines
         .iter()
@@ -777,6 +830,7 @@ fn assemble(
         comparisons: Report::compare_all(&results),
         targets: results,
         lora_matrix: matrix,
+        scored_loras: cfg.score_loras,
         prompt_cosines,
         pca,
         pca_explained,

@@ -489,8 +489,12 @@ pub struct Report {
     /// costs ~0).
     pub phase_wall_s: Vec<(String, f64)>,
     pub targets: Vec<TargetResult>,
-    /// (LoRA's task, target, primary metric value): every training LoRA on every target.
+    /// (LoRA's task, target, primary metric value): every training LoRA scored on each target.
     pub lora_matrix: Vec<(String, String, f64)>,
+    /// `Some(k)`: only the `k` training LoRAs with the prompts nearest each target's were scored on
+    /// it (`--score-loras`), so the mean and best training LoRA are over those; `None`: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scored_loras: Option<usize>,
     /// (training task, target, cosine of their mean pooled prompt embeddings).
     pub prompt_cosines: Vec<(String, String, f64)>,
     pub pca: Vec<PcaPoint>,
@@ -629,6 +633,14 @@ impl Report {
             },
             self.adapters, self.seed
         );
+        if let Some(k) = self.scored_loras {
+            let _ = writeln!(
+                o,
+                "**Training LoRAs scored: {k} per target**, those of the tasks whose prompts are \
+                 nearest the target's (`--score-loras {k}`): *mean* and *best training LoRA* are over \
+                 these {k}, not over every training task.\n"
+            );
+        }
         if self.offset_scale != 1.0 {
             let _ = writeln!(
                 o,
@@ -714,7 +726,17 @@ impl Report {
 
     /// Every training LoRA on every target, and the prompt similarities.
     fn md_matrices(&self, o: &mut String) {
-        o.push_str("\n## Every training LoRA on every target (%)\n\nRows: the LoRA's task; the diagonal is the oracle.\n\n");
+        let scored = self
+            .scored_loras
+            .map_or("Every training LoRA on every target".into(), |k| {
+                format!(
+                    "The training LoRAs scored on each target (the {k} with the nearest prompts)"
+                )
+            });
+        let _ = write!(
+            o,
+            "\n## {scored} (%)\n\nRows: the LoRA's task; the diagonal is the oracle.\n\n"
+        );
         o.push_str(
             &self.matrix_markdown("LoRA", &self.lora_matrix, |v| format!("{:.1}", 100.0 * v)),
         );

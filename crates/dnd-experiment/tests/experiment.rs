@@ -304,3 +304,98 @@ fn leave_one_out_end_to_end_and_resumed_from_cache() {
         .to_string();
     assert!(err.contains("Basis") && err.contains("--name"), "{err}");
 }
+
+/// `--score-loras K` on a four-task collection: a target is scored with its own LoRA and the K
+/// training LoRAs of the tasks with the nearest prompts only; the nearest-prompt baseline is among
+/// them, and a full run over the same work directory scores just the LoRAs left out, with the same
+/// values for the shared ones. K = 0 is refused (the nearest-prompt baseline needs one).
+#[test]
+fn score_loras_scores_only_the_nearest_prompt_loras() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model_dir, task_file) = dnd_testkit::tiny_cli_inputs(tmp.path());
+    let llm = dnd_llm::Llm::load(&model_dir, candle_core::DType::F32).unwrap();
+    let coll = tmp.path().join("collection");
+    let plan = dnd_collect::CollectPlan {
+        tasks: dnd_tasks::read_task_file(&task_file).unwrap(),
+        ..dnd_testkit::tiny_collect_plan(&coll, tmp.path(), &[])
+    };
+    let base = dnd_testkit::test_base_model(&model_dir.display().to_string());
+    collect(&llm.model, &llm.tokenizer, &base, &plan, &mut |_| {}).unwrap();
+
+    let full = ExperimentConfig {
+        targets: vec!["alpha".into()],
+        adapters: 1,
+        ..small_experiment(&coll, tmp.path(), 2)
+    };
+    let near = ExperimentConfig {
+        score_loras: Some(1),
+        ..full.clone()
+    };
+    let ctx = context(&llm, &model_dir);
+    let paths = paths(tmp.path());
+    let scored_by = |cfg: &ExperimentConfig| {
+        let mut scored = Vec::new();
+        let report = run(cfg, &paths, &ctx, &mut |e| {
+            if let Event::Score(ScoreEvent::Done(r)) = e {
+                scored.push(r.label.clone());
+            }
+        })
+        .unwrap();
+        (report, scored)
+    };
+    let (report, scored) = scored_by(&near);
+    let row = &report.targets[0];
+    let nearest = format!("lora-{}", row.nearest_task);
+    // base, the oracle, the nearest training LoRA, one generated adapter, the uniform average.
+    assert_eq!(
+        scored,
+        [
+            "base",
+            "lora-alpha",
+            nearest.as_str(),
+            "alpha/dnd-0",
+            "alpha/uniform-avg"
+        ]
+    );
+    let labels = |r: &dnd_experiment::report::TargetResult| {
+        r.training_loras
+            .iter()
+            .map(|s| s.label.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(labels(row), std::slice::from_ref(&nearest));
+    assert_eq!(row.best_lora.label, nearest);
+    assert_eq!(report.scored_loras, Some(1));
+    assert_eq!(
+        report.lora_matrix.len(),
+        2,
+        "the oracle and the one training LoRA"
+    );
+    let md = std::fs::read_to_string(paths.results.join("report.md")).unwrap();
+    assert!(md.contains("`--score-loras 1`"), "{md}");
+
+    let (all, scored) = scored_by(&full);
+    assert_eq!(scored.len(), 2, "only the two LoRAs left out: {scored:?}");
+    assert!(!scored.contains(&nearest));
+    let row_all = &all.targets[0];
+    assert_eq!(labels(row_all).len(), 3);
+    assert_eq!(row_all.nearest_task, row.nearest_task);
+    let value = |r: &dnd_experiment::report::TargetResult, l: &str| {
+        r.training_loras
+            .iter()
+            .find(|s| s.label == l)
+            .map(|s| (s.value, s.items.clone()))
+    };
+    assert_eq!(value(row_all, &nearest), value(row, &nearest));
+    assert_eq!(all.scored_loras, None);
+
+    let none = ExperimentConfig {
+        score_loras: Some(0),
+        ..full
+    };
+    let err = run(&none, &paths, &ctx, &mut |_| {}).unwrap_err();
+    assert!(
+        err.to_string().contains("at least one training LoRA"),
+        "{err}"
+    );
+}

@@ -63,6 +63,7 @@ pub fn small_experiment(collection: &Path, data: &Path, steps: usize) -> Experim
         },
         oracle_trajectory: 0,
         multitask_steps: 0,
+        score_loras: None,
         eval: EvalConfig::default(),
     }
 }
