@@ -202,7 +202,8 @@ pub struct TrainArgs {
     /// Predict whole tokens, as the paper does, instead of offsets from the mean training checkpoint.
     #[arg(long)]
     no_residual: bool,
-    /// Hold out every k-th checkpoint of each task for the validation loss (0: none).
+    /// Hold out every k-th checkpoint of the collection (counted across tasks in order; never a task's
+    /// only one) for the validation loss (0: none).
     #[arg(long, default_value_t = GeneratorTrainConfig::default().holdout_every)]
     holdout_every: usize,
     /// Stop after this many updates in this invocation (time-boxing; rerun to continue).

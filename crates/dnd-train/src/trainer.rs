@@ -60,7 +60,8 @@ pub struct GeneratorTrainConfig {
     /// only a few dozen maps, cannot reproduce thousands of random patterns, and spends its capacity
     /// failing to (measured: held-out loss above the mean checkpoint's without the offset).
     pub residual: bool,
-    /// Every k-th checkpoint of each task is held out for validation (0 or 1: none).
+    /// Every k-th checkpoint of the collection, counted across tasks, is held out for validation (0 or
+    /// 1: none; never a task's only checkpoint).
     pub holdout_every: usize,
     /// Share of training pairs that mix two tasks (0: none, the paper's pairs only). A mixed pair
     /// conditions on k prompts of one task and N−k of another and targets the same interpolation,
@@ -817,25 +818,28 @@ fn standardize(tasks: &mut [TrainingTask]) -> Result<ConditionNorm> {
     Ok(norm)
 }
 
-/// Every `k`-th checkpoint of each task held out (none for `k` <= 1, or for a task with a single
-/// checkpoint): per task, the indices trained on, and the held-out (task, index) pairs.
+/// Every `k`-th checkpoint of the collection held out, counted across tasks in order (none for `k` <= 1;
+/// never a task's only checkpoint): per task, the indices trained on, and the held-out (task, index)
+/// pairs. Counted within each task, a collection of 2 checkpoints per task would hold out none; counted
+/// across, it holds out one checkpoint of every few tasks, and where every task has a multiple of `k`
+/// checkpoints the two counts pick the same ones (every `k`-th of each task).
 #[allow(clippy::type_complexity)]
 fn split_held_out(tasks: &[TrainingTask], k: usize) -> (Vec<Vec<usize>>, Vec<(usize, usize)>) {
-    let is_held = |i: usize| k > 1 && (i + 1).is_multiple_of(k);
-    let train: Vec<Vec<usize>> = tasks
-        .iter()
-        .map(|t| {
-            (0..t.checkpoints.len())
-                .filter(|&i| !is_held(i) || t.checkpoints.len() == 1)
-                .collect()
-        })
-        .collect();
-    let held = tasks
-        .iter()
-        .enumerate()
-        .flat_map(|(ti, t)| (0..t.checkpoints.len()).map(move |i| (ti, i)))
-        .filter(|&(ti, i)| !train[ti].contains(&i))
-        .collect();
+    let mut seen = 0;
+    let mut train = Vec::with_capacity(tasks.len());
+    let mut held = Vec::new();
+    for (ti, t) in tasks.iter().enumerate() {
+        let mut kept = Vec::new();
+        for i in 0..t.checkpoints.len() {
+            seen += 1;
+            if k > 1 && seen % k == 0 && t.checkpoints.len() > 1 {
+                held.push((ti, i));
+            } else {
+                kept.push(i);
+            }
+        }
+        train.push(kept);
+    }
     (train, held)
 }
 
@@ -1003,6 +1007,29 @@ mod tests {
                 .collect(),
             prompts: Vec::new(),
         }
+    }
+
+    #[test]
+    fn every_kth_checkpoint_of_the_collection_is_held_out() {
+        let held = |sizes: &[usize], k| {
+            let tasks: Vec<TrainingTask> = sizes.iter().map(|&n| task(n, 0.0)).collect();
+            split_held_out(&tasks, k)
+        };
+        // 20 per task: every 5th of each, as counted within tasks.
+        let (train, out) = held(&[20, 20], 5);
+        let per_task: Vec<(usize, usize)> = (0..2)
+            .flat_map(|t| [4, 9, 14, 19].map(|i| (t, i)))
+            .collect();
+        assert_eq!(out, per_task);
+        assert_eq!(train[1].len(), 16);
+        // 2 per task: the 5th, 10th, ... of the collection, one checkpoint of every few tasks.
+        let (train, out) = held(&[2; 6], 5);
+        assert_eq!(out, [(2, 0), (4, 1)]);
+        assert_eq!(train[2], [1]);
+        assert_eq!(train[3], [0, 1]);
+        // A single checkpoint is never held out; k <= 1 holds out none.
+        assert_eq!(held(&[1, 1, 1], 3).1, []);
+        assert!(held(&[4, 4], 1).1.is_empty());
     }
 
     #[test]
