@@ -2,7 +2,7 @@
 //! (`scripts/slurm/cluster.sh`: Debian's munge, slurmctld and slurmd on loopback, installed and started
 //! by the script), then merged: it equals the same collection run locally, every file byte for byte
 //! but the JSON fields that measure the machine (time, memory, speed). A finished element requeued
-//! does no work. Then scoring (`dnd eval`) as a job array of (run, task) units, merged: the same
+//! does no work; a unit killed mid-way (`scontrol requeue`) resumes and ends identical. Then scoring (`dnd eval`) as a job array of (run, task) units, merged: the same
 //! scores as scoring locally. `DND_SLURM_TEST=0` skips it (no root for the daemons).
 //!
 //! The same check with a unit killed mid-way on the real model: `scripts/slurm/collect_check.sh`.
@@ -36,7 +36,8 @@ fn a_slurm_array_collection_equals_the_local_one() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, tasks) = dnd_testkit::tiny_cli_inputs(tmp.path());
     let dnd = env!("CARGO_BIN_EXE_dnd");
-    let collect = |dir: &str, extra: &[&str]| {
+    // A collection of the task file's tasks into `dir`, `first` steps before its 3 checkpoints.
+    let collect_with = |first: &str, dir: &str, extra: &[&str]| {
         let mut c = Command::new(dnd);
         c.current_dir(tmp.path())
             .env("SLURM_CONF", conf)
@@ -45,7 +46,7 @@ fn a_slurm_array_collection_equals_the_local_one() {
             .arg(&model)
             .arg("--task-file")
             .arg(&tasks)
-            .args(["--first-phase", "3", "--checkpoints", "3", "--rank", "2"])
+            .args(["--first-phase", first, "--checkpoints", "3", "--rank", "2"])
             .args([
                 "--targets",
                 "q,v",
@@ -60,6 +61,7 @@ fn a_slurm_array_collection_equals_the_local_one() {
             .args(extra);
         c
     };
+    let collect = |dir: &str, extra: &[&str]| collect_with("3", dir, extra);
     run(&mut collect("local", &[]));
     run(&mut collect(
         "array",
@@ -112,6 +114,41 @@ fn a_slurm_array_collection_equals_the_local_one() {
         local.len(),
         array.len()
     );
+
+    // A unit killed mid-way and requeued (`scontrol requeue`, as a preemption does): one task with a
+    // longer first phase, so that the kill lands while it trains; it resumes from its saved run state
+    // and ends identical to the local run.
+    let slow = |dir: &str, extra: &[&str]| {
+        let mut c = collect_with("400", dir, &["--tasks", "alpha"]);
+        c.args(extra);
+        c
+    };
+    run(&mut slow("slow-local", &[]));
+    run(&mut slow(
+        "slow-array",
+        &["--emit-slurm", "slow.sbatch", "--slurm-logs", "slow-logs"],
+    ));
+    let job = sbatch(&["--parsable", "slow.sbatch"]);
+    let state = tmp.path().join("slow-array/alpha/run-state.safetensors");
+    while !state.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    run(Command::new("scontrol")
+        .env("SLURM_CONF", conf)
+        .args(["requeue", &format!("{job}_0")]));
+    wait(&job);
+    let log = std::fs::read_to_string(tmp.path().join(format!("slow-logs/{job}_0.out"))).unwrap();
+    assert!(log.contains("alpha: resuming after step"), "{log}");
+    run(&mut slow("slow-array", &["--merge"]));
+    let (local, array) = (
+        dnd_testkit::collection_contents(&tmp.path().join("slow-local")),
+        dnd_testkit::collection_contents(&tmp.path().join("slow-array")),
+    );
+    assert_eq!(
+        local.keys().collect::<Vec<_>>(),
+        array.keys().collect::<Vec<_>>()
+    );
+    assert!(local == array, "the requeued unit ends as the local run");
 
     // Scoring as job units: the base model and one collected adapter on the four tasks, 8 units.
     let eval = |out: &str, extra: &[&str]| {
