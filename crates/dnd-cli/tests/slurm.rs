@@ -115,6 +115,8 @@ fn a_slurm_array_collection_equals_the_local_one() {
         array.len()
     );
 
+    experiment_as_array(tmp.path(), &model, conf, &wait);
+
     // A unit killed mid-way and requeued (`scontrol requeue`, as a preemption does): one task with a
     // longer first phase, so that the kill lands while it trains; it resumes from its saved run state
     // and ends identical to the local run.
@@ -196,4 +198,83 @@ fn a_slurm_array_collection_equals_the_local_one() {
             assert_eq!(l["records"], a["records"], "{label}/{task}");
         }
     }
+}
+
+/// The leave-one-out experiment on the array's collection (4 targets) as a job array of one target per
+/// element, merged into its report: every score equals a local run's. Its prompt encoder is the cached
+/// MiniLM (linked into the test's cache); without it the case is skipped unless DND_REQUIRE_ASSETS=1.
+fn experiment_as_array(tmp: &Path, model: &Path, conf: &str, wait: &dyn Fn(&str)) {
+    let minilm = dnd_assets::cache_root().join("models/all-MiniLM-L6-v2");
+    if !minilm.join("model.safetensors").is_file() {
+        assert!(
+            std::env::var("DND_REQUIRE_ASSETS").as_deref() != Ok("1"),
+            "{} is required (DND_REQUIRE_ASSETS=1); run `dnd fetch --all`",
+            minilm.display()
+        );
+        eprintln!(
+            "skipping the experiment array: {} not cached",
+            minilm.display()
+        );
+        return;
+    }
+    let models = tmp.join("cache/models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::os::unix::fs::symlink(&minilm, models.join("all-MiniLM-L6-v2")).unwrap();
+    let experiment = |name: &str, extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dnd"));
+        c.current_dir(tmp)
+            .env("SLURM_CONF", conf)
+            .env("DND_CACHE", tmp.join("cache"))
+            .args(["experiment", "--collection-dir", "array", "--model"])
+            .arg(model)
+            .args(["--limit", "4", "--adapters", "1", "--steps", "3"])
+            .args(["--decoder-hidden", "16", "--basis-k", "2", "--prompts", "4"])
+            .args(["--work-dir", &format!("{name}-work"), "--results", name])
+            .args(extra);
+        c
+    };
+    run(&mut experiment("exp-local", &[]));
+    run(&mut experiment(
+        "exp-array",
+        &[
+            "--emit-slurm",
+            "experiment.sbatch",
+            "--slurm-logs",
+            "exp-logs",
+        ],
+    ));
+    // The elements see the test's cache (sbatch passes the submitting environment on).
+    let job = run(Command::new("sbatch")
+        .current_dir(tmp)
+        .env("SLURM_CONF", conf)
+        .env("DND_CACHE", tmp.join("cache"))
+        .args(["--parsable", "experiment.sbatch"]));
+    wait(job.trim());
+    run(&mut experiment("exp-array", &["--merge"]));
+    // Every score of every row (labels, values and per-item scores), without the timing fields.
+    let scores = |dir: &str| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(tmp.join(dir).join("report.json")).unwrap();
+        let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let keep = |s: &serde_json::Value| serde_json::json!([s["label"], s["value"], s["items"]]);
+        report["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|t| {
+                let mut row = vec![t["target"].clone()];
+                for k in ["base", "oracle", "uniform_average", "best_lora", "nearest"] {
+                    row.push(keep(&t[k]));
+                }
+                row.extend(t["dnd"].as_array().unwrap().iter().map(keep));
+                row
+            })
+            .collect()
+    };
+    let (local, array) = (scores("exp-local"), scores("exp-array"));
+    assert_eq!(
+        local.len(),
+        4 * 7,
+        "4 targets: name, 5 baselines, 1 adapter"
+    );
+    assert_eq!(local, array);
 }
