@@ -10,8 +10,56 @@ use std::path::Path;
 /// (`[len, C]` each) to draw conditions from.
 pub struct TrainingTask {
     pub name: String,
-    pub checkpoints: Vec<Tensor>,
+    /// Held in f16 where that keeps every value exactly (a collection saved in f16): half the memory
+    /// of f32, for a collection of hundreds of tasks several gigabytes; [`Self::checkpoint`] gives f32.
+    pub(crate) checkpoints: Vec<Tensor>,
     pub prompts: Vec<Tensor>,
+}
+
+impl TrainingTask {
+    /// The task from its checkpoints (f32 tokens) and prompt states; each checkpoint is kept in f16
+    /// when converting it back gives the same values, bit for bit.
+    pub fn new(name: String, checkpoints: Vec<Tensor>, prompts: Vec<Tensor>) -> Result<Self> {
+        let checkpoints = checkpoints
+            .into_iter()
+            .map(compact)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            name,
+            checkpoints,
+            prompts,
+        })
+    }
+
+    /// Checkpoint `i` in f32.
+    pub fn checkpoint(&self, i: usize) -> Result<Tensor> {
+        Ok(self.checkpoints[i].to_dtype(DType::F32)?)
+    }
+
+    /// How many checkpoints the task has.
+    pub fn num_checkpoints(&self) -> usize {
+        self.checkpoints.len()
+    }
+
+    /// Every checkpoint in f32, stacked: `[k, N_w, r+2, cw+2]`.
+    pub fn stacked(&self) -> Result<Tensor> {
+        let all = (0..self.num_checkpoints())
+            .map(|i| self.checkpoint(i))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&all, 0)?)
+    }
+}
+
+/// `t` in f16 if that round-trips exactly (every value is an f16 already), otherwise as it is.
+fn compact(t: Tensor) -> Result<Tensor> {
+    let half = t.to_dtype(DType::F16)?;
+    let exact = half
+        .to_dtype(t.dtype())?
+        .eq(&t)?
+        .min_all()?
+        .to_scalar::<u8>()?
+        == 1;
+    Ok(if exact { half } else { t })
 }
 
 /// Tokenize every checkpoint of `task` in a finished collection.
@@ -41,8 +89,8 @@ pub fn token_weights(tasks: &[TrainingTask], mask: &Tensor, floor: f64) -> Resul
     let n_w = mask.dim(0)?;
     let cells = mask.sum((1, 2))?;
     let mut per_task = Vec::new();
-    for t in tasks.iter().filter(|t| t.checkpoints.len() >= 2) {
-        let x = Tensor::stack(&t.checkpoints, 0)?.to_dtype(DType::F64)?;
+    for t in tasks.iter().filter(|t| t.num_checkpoints() >= 2) {
+        let x = t.stacked()?.to_dtype(DType::F64)?;
         let mean = x.mean_keepdim(0)?;
         let std = x.broadcast_sub(&mean)?.sqr()?.mean(0)?.sqrt()?;
         let m = mask.to_dtype(DType::F64)?;
@@ -74,4 +122,30 @@ pub fn weighted_mask(weights: &Tensor, mask: &Tensor) -> Result<(Tensor, f64)> {
     let w = weights.unsqueeze(D::Minus1)?.unsqueeze(D::Minus1)?;
     let cells = mask.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     Ok((mask.broadcast_mul(&w)?, cells))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn checkpoints_are_held_in_f16_only_when_that_is_exact() {
+        let exact = Tensor::new(&[[[0.5f32, -1.25, 3.0]]], &Device::Cpu).unwrap();
+        let inexact = Tensor::new(&[[[0.5f32, 0.1, 3.0]]], &Device::Cpu).unwrap();
+        let t = TrainingTask::new("t".into(), vec![exact.clone(), inexact.clone()], Vec::new())
+            .unwrap();
+        assert_eq!(t.checkpoints[0].dtype(), DType::F16);
+        assert_eq!(t.checkpoints[1].dtype(), DType::F32);
+        for (i, want) in [exact, inexact].iter().enumerate() {
+            let got = t.checkpoint(i).unwrap();
+            assert_eq!(got.dtype(), DType::F32);
+            let bits = |x: &Tensor| -> Vec<u32> {
+                let v = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                v.iter().map(|f| f.to_bits()).collect()
+            };
+            assert_eq!(bits(&got), bits(want), "checkpoint {i}");
+        }
+        assert_eq!(t.stacked().unwrap().dims(), [2, 1, 1, 3]);
+    }
 }

@@ -137,9 +137,5 @@ fn training_task(
         checkpoints.len(),
         prompts.len()
     );
-    Ok(TrainingTask {
-        name: task.name.clone(),
-        checkpoints,
-        prompts,
-    })
+    TrainingTask::new(task.name.clone(), checkpoints, prompts)
 }

@@ -20,6 +20,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -335,7 +336,7 @@ impl GeneratorTrainer {
             train
                 .iter()
                 .enumerate()
-                .flat_map(|(t, idx)| idx.iter().map(move |&i| &tasks_ref[t].checkpoints[i])),
+                .flat_map(|(t, idx)| idx.iter().map(move |&i| tasks_ref[t].checkpoint(i))),
         )?;
         let offset = config.residual.then(|| train_mean.clone());
         let (decoder, opt, steps, validations) = match resume(&setup, &config)? {
@@ -496,7 +497,7 @@ impl GeneratorTrainer {
                 targets.push(target);
             } else {
                 conds.push(self.condition(task, rng)?);
-                targets.push(self.tasks[task].checkpoints[ck].clone());
+                targets.push(self.tasks[task].checkpoint(ck)?);
             }
         }
         let cond = add_noise(&Tensor::stack(&conds, 0)?, self.config.condition_noise, rng)?;
@@ -674,8 +675,8 @@ impl GeneratorTrainer {
         states.extend(draw(b.len(), n - k, rng)?.into_iter().map(|i| &b[i]));
         states.shuffle(rng);
         let w = k as f64 / n as f64;
-        let target = ((&self.tasks[task].checkpoints[ck] * w)?
-            + (&self.tasks[other].checkpoints[ck2] * (1.0 - w))?)?;
+        let target = ((self.tasks[task].checkpoint(ck)? * w)?
+            + (self.tasks[other].checkpoint(ck2)? * (1.0 - w))?)?;
         Ok((condition(&states, l)?, target))
     }
 
@@ -703,7 +704,7 @@ impl GeneratorTrainer {
             let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed);
             rng.set_stream(VALIDATION_STREAM + j as u64);
             let pred = predict(self, task, &mut rng, ck)?;
-            let target = self.tasks[task].checkpoints[ck].unsqueeze(0)?;
+            let target = self.tasks[task].checkpoint(ck)?.unsqueeze(0)?;
             let loss = weighted_mse(&pred, &target, &self.wmask, self.cells)?;
             let loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             total += loss;
@@ -721,52 +722,58 @@ impl GeneratorTrainer {
     /// Held-out losses of predicting `train_mean` (the mean of all training checkpoints), the mean of
     /// the own task's, and the mean of the task the probe takes the prompts for.
     fn baselines(&self, train_mean: &Tensor) -> Result<Baselines> {
-        let per_task = self
-            .train
-            .iter()
-            .enumerate()
-            .map(|(t, idx)| {
-                mean_of(idx.iter().map(|&i| &self.tasks[t].checkpoints[i]))?
-                    .unsqueeze(0)
-                    .map_err(Into::into)
+        // Task means only where a baseline reads one: the held-out checkpoints' tasks, and the tasks
+        // the probe reads their prompts as. One per task of a collection of hundreds takes gigabytes.
+        let held: BTreeSet<usize> = self.held.iter().map(|&(t, _)| t).collect();
+        let reads = |t: usize| -> Vec<(usize, f64)> {
+            self.probe.as_ref().map_or(Vec::new(), |p| {
+                let row = p.confusion[t].iter().copied().enumerate();
+                row.filter(|&(_, c)| c != 0.0).collect()
             })
-            .collect::<Result<Vec<_>>>()?;
+        };
+        let mut needed = held.clone();
+        for &t in &held {
+            needed.extend(reads(t).into_iter().map(|(u, _)| u));
+        }
+        let means = needed
+            .into_iter()
+            .map(|t| {
+                let m = mean_of(self.train[t].iter().map(|&i| self.tasks[t].checkpoint(i)))?;
+                Ok((t, m.unsqueeze(0)?))
+            })
+            .collect::<Result<BTreeMap<usize, Tensor>>>()?;
         let all = train_mean.unsqueeze(0)?;
         let global = self.held_out_loss(|_, _, _, _| Ok(all.clone()))?;
-        let own = self.held_out_loss(|_, task, _, _| Ok(per_task[task].clone()))?;
-        let mut out = Baselines {
+        let own = self.held_out_loss(|_, task, _, _| Ok(means[&task].clone()))?;
+        // The probe's reading of task t's prompts as a prediction: its choices' means, weighted
+        // (zero weights skipped: they add exact zeros).
+        let probed = match &self.probe {
+            None => None,
+            Some(_) => self.held_out_loss(|_, task, _, _| {
+                reads(task)
+                    .into_iter()
+                    .try_fold(all.zeros_like()?, |mix, (u, c)| {
+                        Ok((mix + (&means[&u] * c)?)?)
+                    })
+            })?,
+        };
+        Ok(Baselines {
             mean_checkpoint: global,
             task_mean: own,
-            probe_task_mean: None,
-        };
-        let Some(probe) = &self.probe else {
-            return Ok(out);
-        };
-        // The probe's reading of task t's prompts as a prediction: its choices' means, weighted.
-        let probed = (0..per_task.len())
-            .map(|t| {
-                let mut mix = (&per_task[0] * probe.confusion[t][0])?;
-                for (u, mean_u) in per_task.iter().enumerate().skip(1) {
-                    mix = (mix + (mean_u * probe.confusion[t][u])?)?;
-                }
-                Ok(mix)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let probed = self.held_out_loss(|_, task, _, _| Ok(probed[task].clone()))?;
-        out.probe_task_mean = probed;
-        Ok(out)
+            probe_task_mean: probed,
+        })
     }
 }
 
 /// Element-wise mean of `tensors`, summed one at a time: stacked, a collection's training
 /// checkpoints take gigabytes.
-fn mean_of<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Result<Tensor> {
+fn mean_of(tensors: impl IntoIterator<Item = Result<Tensor>>) -> Result<Tensor> {
     let mut it = tensors.into_iter();
     let first = it
         .next()
-        .ok_or_else(|| TrainError::Data("no training checkpoints to average".into()))?;
-    let (sum, n) = it.try_fold((first.clone(), 1usize), |(sum, n), t| {
-        Ok::<_, TrainError>(((sum + t)?, n + 1))
+        .ok_or_else(|| TrainError::Data("no training checkpoints to average".into()))??;
+    let (sum, n) = it.try_fold((first, 1usize), |(sum, n), t| {
+        Ok::<_, TrainError>(((sum + t?)?, n + 1))
     })?;
     Ok((sum / n as f64)?)
 }
@@ -853,16 +860,16 @@ const MAX_BASIS_ROWS: usize = 128;
 fn basis_rows(tasks: &[TrainingTask], train: &[Vec<usize>]) -> Result<Vec<Tensor>> {
     let total: usize = train.iter().map(Vec::len).sum();
     if total <= MAX_BASIS_ROWS {
-        return Ok(train
+        return train
             .iter()
             .enumerate()
-            .flat_map(|(t, idx)| idx.iter().map(move |&i| tasks[t].checkpoints[i].clone()))
-            .collect());
+            .flat_map(|(t, idx)| idx.iter().map(move |&i| tasks[t].checkpoint(i)))
+            .collect();
     }
     let stride = tasks.len().div_ceil(MAX_BASIS_ROWS);
     (0..tasks.len())
         .step_by(stride)
-        .map(|t| mean_of(train[t].iter().map(|&i| &tasks[t].checkpoints[i])))
+        .map(|t| mean_of(train[t].iter().map(|&i| tasks[t].checkpoint(i))))
         .collect()
 }
 
@@ -1000,13 +1007,10 @@ mod tests {
     use super::*;
 
     fn task(n: usize, base: f32) -> TrainingTask {
-        TrainingTask {
-            name: format!("t{base}"),
-            checkpoints: (0..n)
-                .map(|i| Tensor::new(&[[[base + i as f32, 1.0]]], &Device::Cpu).unwrap())
-                .collect(),
-            prompts: Vec::new(),
-        }
+        let checkpoints = (0..n)
+            .map(|i| Tensor::new(&[[[base + i as f32, 1.0]]], &Device::Cpu).unwrap())
+            .collect();
+        TrainingTask::new(format!("t{base}"), checkpoints, Vec::new()).unwrap()
     }
 
     #[test]

@@ -113,15 +113,14 @@ fn trainer(
     let dir = tempfile::tempdir().unwrap();
     let (llm, tok, offset) = tiny(dir.path(), DType::F32);
     let (h, w) = tok.token_shape();
-    let task = |seed: u64, shift: f64| TrainingTask {
-        name: format!("task{seed}"),
-        checkpoints: (0..3)
+    let task = |seed: u64, shift: f64| {
+        let checkpoints = (0..3)
             .map(|i| {
                 let noise = uniform(offset.dims(), 0.01, seed * 10 + i).to_dtype(DType::F32);
                 (&offset + noise.unwrap()).unwrap()
             })
-            .collect(),
-        prompts: (0..5)
+            .collect();
+        let prompts = (0..5)
             .map(|i| {
                 (uniform(&[3, 8], 1.0, seed * 100 + i)
                     .to_dtype(DType::F32)
@@ -129,7 +128,8 @@ fn trainer(
                     + shift)
                     .unwrap()
             })
-            .collect(),
+            .collect();
+        TrainingTask::new(format!("task{seed}"), checkpoints, prompts).unwrap()
     };
     let mask = Tensor::ones(offset.dims(), DType::F32, &Device::Cpu)?;
     let setup = Setup {

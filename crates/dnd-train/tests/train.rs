@@ -58,11 +58,7 @@ fn task(tok: &LoraTokenizer, name: &str, seed: u64, shift: f32, k: usize) -> Tra
             (noise(&[len, C], seed * 77 + i as u64) + shift as f64).unwrap()
         })
         .collect();
-    TrainingTask {
-        name: name.into(),
-        checkpoints,
-        prompts,
-    }
+    TrainingTask::new(name.into(), checkpoints, prompts).unwrap()
 }
 
 fn setup(out: &Path) -> (Setup, Vec<TrainingTask>) {
@@ -142,6 +138,46 @@ fn training_learns_and_beats_the_mean_checkpoint() {
     ] {
         assert!(dir.path().join(f).is_file(), "{f}");
     }
+}
+
+/// A collection saved in f16 (every value an f16) is held in f16: training reads it through every
+/// path (token weights, the basis head's start, mixed pairs, held-out losses, the baselines) and the
+/// values it reads are the f32 ones it was given.
+#[test]
+fn checkpoints_saved_in_f16_train_through_every_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, tasks) = setup(dir.path());
+    s.decoder = s.decoder.with_head(Head::Basis { k: 4 });
+    let half = |t: &TrainingTask| -> Vec<Tensor> {
+        let all = t.stacked().unwrap().to_dtype(DType::F16).unwrap();
+        let all = all.to_dtype(DType::F32).unwrap();
+        (0..t.num_checkpoints())
+            .map(|i| all.get(i).unwrap())
+            .collect()
+    };
+    let rounded: Vec<TrainingTask> = tasks
+        .iter()
+        .map(|t| TrainingTask::new(t.name.clone(), half(t), t.prompts.clone()).unwrap())
+        .collect();
+    for (t, r) in tasks.iter().zip(&rounded) {
+        for (i, want) in half(t).iter().enumerate() {
+            assert_eq!(max_abs_diff(&r.checkpoint(i).unwrap(), want), 0.0);
+        }
+    }
+    let cfg = GeneratorTrainConfig {
+        mix: 0.5,
+        validate_every: 4,
+        ..config(8)
+    };
+    let m = GeneratorTrainer::open(s, rounded, cfg)
+        .unwrap()
+        .run(None, &mut |_, _| {})
+        .unwrap();
+    assert!(m.complete);
+    assert!(m.steps.iter().all(|s| s.loss.is_finite()));
+    let val = m.validations.last().unwrap().loss;
+    let own = m.baseline_task_mean.unwrap();
+    assert!(val.is_finite() && own.is_finite() && m.baseline_probe_task_mean.is_some());
 }
 
 #[test]
@@ -242,9 +278,9 @@ fn mixed_pairs_teach_the_midpoint_between_tasks() {
         let wmask = s.mask.to_dtype(DType::F32).unwrap();
         let cells = wmask.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
         let mean = |t: &TrainingTask| {
-            (Tensor::stack(&t.checkpoints, 0).unwrap().mean(0).unwrap())
-                .reshape((1, t.checkpoints[0].dim(0).unwrap(), h, w))
-                .unwrap()
+            let all = t.stacked().unwrap();
+            let n_w = all.dim(1).unwrap();
+            (all.mean(0).unwrap()).reshape((1, n_w, h, w)).unwrap()
         };
         let midpoint = ((mean(&tasks[0]) + mean(&tasks[1])).unwrap() * 0.5).unwrap();
         let states: Vec<&Tensor> = tasks[0].prompts[..2]
@@ -282,14 +318,7 @@ fn the_basis_head_fits_and_its_generator_reproduces_the_trainer() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, tasks) = setup(dir.path());
     s.decoder = s.decoder.with_head(Head::Basis { k: 4 });
-    let task_mean = |t: &TrainingTask| {
-        Tensor::stack(&t.checkpoints, 0)
-            .unwrap()
-            .mean(0)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-    };
+    let task_mean = |t: &TrainingTask| t.stacked().unwrap().mean(0).unwrap().flatten_all().unwrap();
     let diff = (task_mean(&tasks[0]) - task_mean(&tasks[1])).unwrap();
     let t = GeneratorTrainer::open(s, tasks, config(30)).unwrap();
     let basis = t.decoder().head().unwrap().basis.as_tensor().clone();
