@@ -130,16 +130,43 @@ fn a_slurm_array_collection_equals_the_local_one() {
         "slow-array",
         &["--emit-slurm", "slow.sbatch", "--slurm-logs", "slow-logs"],
     ));
-    let job = sbatch(&["--parsable", "slow.sbatch"]);
+    // Killed by scancel once it has saved its run state, then submitted again; the new run is killed
+    // and requeued by Slurm once it has resumed.
     let state = tmp.path().join("slow-array/alpha/run-state.safetensors");
-    while !state.exists() {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let until = |what: &dyn Fn() -> bool| {
+        while !what() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let first = sbatch(&["--parsable", "slow.sbatch"]);
+    until(&|| state.exists());
+    run(Command::new("scancel")
+        .env("SLURM_CONF", conf)
+        .arg(format!("{first}_0")));
+    wait(&first);
+    assert!(state.exists(), "killed mid-way, its state kept");
+    let job = sbatch(&["--parsable", "--array=0", "slow.sbatch"]);
+    let log_path = tmp.path().join(format!("slow-logs/{job}_0.out"));
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    until(&|| log().contains("alpha: resuming after step"));
     run(Command::new("scontrol")
         .env("SLURM_CONF", conf)
         .args(["requeue", &format!("{job}_0")]));
+    // A requeued job waits out a begin time of two minutes once pending; let it start at once.
+    let pending = || {
+        let q = run(Command::new("squeue")
+            .env("SLURM_CONF", conf)
+            .args(["-h", "-o", "%T", "-j", &job]));
+        q.trim() == "PENDING"
+    };
+    until(&pending);
+    run(Command::new("scontrol").env("SLURM_CONF", conf).args([
+        "update",
+        &format!("jobid={job}"),
+        "StartTime=now",
+    ]));
     wait(&job);
-    let log = std::fs::read_to_string(tmp.path().join(format!("slow-logs/{job}_0.out"))).unwrap();
+    let log = log();
     assert!(log.contains("alpha: resuming after step"), "{log}");
     run(&mut slow("slow-array", &["--merge"]));
     let (local, array) = (
