@@ -80,6 +80,11 @@ pub struct GeneratorArgs {
     /// Labelled sequences per prompt/checkpoint pair for the SFT loss.
     #[arg(long, default_value_t = GeneratorTrainConfig::default().sft_batch)]
     pub sft_batch: usize,
+    /// Keep the basis head's directions at the training checkpoints' principal directions and learn
+    /// only how the prompts mix them (no optimizer state for them): for collections of hundreds of
+    /// tasks, with a --basis-k near the number of tasks.
+    #[arg(long)]
+    pub freeze_basis: bool,
     /// Data root.
     #[arg(long, env = "DND_DATA", default_value = dnd_tasks::DEFAULT_DATA_DIR)]
     pub data: PathBuf,
@@ -166,6 +171,7 @@ impl GeneratorArgs {
             },
             sft_weight: self.sft_weight,
             sft_batch: self.sft_batch,
+            freeze_basis: self.freeze_basis,
             ..p
         }
     }

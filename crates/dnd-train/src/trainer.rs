@@ -11,7 +11,7 @@ use crate::plot::loss_png;
 use crate::probe::{condition_probe, ConditionProbe};
 use crate::sft::Sft;
 use crate::{io_err, Result, TrainError};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use dnd_decode::{BasisHead, DecoderConfig, GeneratorMeta, Head, HyperConvDecoder};
 use dnd_generate::{condition, draw, with_offset, ConditionNorm, GeneratorInfo};
 use dnd_optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
@@ -87,6 +87,12 @@ pub struct GeneratorTrainConfig {
     /// `sft`, `hybrid`: labelled sequences of the pair's task per pair and update.
     #[serde(default = "four")]
     pub sft_batch: usize,
+    /// Keep the basis head's directions at their start (the training checkpoints' principal
+    /// directions) and learn only how the prompts mix them. With hundreds of tasks the directions
+    /// that hold the tasks' differences number in the hundreds (results/generator/README.md); frozen,
+    /// they cost no optimizer state (two more copies of `K x` an adapter's size) and no update.
+    #[serde(default)]
+    pub freeze_basis: bool,
     pub validate_every: usize,
     pub save_every: usize,
 }
@@ -112,6 +118,7 @@ impl Default for GeneratorTrainConfig {
             objective: Objective::Reconstruction,
             sft_weight: 1.0,
             sft_batch: 4,
+            freeze_basis: false,
             validate_every: 50,
             save_every: 50,
         }
@@ -345,10 +352,10 @@ impl GeneratorTrainer {
                 let decoder =
                     HyperConvDecoder::new(setup.decoder.clone(), DType::F32, config.seed)?;
                 if let Some(head) = decoder.head() {
-                    let rows = basis_rows(&tasks, &train)?;
-                    init_basis(head, rows.iter(), &train_mean, config.residual)?;
+                    let rows = basis_rows(&tasks, &train);
+                    init_basis(head, rows, &train_mean, config.residual)?;
                 }
-                let opt = AdamW::new(decoder.vars(), adamw(&config))?;
+                let opt = AdamW::new(trainable(&decoder, &config), adamw(&config))?;
                 (decoder, opt, Vec::new(), Vec::new())
             }
         };
@@ -799,7 +806,7 @@ fn resume(setup: &Setup, config: &GeneratorTrainConfig) -> Result<Option<Resumed
         )));
     }
     let decoder = HyperConvDecoder::load(&dir, &setup.meta, DType::F32)?;
-    let mut opt = AdamW::new(decoder.vars(), adamw(config))?;
+    let mut opt = AdamW::new(trainable(&decoder, config), adamw(config))?;
     let opt_path = dir.join(OPTIM_FILE);
     if opt_path.is_file() {
         opt.load(&opt_path)?;
@@ -851,25 +858,43 @@ fn split_held_out(tasks: &[TrainingTask], k: usize) -> (Vec<Vec<usize>>, Vec<(us
 }
 
 /// At most this many adapters enter the basis head's principal directions: each is a few million values
-/// and all of them are held at once (128 of SmolLM2's take 1.6 GB).
-const MAX_BASIS_ROWS: usize = 128;
+/// and all of them are held at once (320 of SmolLM2's take 3.9 GB).
+const MAX_BASIS_ROWS: usize = 320;
 
-/// The adapters whose principal directions start the basis head: every training checkpoint, or, when
-/// there are more than [`MAX_BASIS_ROWS`], each task's mean training checkpoint (evenly strided down to
-/// that many tasks): with many tasks the directions that matter are those between tasks.
-fn basis_rows(tasks: &[TrainingTask], train: &[Vec<usize>]) -> Result<Vec<Tensor>> {
+/// The adapters whose principal directions start the basis head, made one at a time: every training
+/// checkpoint, or, when there are more than [`MAX_BASIS_ROWS`], each task's mean training checkpoint
+/// (evenly strided down to that many tasks): with many tasks the directions that matter are those
+/// between tasks.
+fn basis_rows<'a>(
+    tasks: &'a [TrainingTask],
+    train: &'a [Vec<usize>],
+) -> (usize, Box<dyn Iterator<Item = Result<Tensor>> + 'a>) {
     let total: usize = train.iter().map(Vec::len).sum();
     if total <= MAX_BASIS_ROWS {
-        return train
+        let rows = train
             .iter()
             .enumerate()
-            .flat_map(|(t, idx)| idx.iter().map(move |&i| tasks[t].checkpoint(i)))
-            .collect();
+            .flat_map(move |(t, idx)| idx.iter().map(move |&i| tasks[t].checkpoint(i)));
+        return (total, Box::new(rows));
     }
     let stride = tasks.len().div_ceil(MAX_BASIS_ROWS);
-    (0..tasks.len())
+    let rows = (0..tasks.len())
         .step_by(stride)
-        .map(|t| mean_of(train[t].iter().map(|&i| tasks[t].checkpoint(i))))
+        .map(move |t| mean_of(train[t].iter().map(|&i| tasks[t].checkpoint(i))));
+    (tasks.len().div_ceil(stride), Box::new(rows))
+}
+
+/// The decoder's tensors the optimizer updates: all of them, or all but the basis head's directions
+/// (`freeze_basis`).
+fn trainable(decoder: &HyperConvDecoder, config: &GeneratorTrainConfig) -> Vec<Var> {
+    let frozen = decoder
+        .head()
+        .filter(|_| config.freeze_basis)
+        .map(|h| h.basis.as_tensor().id());
+    decoder
+        .vars()
+        .into_iter()
+        .filter(|v| Some(v.as_tensor().id()) != frozen)
         .collect()
 }
 
@@ -878,19 +903,17 @@ fn basis_rows(tasks: &[TrainingTask], train: &[Vec<usize>]) -> Result<Vec<Tensor
 /// one reach them), and its bias at `mean` when the decoder predicts whole tokens (`!residual`).
 /// Directions beyond the checkpoints' rank stay zero. Training then starts in the subspace the
 /// checkpoints span instead of building it from zero at the learning rate's pace.
-fn init_basis<'a>(
+fn init_basis(
     head: &BasisHead,
-    rows: impl Iterator<Item = &'a Tensor>,
+    (n, rows): (usize, impl Iterator<Item = Result<Tensor>>),
     mean: &Tensor,
     residual: bool,
 ) -> Result<()> {
-    let x = Tensor::stack(
-        &rows
-            .map(|t| (t - mean)?.flatten_all())
-            .collect::<candle_core::Result<Vec<_>>>()?,
-        0,
-    )?;
-    let n = x.dim(0)?;
+    // Filled row by row: a list of the rows and their stacked copy would hold them twice.
+    let x = Tensor::zeros((n, mean.elem_count()), DType::F32, mean.device())?;
+    for (i, row) in rows.enumerate() {
+        x.slice_set(&(row? - mean)?.flatten_all()?.unsqueeze(0)?, 0, i)?;
+    }
     let gram = x.matmul(&x.t()?)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
     let k = head.basis.dim(0)?;
     let pairs = gram_eigen(&gram, k);
@@ -1040,13 +1063,19 @@ mod tests {
     fn the_basis_starts_from_every_checkpoint_or_from_the_task_means() {
         let few = vec![task(3, 0.0), task(2, 10.0)];
         let all: Vec<Vec<usize>> = vec![vec![0, 1, 2], vec![0, 1]];
-        assert_eq!(basis_rows(&few, &all).unwrap().len(), 5);
+        let rows = |t, i| {
+            let (n, rows) = basis_rows(t, i);
+            let rows = rows.collect::<Result<Vec<_>>>().unwrap();
+            assert_eq!(rows.len(), n);
+            rows
+        };
+        assert_eq!(rows(&few, &all).len(), 5);
 
-        let many = vec![task(50, 0.0), task(50, 100.0), task(50, 200.0)];
-        let train: Vec<Vec<usize>> = vec![(0..50).collect(); 3];
-        let rows = basis_rows(&many, &train).unwrap();
-        assert_eq!(rows.len(), 3, "150 checkpoints: one mean per task");
-        let first: Vec<f32> = rows[1].flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(first, vec![124.5, 1.0]);
+        let many = vec![task(150, 0.0), task(150, 100.0), task(150, 200.0)];
+        let train: Vec<Vec<usize>> = vec![(0..150).collect(); 3];
+        let means = rows(&many, &train);
+        assert_eq!(means.len(), 3, "450 checkpoints: one mean per task");
+        let first: Vec<f32> = means[1].flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(first, vec![174.5, 1.0]);
     }
 }

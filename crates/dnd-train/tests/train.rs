@@ -180,6 +180,63 @@ fn checkpoints_saved_in_f16_train_through_every_path() {
     assert!(val.is_finite() && own.is_finite() && m.baseline_probe_task_mean.is_some());
 }
 
+/// `freeze_basis`: the basis head's directions stay at their start while the rest of the decoder
+/// learns; a run resumed half-way ends with the same bytes as an uninterrupted one.
+#[test]
+fn a_frozen_basis_stays_at_its_start() {
+    let run = |dir: &Path, stop: Option<usize>| {
+        let (mut s, tasks) = setup(dir);
+        s.decoder = s.decoder.with_head(Head::Basis { k: 4 });
+        let cfg = GeneratorTrainConfig {
+            freeze_basis: true,
+            ..config(10)
+        };
+        let mut t = GeneratorTrainer::open(s, tasks, cfg).unwrap();
+        let start = t
+            .decoder()
+            .head()
+            .unwrap()
+            .basis
+            .as_tensor()
+            .copy()
+            .unwrap();
+        let coef = t
+            .decoder()
+            .head()
+            .unwrap()
+            .coef_w
+            .as_tensor()
+            .copy()
+            .unwrap();
+        let m = t.run(stop, &mut |_, _| {}).unwrap();
+        let head = t.decoder().head().unwrap();
+        (
+            start,
+            coef,
+            head.basis.as_tensor().copy().unwrap(),
+            head.coef_w.as_tensor().copy().unwrap(),
+            m,
+        )
+    };
+    let a = tempfile::tempdir().unwrap();
+    let (start, coef, end, coef_end, m) = run(a.path(), None);
+    assert!(m.complete);
+    assert_eq!(
+        max_abs_diff(&start, &end),
+        0.0,
+        "the directions did not move"
+    );
+    assert!(
+        max_abs_diff(&coef, &coef_end) > 0.0,
+        "the coefficients learned"
+    );
+    let b = tempfile::tempdir().unwrap();
+    run(b.path(), Some(5));
+    let (_, _, end_b, coef_b, _) = run(b.path(), None);
+    assert_eq!(max_abs_diff(&end, &end_b), 0.0);
+    assert_eq!(max_abs_diff(&coef_end, &coef_b), 0.0);
+}
+
 #[test]
 fn an_interrupted_run_resumes_to_the_same_bytes() {
     let a = tempfile::tempdir().unwrap();
