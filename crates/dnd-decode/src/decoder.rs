@@ -129,6 +129,14 @@ impl HyperConvDecoder {
         self.head.as_ref()
     }
 
+    /// Keep the basis head's directions fixed: the forward pass treats them as constants, so
+    /// backpropagation computes no gradient for them (`K x` an adapter's size per update).
+    pub fn freeze_basis(&mut self) {
+        if let Some(h) = &mut self.head {
+            h.frozen = true;
+        }
+    }
+
     /// Every trainable tensor under a stable name (`layers.I.ROLE`, `head.ROLE`).
     pub fn named_vars(&self) -> Vec<(String, Var)> {
         let layers = self.layers.iter().enumerate().flat_map(|(i, l)| {

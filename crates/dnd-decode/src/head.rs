@@ -26,6 +26,8 @@ pub struct BasisHead {
     pub basis: Var,
     /// `[N' H' W']`: the output when every coefficient is zero.
     pub bias: Var,
+    /// The directions are constants of the forward pass (no gradient is computed for them).
+    pub(crate) frozen: bool,
 }
 
 impl BasisHead {
@@ -47,6 +49,7 @@ impl BasisHead {
             coef_b: make("coef.bias", &[k], Init::Zeros)?,
             basis: make("basis", &[k, out], Init::Zeros)?,
             bias: make("bias", &[out], Init::Zeros)?,
+            frozen: false,
         })
     }
 
@@ -72,9 +75,15 @@ impl BasisHead {
     /// `[B, N, H, W] -> [B, N', H', W']`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let b = x.dim(0)?;
+        let basis = self.basis.as_tensor();
+        let basis = if self.frozen {
+            basis.detach()
+        } else {
+            basis.clone()
+        };
         let y = self
             .coefficients(x)?
-            .matmul(self.basis.as_tensor())?
+            .matmul(&basis)?
             .broadcast_add(self.bias.as_tensor())?;
         Ok(y.reshape((b, self.output[0], self.output[1], self.output[2]))?)
     }

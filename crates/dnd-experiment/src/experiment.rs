@@ -477,18 +477,29 @@ fn score_baselines(
     scores.timed("score base", t);
     on_event(Event::Phase("training LoRAs on every target"));
     let t = Instant::now();
-    for set in sets.chunks(1) {
-        let target = &set[0].0.name;
-        let loras = match cfg.score_loras {
+    // Per target, the LoRAs scored on it; then each LoRA once on all its targets (one adapter merge).
+    let on: Vec<Vec<String>> = sets
+        .iter()
+        .map(|(t, _)| match cfg.score_loras {
             None => plan.tasks.clone(),
-            Some(_) => std::iter::once(target.clone())
-                .chain(plan.training_loras(cfg, cosines, target))
+            Some(_) => std::iter::once(t.name.clone())
+                .chain(plan.training_loras(cfg, cosines, &t.name))
                 .collect(),
-        };
-        for task in loras {
-            let last = last_checkpoint(&cfg.collection, &task)?;
-            scores.score(ctx.llm, &RunLabel::Lora(task), Some(&last), set, on_event)?;
+        })
+        .collect();
+    for task in &plan.tasks {
+        let picked: Vec<(Task, Vec<Example>)> = sets
+            .iter()
+            .zip(&on)
+            .filter(|(_, loras)| loras.contains(task))
+            .map(|(set, _)| set.clone())
+            .collect();
+        if picked.is_empty() {
+            continue;
         }
+        let last = last_checkpoint(&cfg.collection, task)?;
+        let label = RunLabel::Lora(task.clone());
+        scores.score(ctx.llm, &label, Some(&last), &picked, on_event)?;
     }
     scores.timed("score training LoRAs", t);
     Ok(())

@@ -349,13 +349,13 @@ impl GeneratorTrainer {
         let (decoder, opt, steps, validations) = match resume(&setup, &config)? {
             Some(resumed) => resumed,
             None => {
-                let decoder =
+                let mut decoder =
                     HyperConvDecoder::new(setup.decoder.clone(), DType::F32, config.seed)?;
                 if let Some(head) = decoder.head() {
                     let rows = basis_rows(&tasks, &train);
                     init_basis(head, rows, &train_mean, config.residual)?;
                 }
-                let opt = AdamW::new(trainable(&decoder, &config), adamw(&config))?;
+                let opt = AdamW::new(trainable(&mut decoder, &config), adamw(&config))?;
                 (decoder, opt, Vec::new(), Vec::new())
             }
         };
@@ -805,8 +805,8 @@ fn resume(setup: &Setup, config: &GeneratorTrainConfig) -> Result<Option<Resumed
             progress.config
         )));
     }
-    let decoder = HyperConvDecoder::load(&dir, &setup.meta, DType::F32)?;
-    let mut opt = AdamW::new(trainable(&decoder, config), adamw(config))?;
+    let mut decoder = HyperConvDecoder::load(&dir, &setup.meta, DType::F32)?;
+    let mut opt = AdamW::new(trainable(&mut decoder, config), adamw(config))?;
     let opt_path = dir.join(OPTIM_FILE);
     if opt_path.is_file() {
         opt.load(&opt_path)?;
@@ -884,9 +884,12 @@ fn basis_rows<'a>(
     (tasks.len().div_ceil(stride), Box::new(rows))
 }
 
-/// The decoder's tensors the optimizer updates: all of them, or all but the basis head's directions
-/// (`freeze_basis`).
-fn trainable(decoder: &HyperConvDecoder, config: &GeneratorTrainConfig) -> Vec<Var> {
+/// The decoder's tensors the optimizer updates: all of them, or, with `freeze_basis`, all but the basis
+/// head's directions, which are then frozen in the decoder too (no gradient computed for them).
+fn trainable(decoder: &mut HyperConvDecoder, config: &GeneratorTrainConfig) -> Vec<Var> {
+    if config.freeze_basis {
+        decoder.freeze_basis();
+    }
     let frozen = decoder
         .head()
         .filter(|_| config.freeze_basis)
