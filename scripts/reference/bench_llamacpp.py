@@ -33,7 +33,9 @@ def main():
     ap.add_argument("--decode-batch", type=int, default=16, help="accepted for dnd's arguments; not measured")
     ap.add_argument("--matmul-shapes", default="", help="accepted for dnd's arguments; not measured")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default="", help="comma-separated measures to run (default: all)")
     args = ap.parse_args()
+    only = set(filter(None, args.only.split(",")))
     # Before llama.cpp loads its OpenMP runtime: spinning threads starve each other on 2 cores.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from llama_cpp import Llama, __version__
@@ -50,13 +52,15 @@ def main():
             llm.reset()
             llm.eval(s)
 
-    forward()
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
+    tok_s = {}
+    if not only or "forward" in only:
         forward()
-        times.append(time.perf_counter() - t)
-    forward_tok_s = args.batch * args.seq / statistics.median(times)
+        times = []
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            forward()
+            times.append(time.perf_counter() - t)
+        tok_s["forward"] = round(args.batch * args.seq / statistics.median(times), 2)
 
     prompt = ids[:args.decode_prompt]
 
@@ -71,13 +75,14 @@ def main():
                 break
         return count
 
-    decode(4)
-    t = time.perf_counter()
-    generated = decode(args.decode_new)
-    decode_tok_s = generated / (time.perf_counter() - t)
+    if not only or "decode_1" in only:
+        decode(4)
+        t = time.perf_counter()
+        generated = decode(args.decode_new)
+        tok_s["decode_1"] = round(generated / (time.perf_counter() - t), 2)
     print(json.dumps({
         "bench": "llama_cpp_reference",
-        "tok_s": {"forward": round(forward_tok_s, 2), "decode_1": round(decode_tok_s, 2)},
+        "tok_s": tok_s,
         "model_file": os.path.basename(args.model),
         "threads": args.threads,
         "version": __version__,

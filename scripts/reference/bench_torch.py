@@ -68,6 +68,7 @@ def main():
     ap.add_argument("--decode-batch", type=int, default=16)
     ap.add_argument("--matmul-shapes", default="", help="m x k x n x count, comma-separated")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default="", help="comma-separated measures to run (default: all)")
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"],
                     help="attention kernel (sdpa = torch's fused one, the fairer speed reference)")
     args = ap.parse_args()
@@ -85,8 +86,14 @@ def main():
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.matmul_shapes.split(",") if s]
     rate = matmul_rate(shapes) if shapes else None
 
+    only = set(filter(None, args.only.split(",")))
+
+    def wants(name):
+        return not only or name in only
+
     with torch.no_grad():
-        tok_s["forward"] = ntok / median_time(lambda: model.model(input_ids=ids), args.steps)
+        if wants("forward"):
+            tok_s["forward"] = ntok / median_time(lambda: model.model(input_ids=ids), args.steps)
 
         def decode(batch):
             prompt = torch.tensor(fixed_ids(batch * args.decode_prompt, cfg.vocab_size))
@@ -99,9 +106,18 @@ def main():
             new = (out.shape[1] - args.decode_prompt) * batch
             return new / (time.perf_counter() - t)
 
-        tok_s["decode_1"] = decode(1)
-        tok_s["decode_batch"] = decode(args.decode_batch)
+        if wants("decode_1"):
+            tok_s["decode_1"] = decode(1)
+        if wants("decode_batch"):
+            tok_s["decode_batch"] = decode(args.decode_batch)
 
+    if wants("lora_train"):
+        tok_s["lora_train"] = lora_train(model, ids, args)
+    report(args, tok_s, rate, load_s)
+
+
+def lora_train(model, ids, args):
+    """tokens/s of a rank-8 LoRA step on every projection, loss on every token."""
     from peft import LoraConfig, get_peft_model
 
     pm = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=list(TARGETS),
@@ -116,8 +132,10 @@ def main():
         out.loss.backward()
         opt.step()
 
-    tok_s["lora_train"] = ntok / median_time(step, args.steps)
+    return ids.numel() / median_time(step, args.steps)
 
+
+def report(args, tok_s, rate, load_s):
     print(json.dumps({
         "bench": "torch_reference",
         "tok_s": {k: round(v, 2) for k, v in tok_s.items()},

@@ -61,6 +61,14 @@ pub struct LlmBenchConfig {
     pub ceiling_seconds: f64,
     /// Without it only dnd is measured.
     pub reference: Option<Reference>,
+    /// The measures to run (names of [`MEASURES`]); empty: all.
+    pub only: Vec<String>,
+}
+
+impl LlmBenchConfig {
+    fn wants(&self, measure: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|m| m == measure)
+    }
 }
 
 /// The decoding measures' shape.
@@ -223,7 +231,7 @@ pub fn flop_per_token(cfg: &ModelConfig, config: &LlmBenchConfig) -> BTreeMap<St
     ])
 }
 
-/// Medians, per-round ratios and shares of every measure some side ran.
+/// Medians, per-round ratios and shares of every measure dnd ran.
 fn summarise(
     rounds: &[Round],
     flop_per_token: &BTreeMap<String, f64>,
@@ -232,11 +240,14 @@ fn summarise(
     let share = |name: &str, tok_s: f64| ceiling.share(flop_per_token[name], tok_s);
     MEASURES
         .iter()
-        .map(|&name| {
+        .filter_map(|&name| {
             let dnd: Vec<f64> = rounds
                 .iter()
                 .filter_map(|r| r.dnd.get(name).copied())
                 .collect();
+            if dnd.is_empty() {
+                return None;
+            }
             let dnd_tok_s = median(&dnd);
             let mut references = BTreeMap::new();
             let sides: std::collections::BTreeSet<&String> =
@@ -266,12 +277,12 @@ fn summarise(
                     },
                 );
             }
-            Measure {
+            Some(Measure {
                 name: name.into(),
                 dnd_tok_s,
                 dnd_share: share(name, dnd_tok_s),
                 references,
-            }
+            })
         })
         .collect()
 }
@@ -286,24 +297,32 @@ fn measure_dnd(
     let ntok = (config.batch * config.seq) as f64;
     let ids = crate::fixed_ids(config.batch * config.seq, model.config().vocab_size);
     let ids_t = Tensor::from_vec(ids.clone(), (config.batch, config.seq), &Device::Cpu)?;
-    tracing::info!("dnd: forward");
-    let (forward_s, _) = median_time(config.steps, || {
-        model.hidden(&ids_t, None, None)?;
-        Ok(())
-    })?;
-    tracing::info!("dnd: LoRA training step");
-    let train_s = lora_train(llm, &ids, config)?;
-    tracing::info!("dnd: decoding");
     let d = config.decode;
-    let mut out = BTreeMap::from([
-        ("forward".to_string(), ntok / forward_s),
-        ("lora_train".to_string(), ntok / train_s),
-        ("decode_1".to_string(), decode(model, d, 1)?),
-        ("decode_batch".to_string(), decode(model, d, d.batch)?),
-    ]);
-    if let Some(q) = quantized {
-        out.insert("decode_1_quantized".into(), decode(q, d, 1)?);
-        out.insert("decode_batch_quantized".into(), decode(q, d, d.batch)?);
+    let mut out = BTreeMap::new();
+    for &name in MEASURES.iter().filter(|m| config.wants(m)) {
+        tracing::info!("dnd: {name}");
+        let tok_s = match name {
+            "forward" => {
+                let (forward_s, _) = median_time(config.steps, || {
+                    model.hidden(&ids_t, None, None)?;
+                    Ok(())
+                })?;
+                ntok / forward_s
+            }
+            "lora_train" => ntok / lora_train(llm, &ids, config)?,
+            "decode_1" => decode(model, d, 1)?,
+            "decode_batch" => decode(model, d, d.batch)?,
+            _ => {
+                let Some(q) = quantized else { continue };
+                let batch = if name == "decode_1_quantized" {
+                    1
+                } else {
+                    d.batch
+                };
+                decode(q, d, batch)?
+            }
+        };
+        out.insert(name.to_string(), tok_s);
     }
     Ok(out)
 }
@@ -373,6 +392,12 @@ fn reference_args(config: &LlmBenchConfig, shapes: &[ceiling::Shape]) -> Vec<Str
         .map(|s| format!("{}x{}x{}x{}", s.m, s.k, s.n, s.per_forward))
         .collect();
     v.extend(["--matmul-shapes".to_string(), shapes.join(",")]);
+    if !config.only.is_empty() {
+        let mut wanted: Vec<&str> = config.only.iter().map(|m| reference_measure(m)).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        v.extend(["--only".to_string(), wanted.join(",")]);
+    }
     v
 }
 
@@ -496,9 +521,8 @@ mod tests {
         assert_eq!(t.tok_s, 50.0);
         // 90 tok/s x 1 GFLOP per token of a 200 GFLOP/s ceiling.
         assert!((fwd.dnd_share - 0.45).abs() < 1e-12);
-        // No side measured decoding: no reference entry, a NaN median (null in the file).
-        let dec = m.iter().find(|m| m.name == "decode_1").unwrap();
-        assert!(dec.references.is_empty() && dec.dnd_tok_s.is_nan());
+        // dnd did not measure decoding (`--only forward`): no row for it.
+        assert_eq!(m.len(), 1);
         // dnd's quantised decoding is compared with the reference's plain decoding.
         let rounds = [round(
             &[("decode_1_quantized", 30.0)],
@@ -525,6 +549,7 @@ mod tests {
             },
             ceiling_seconds: 0.0,
             reference: None,
+            only: Vec::new(),
         };
         let f = flop_per_token(&cfg, &config);
         let head = 2.0 * 576.0 * 49152.0;
@@ -552,6 +577,7 @@ mod tests {
             },
             ceiling_seconds: 0.0,
             reference: None,
+            only: Vec::new(),
         };
         let shapes = crate::ceiling::model_shapes(&crate::ceiling::tests::smollm2(), 8, 0);
         let a = reference_args(&config, &shapes).join(" ");
@@ -567,5 +593,16 @@ mod tests {
             a.ends_with("--matmul-shapes 8x576x576x60,8x576x192x60,8x576x1536x60,8x1536x576x30"),
             "{a}"
         );
+        // `--only` asks the references for the plain measures behind dnd's quantised ones, once.
+        let config = LlmBenchConfig {
+            only: vec![
+                "decode_1".into(),
+                "decode_1_quantized".into(),
+                "forward".into(),
+            ],
+            ..config
+        };
+        let a = reference_args(&config, &shapes).join(" ");
+        assert!(a.ends_with("--only decode_1,forward"), "{a}");
     }
 }

@@ -71,7 +71,8 @@ enum Command {
     Fetch(fetch::Args),
     /// Describe a model file or directory: architecture, sizes, tensor types.
     Info(info::Args),
-    /// Greedy text generation, for a quick sanity check of a model (and adapter).
+    /// Text generation, greedy or sampled (`--temperature`, `--top-k`, `--top-p`, `--seed`), with
+    /// or without an adapter.
     GenerateText(text::GenerateArgs),
     /// Log-likelihood of continuations given contexts, from a JSONL file.
     Score(text::ScoreArgs),

@@ -2,7 +2,7 @@
 
 use crate::common::{load_adapter, ModelArg};
 use anyhow::{bail, Context, Result};
-use dnd_llm::score::{encode_pair, generate_greedy, loglikelihood};
+use dnd_llm::score::{encode_pair, generate_batch, loglikelihood, Sampling};
 use dnd_llm::ChatMessage;
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -27,6 +27,18 @@ pub struct GenerateArgs {
     /// (results/bench/README.md), so outputs may too.
     #[arg(long)]
     quantized: bool,
+    /// Sample at this temperature instead of decoding greedily (0).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Sample among the k likeliest tokens only (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Sample from the smallest set of tokens whose probability reaches p.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Seed of the sampler: the same seed gives the same text.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
@@ -53,14 +65,22 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         Some(l) if !args.quantized => (llm.model.merged(l)?, None),
         _ => (llm.model.clone(), lora.as_ref()),
     };
-    let out = generate_greedy(
+    let sampling = Sampling {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    let out = generate_batch(
         &model,
         lora,
-        &ids,
+        &[ids],
+        &[sampling],
         args.max_new_tokens,
         llm.tokenizer.eos_ids(),
-        &|_| false,
-    )?;
+        &|_, _| false,
+    )?
+    .remove(0);
     let secs = t.elapsed().as_secs_f64();
     println!("{}", llm.tokenizer.decode(&out, true)?);
     tracing::info!(

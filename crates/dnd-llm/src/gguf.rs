@@ -221,7 +221,6 @@ impl GgufFile {
                 continue;
             }
             let q = self.qtensor(&name)?;
-            let q = fast_blocks(q).map_err(|e| self.bad_tensor(&name, e))?;
             let q = match rope_heads(cfg, &name) {
                 Some(heads) => unpermute_rows(&q, heads).map_err(|e| self.bad_tensor(&name, e))?,
                 None => q,
@@ -229,19 +228,6 @@ impl GgufFile {
             out.insert(hf, q);
         }
         Ok(out)
-    }
-}
-
-/// `q` in a block type candle multiplies with SIMD kernels: Q4_1, Q5_0 and Q5_1 have only scalar ones
-/// (candle 0.11: `vec_dot_unopt`, half of a decoding step's samples), so they are requantised to Q8_0,
-/// twice their bytes and a rounding step of at most 1/254 of a block's largest weight on top of theirs.
-fn fast_blocks(q: QTensor) -> candle_core::Result<QTensor> {
-    use candle_core::quantized::GgmlDType;
-    match q.dtype() {
-        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
-            QTensor::quantize(&q.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)
-        }
-        _ => Ok(q),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod lora;
 pub mod model;
 mod ops;
 pub mod peft;
+mod qmatmul;
 pub mod score;
 pub mod tokenizer;
 pub mod train;

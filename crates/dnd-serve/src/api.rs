@@ -157,6 +157,7 @@ impl AppState {
             input: c.input,
             max_tokens: c.max_tokens,
             stop: c.stop,
+            sampling: c.sampling,
         })?;
         Ok((c.model, c.stream, events))
     }

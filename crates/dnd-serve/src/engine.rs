@@ -6,7 +6,7 @@
 
 use crate::adapters::{AdapterMeta, AdapterStore};
 use crate::error::{ApiError, ApiResult};
-use dnd_llm::score::generate_greedy_batch;
+use dnd_llm::score::{generate_batch, Sampling};
 use dnd_llm::{ChatMessage, Llm, Lora};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -39,6 +39,7 @@ pub struct Completion {
     pub input: Input,
     pub max_tokens: usize,
     pub stop: Vec<String>,
+    pub sampling: Sampling,
 }
 
 /// What a completion streams back.
@@ -228,10 +229,12 @@ impl Worker {
             .collect();
         let prompts: Vec<Vec<u32>> = seqs.iter().map(|s| s.1.clone()).collect();
         let max_new = seqs.iter().map(|s| s.0.max_tokens).max().unwrap_or(0);
-        let out = generate_greedy_batch(
+        let sampling: Vec<Sampling> = seqs.iter().map(|s| s.0.sampling).collect();
+        let out = generate_batch(
             &llm.model,
             lora.as_deref(),
             &prompts,
+            &sampling,
             max_new,
             tok.eos_ids(),
             &|i, out| streams[i].step(tok, out) || out.len() >= seqs[i].0.max_tokens,

@@ -16,15 +16,20 @@ pub(crate) struct Checked {
     pub input: Input,
     pub max_tokens: usize,
     pub stop: Vec<String>,
+    pub sampling: dnd_llm::score::Sampling,
     pub stream: bool,
 }
 
-/// Fields OpenAI clients send that change the output; dnd decodes greedily, one choice per request,
-/// so anything else is refused rather than ignored.
+/// Fields OpenAI clients send that change the output. Decoding is greedy unless `temperature` > 0
+/// (dnd's default is 0, OpenAI's 1: the same request gives the same text); sampled requests without
+/// a `seed` get a random one. `top_k` is the extension vLLM and llama.cpp's server accept. One choice
+/// per request, no log-probabilities: anything else is refused rather than ignored.
 #[derive(Deserialize)]
 pub(crate) struct Sampling {
     temperature: Option<f64>,
     top_p: Option<f64>,
+    top_k: Option<u64>,
+    seed: Option<u64>,
     n: Option<u64>,
     logprobs: Option<Value>,
     echo: Option<bool>,
@@ -36,15 +41,23 @@ pub(crate) struct Sampling {
 }
 
 impl Sampling {
+    /// The decoding settings, checked.
+    fn sampling(&self) -> ApiResult<dnd_llm::score::Sampling> {
+        if self.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+            return Err(ApiError::bad_request("temperature: from 0 to 2"));
+        }
+        if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+            return Err(ApiError::bad_request("top_p: above 0 and at most 1"));
+        }
+        Ok(dnd_llm::score::Sampling {
+            temperature: self.temperature.unwrap_or(0.0),
+            top_k: self.top_k.unwrap_or(0).min(usize::MAX as u64) as usize,
+            top_p: self.top_p.unwrap_or(1.0),
+            seed: self.seed.unwrap_or_else(rand::random),
+        })
+    }
+
     fn check(&self, limits: &Limits) -> ApiResult<(usize, Vec<String>)> {
-        if self.temperature.is_some_and(|t| t != 0.0) {
-            return Err(ApiError::bad_request(
-                "temperature: dnd serve decodes greedily; send 0 or leave it out",
-            ));
-        }
-        if self.top_p.is_some_and(|p| p != 1.0) {
-            return Err(ApiError::bad_request("top_p: only 1 (greedy decoding)"));
-        }
         if self.n.is_some_and(|n| n != 1) {
             return Err(ApiError::bad_request("n: one choice per request"));
         }
@@ -123,6 +136,7 @@ impl CompletionRequest {
             input: Input::Text(prompt),
             max_tokens,
             stop,
+            sampling: self.sampling.sampling()?,
             stream: self.sampling.stream,
         })
     }
@@ -155,6 +169,7 @@ impl ChatRequest {
             input: Input::Chat(messages),
             max_tokens,
             stop,
+            sampling: self.sampling.sampling()?,
             stream: self.sampling.stream,
         })
     }

@@ -145,6 +145,23 @@ async fn completions_chat_and_streaming() {
         "{full:?} stopped at {stop:?}"
     );
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // Sampling with a seed: the same text for the same seed, other texts for other seeds;
+    // temperature 0 is the greedy text.
+    let mut sampled = Vec::new();
+    for (t, seed) in [(0.0, 0), (2.0, 0), (2.0, 0)]
+        .into_iter()
+        .chain((1..20).map(|s| (2.0, s)))
+    {
+        let body = json!({"model": "tiny", "prompt": "abc", "max_tokens": 8, "temperature": t,
+                          "seed": seed});
+        let (s, v) = json_call(&app, "POST", "/v1/completions", Some(KEY), Some(body)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        sampled.push(v["choices"][0]["text"].as_str().unwrap().to_string());
+    }
+    assert_eq!(sampled[0], full);
+    assert_eq!(sampled[1], sampled[2]);
+    let distinct: std::collections::BTreeSet<&String> = sampled[1..].iter().collect();
+    assert!(distinct.len() > 1, "{distinct:?}");
     let (s, v) = json_call(
         &app,
         "POST",
@@ -370,7 +387,7 @@ async fn bad_requests_get_clear_4xx_and_the_server_keeps_serving() {
             "POST",
             "/v1/completions",
             Some(KEY),
-            Some(json!({"model": "tiny", "prompt": "x", "temperature": 0.8}).to_string()),
+            Some(json!({"model": "tiny", "prompt": "x", "temperature": 2.5}).to_string()),
             StatusCode::BAD_REQUEST,
             "temperature",
         ),

@@ -34,6 +34,10 @@ pub struct Args {
     ceiling_seconds: f64,
     #[command(flatten)]
     reference: ReferenceArgs,
+    /// Run only these measures (comma-separated: forward, lora_train, decode_1, decode_batch,
+    /// decode_1_quantized, decode_batch_quantized); the references run the matching ones.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(dnd_bench::llm::MEASURES))]
+    only: Vec<String>,
     /// Result file (JSON); a Markdown table goes to stdout. Default:
     /// `results/bench/llm-<model>.json`.
     #[arg(long)]
@@ -54,6 +58,7 @@ pub fn run(a: Args) -> Result<()> {
         },
         ceiling_seconds: a.ceiling_seconds,
         reference: a.reference.reference(),
+        only: a.only,
     })?;
     let out = a.out.unwrap_or_else(|| {
         let name = std::path::Path::new(&a.model.model)

@@ -1,0 +1,548 @@
+//! Inference products on a GGUF's 4- and 8-bit blocks with AVX-512 VNNI, without dequantising.
+//!
+//! Why our own kernels and not candle's: candle 0.11's CPU kernels for Q4_1 (SmolLM2's projections),
+//! Q5_0 and Q5_1 are scalar, its AVX-512 VNNI tiles need `k` to be a multiple of 256 (SmolLM2's hidden
+//! size is 576, Qwen2.5-0.5B's 896), and its per-row vector dots read each weight block once per
+//! input row: a batch of 16 decoding sequences read the weights 16 times and ran slower than f32
+//! (results/bench/README.md). Decoding one sequence is bound by the bytes of weight read per token, so
+//! the blocks should be read once per product, at their own size.
+//!
+//! A weight `[n, k]` is repacked once into tiles of [`TILE`] output rows by 32 inputs: unsigned 4- or
+//! 8-bit values `q` with one f16 scale `d` and offset `m` per row and block (`w = d q + m`), laid out
+//! so that one 64-byte load holds 4 consecutive inputs of each of the 16 rows. An input row is
+//! quantised to signed 8 bits per block of 32 (`x ≈ dx qx`, as llama.cpp does), and one `vpdpbusd`
+//! multiplies a load by 4 broadcast inputs into 16 row sums: no horizontal reductions, and each tile is
+//! read once for up to [`ROWS`] input rows at a time. Per block,
+//! `Σ w x ≈ d dx Σ q qx + m (dx Σ qx)`.
+//!
+//! Exact repacking (the same weights as the file's): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0. Q4_K's sub-block
+//! scales `d·sc` and offsets `dmin·mn` are rounded to f16 (a relative 2^-11 of each scale, far below
+//! its 4-bit steps). Other types (Q6_K, Q2_K, ...) are left to candle.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use half::f16;
+
+/// Output rows per tile: one 512-bit register of 32-bit sums.
+pub(crate) const TILE: usize = 16;
+/// Inputs per block, the GGUF block size of every type packed here.
+const BLOCK: usize = 32;
+/// Input rows multiplied per pass over a tile (accumulators kept in registers).
+const ROWS: usize = 4;
+
+/// How many bits each packed value has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bits {
+    Four,
+    Eight,
+}
+
+impl Bits {
+    /// Bytes of values of one tile and block; the 16 f16 scales and 16 f16 offsets follow them.
+    fn value_bytes(self) -> usize {
+        match self {
+            Bits::Four => TILE * BLOCK / 2,
+            Bits::Eight => TILE * BLOCK,
+        }
+    }
+
+    fn block_bytes(self) -> usize {
+        self.value_bytes() + 4 * TILE
+    }
+}
+
+/// One row's block as unsigned values with `w = d q + m`.
+struct Block {
+    d: f32,
+    m: f32,
+    q: [u8; BLOCK],
+}
+
+/// A frozen weight `[n, k]` repacked for [`Packed::matmul`].
+pub(crate) struct Packed {
+    bits: Bits,
+    n: usize,
+    k: usize,
+    data: Vec<u8>,
+}
+
+/// Whether this CPU runs the packed kernels.
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+impl Packed {
+    /// Repack `q` (`[n, k]`, rows of GGUF blocks), or `None` when its block type is not one packed here,
+    /// `k` is not a whole number of blocks, or the CPU lacks AVX-512 VNNI.
+    pub(crate) fn new(q: &QTensor) -> candle_core::Result<Option<Self>> {
+        let (n, k) = q.shape().dims2()?;
+        let bits = match q.dtype() {
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q4K => Bits::Four,
+            GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_0 => Bits::Eight,
+            _ => return Ok(None),
+        };
+        if !available() || k % q.dtype().block_size() != 0 || k == 0 {
+            return Ok(None);
+        }
+        let raw = q.data()?;
+        let (row_bytes, kb) = (raw.len() / n, k / BLOCK);
+        let dtype = q.dtype();
+        let block = |r: usize, b: usize| -> Block {
+            let row = &raw[r * row_bytes..(r + 1) * row_bytes];
+            decode(dtype, row, b)
+        };
+        Ok(Some(Self::pack(bits, n, k, kb, block)))
+    }
+
+    /// Lay out every row's blocks tile by tile; rows past `n` in the last tile are zero.
+    fn pack(
+        bits: Bits,
+        n: usize,
+        k: usize,
+        kb: usize,
+        block: impl Fn(usize, usize) -> Block,
+    ) -> Self {
+        let tiles = n.div_ceil(TILE);
+        let bb = bits.block_bytes();
+        let mut data = vec![0u8; tiles * kb * bb];
+        for t in 0..tiles {
+            for b in 0..kb {
+                let out = &mut data[(t * kb + b) * bb..][..bb];
+                for r in 0..TILE.min(n - t * TILE) {
+                    let blk = block(t * TILE + r, b);
+                    place(bits, out, r, &blk.q);
+                    let scales = bits.value_bytes();
+                    out[scales + 2 * r..][..2].copy_from_slice(&f16::from_f32(blk.d).to_le_bytes());
+                    out[scales + 2 * (TILE + r)..][..2]
+                        .copy_from_slice(&f16::from_f32(blk.m).to_le_bytes());
+                }
+            }
+        }
+        Self { bits, n, k, data }
+    }
+
+    /// Output rows `n` of the weight.
+    pub(crate) fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// `x [m, k]` (row-major) times the weight's transpose: `[m, n]`, on candle's thread pool.
+    pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let acts = Activations::quantize(x, m, self.k);
+        let mut out = vec![0f32; m * self.n];
+        let tiles = self.n.div_ceil(TILE);
+        let out_ptr = out.as_mut_ptr() as usize;
+        candle_core::utils::barrier_pool().execute_chunked(tiles, |range| {
+            for t in range {
+                // SAFETY: tile `t` writes only columns t*16..t*16+16 of each output row, so the
+                // workers' writes are disjoint, and `out` outlives the pool call.
+                unsafe { self.tile(t, &acts, out_ptr as *mut f32) }
+            }
+        });
+        out
+    }
+
+    /// All input rows against tile `t`, written to their columns of `out` (`[m, n]`).
+    ///
+    /// # Safety
+    /// `out` must hold `acts.m * self.n` floats, and no other thread may write tile `t`'s columns.
+    unsafe fn tile(&self, t: usize, acts: &Activations, out: *mut f32) {
+        let kb = self.k / BLOCK;
+        let bb = self.bits.block_bytes();
+        let tile = &self.data[t * kb * bb..(t + 1) * kb * bb];
+        let cols = TILE.min(self.n - t * TILE);
+        let mut row = 0;
+        while row < acts.m {
+            let r = ROWS.min(acts.m - row);
+            let mut sums = [[0f32; TILE]; ROWS];
+            #[cfg(target_arch = "x86_64")]
+            kernel::run(self.bits, tile, kb, acts, row, r, &mut sums);
+            for (i, s) in sums.iter().take(r).enumerate() {
+                // SAFETY: row `row + i` < m and columns t*16..t*16+cols < n lie inside `out`.
+                unsafe {
+                    let dst = out.add((row + i) * self.n + t * TILE);
+                    std::ptr::copy_nonoverlapping(s.as_ptr(), dst, cols);
+                }
+            }
+            row += r;
+        }
+    }
+}
+
+/// Write one row's 32 values into a tile's value bytes: byte `64 j + 4 r + i` holds inputs
+/// `4 j + i` (8-bit: `j` < 8; 4-bit: the low nibble, with input `16 + 4 j + i` in the high one, `j` < 4).
+fn place(bits: Bits, out: &mut [u8], r: usize, q: &[u8; BLOCK]) {
+    match bits {
+        Bits::Eight => {
+            for (c, &v) in q.iter().enumerate() {
+                out[64 * (c / 4) + 4 * r + c % 4] = v;
+            }
+        }
+        Bits::Four => {
+            for c in 0..16 {
+                out[64 * (c / 4) + 4 * r + c % 4] = q[c] | (q[c + 16] << 4);
+            }
+        }
+    }
+}
+
+/// Block `b` (of 32 inputs) of one GGUF row, as unsigned values, scale and offset.
+fn decode(dtype: GgmlDType, row: &[u8], b: usize) -> Block {
+    let h = |bytes: &[u8]| f16::from_le_bytes([bytes[0], bytes[1]]).to_f32();
+    let nibbles = |qs: &[u8]| -> [u8; BLOCK] {
+        std::array::from_fn(|i| if i < 16 { qs[i] & 15 } else { qs[i - 16] >> 4 })
+    };
+    match dtype {
+        GgmlDType::Q4_0 => {
+            let p = &row[b * 18..];
+            let d = h(p);
+            Block {
+                d,
+                m: -8.0 * d,
+                q: nibbles(&p[2..18]),
+            }
+        }
+        GgmlDType::Q4_1 => {
+            let p = &row[b * 20..];
+            Block {
+                d: h(p),
+                m: h(&p[2..]),
+                q: nibbles(&p[4..20]),
+            }
+        }
+        GgmlDType::Q8_0 => {
+            let p = &row[b * 34..];
+            let d = h(p);
+            let q = std::array::from_fn(|i| (p[2 + i] as i8 as i16 + 128) as u8);
+            Block {
+                d,
+                m: -128.0 * d,
+                q,
+            }
+        }
+        GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
+            let (size, off) = if dtype == GgmlDType::Q5_0 {
+                (22, 2)
+            } else {
+                (24, 4)
+            };
+            let p = &row[b * size..];
+            let d = h(p);
+            let m = if dtype == GgmlDType::Q5_0 {
+                -16.0 * d
+            } else {
+                h(&p[2..])
+            };
+            let qh = u32::from_le_bytes([p[off], p[off + 1], p[off + 2], p[off + 3]]);
+            let low = nibbles(&p[off + 4..off + 20]);
+            let q = std::array::from_fn(|i| low[i] | ((((qh >> i) & 1) as u8) << 4));
+            Block { d, m, q }
+        }
+        GgmlDType::Q4K => {
+            // 256 inputs per super-block: 8 sub-blocks of 32, each a 6-bit scale and minimum.
+            let p = &row[(b / 8) * 144..];
+            let (j, d, dmin) = (b % 8, h(p), h(&p[2..]));
+            let (sc, mn) = scale_min_k4(j, &p[4..16]);
+            let qs = &p[16 + 32 * (j / 2)..][..32];
+            let q = std::array::from_fn(|i| if j % 2 == 0 { qs[i] & 15 } else { qs[i] >> 4 });
+            Block {
+                d: d * sc as f32,
+                m: -dmin * mn as f32,
+                q,
+            }
+        }
+        other => unreachable!("Packed::new admits no {other:?}"),
+    }
+}
+
+/// Q4_K's 6-bit scale and minimum of sub-block `j` from its 12 packed bytes (ggml's layout).
+fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        (
+            (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Input rows quantised to signed 8 bits per block of 32: `x ≈ d q`, with `d Σ q` per block for the
+/// weights' offsets.
+struct Activations {
+    m: usize,
+    k: usize,
+    q: Vec<i8>,
+    d: Vec<f32>,
+    dsum: Vec<f32>,
+}
+
+impl Activations {
+    fn quantize(x: &[f32], m: usize, k: usize) -> Self {
+        let kb = k / BLOCK;
+        let mut q = vec![0i8; m * k];
+        let (mut d, mut dsum) = (vec![0f32; m * kb], vec![0f32; m * kb]);
+        for (blk, (xs, qs)) in x
+            .chunks_exact(BLOCK)
+            .zip(q.chunks_exact_mut(BLOCK))
+            .enumerate()
+        {
+            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut sum = 0i32;
+            for (o, &v) in qs.iter_mut().zip(xs) {
+                *o = (v * inv).round() as i8;
+                sum += *o as i32;
+            }
+            d[blk] = scale;
+            dsum[blk] = scale * sum as f32;
+        }
+        Self { m, k, q, d, dsum }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod kernel {
+    use super::{Activations, Bits, BLOCK, ROWS, TILE};
+    use std::arch::x86_64::*;
+
+    /// Rows `row..row + r` (`r` <= [`ROWS`]) of `acts` against one tile's `kb` blocks.
+    pub(super) fn run(
+        bits: Bits,
+        tile: &[u8],
+        kb: usize,
+        acts: &Activations,
+        row: usize,
+        r: usize,
+        sums: &mut [[f32; TILE]; ROWS],
+    ) {
+        assert!(tile.len() >= kb * bits.block_bytes() && row + r <= acts.m && acts.k == kb * BLOCK);
+        // SAFETY: `Packed::new` builds tiles only where `available()` holds; the bounds are checked
+        // above, and the kernels read only `kb` blocks of the tile and of rows `row..row + r`.
+        unsafe {
+            match (bits, r) {
+                (Bits::Four, 1) => blocks::<true, 1>(tile, kb, acts, row, sums),
+                (Bits::Four, 2) => blocks::<true, 2>(tile, kb, acts, row, sums),
+                (Bits::Four, 3) => blocks::<true, 3>(tile, kb, acts, row, sums),
+                (Bits::Four, _) => blocks::<true, 4>(tile, kb, acts, row, sums),
+                (Bits::Eight, 1) => blocks::<false, 1>(tile, kb, acts, row, sums),
+                (Bits::Eight, 2) => blocks::<false, 2>(tile, kb, acts, row, sums),
+                (Bits::Eight, 3) => blocks::<false, 3>(tile, kb, acts, row, sums),
+                (Bits::Eight, _) => blocks::<false, 4>(tile, kb, acts, row, sums),
+            }
+        }
+    }
+
+    /// The 4 inputs at `i` of a quantised row, broadcast to every 32-bit lane.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn inputs(q: *const i8, i: usize) -> __m512i {
+        // SAFETY: the caller passes an index with 4 bytes of the row after it.
+        _mm512_set1_epi32(unsafe { std::ptr::read_unaligned(q.add(i) as *const i32) })
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn blocks<const FOUR: bool, const R: usize>(
+        tile: &[u8],
+        kb: usize,
+        acts: &Activations,
+        row: usize,
+        sums: &mut [[f32; TILE]; ROWS],
+    ) {
+        // SAFETY: `run` checked that the tile holds `kb` blocks and the rows exist.
+        unsafe {
+            let bits = if FOUR { Bits::Four } else { Bits::Eight };
+            let (bb, vb) = (bits.block_bytes(), bits.value_bytes());
+            let nibble = _mm512_set1_epi8(15);
+            let xq: [*const i8; R] =
+                std::array::from_fn(|i| acts.q.as_ptr().add((row + i) * acts.k));
+            let xd: [*const f32; R] = std::array::from_fn(|i| acts.d.as_ptr().add((row + i) * kb));
+            let xs: [*const f32; R] =
+                std::array::from_fn(|i| acts.dsum.as_ptr().add((row + i) * kb));
+            let mut acc = [_mm512_setzero_ps(); R];
+            for b in 0..kb {
+                let p = tile.as_ptr().add(b * bb);
+                // Two independent chains per row: vpdpbusd's latency would otherwise bound one row.
+                let mut even = [_mm512_setzero_si512(); R];
+                let mut odd = [_mm512_setzero_si512(); R];
+                let base = b * BLOCK;
+                if FOUR {
+                    for j in 0..4 {
+                        let v = _mm512_loadu_si512(p.add(64 * j) as *const _);
+                        let lo = _mm512_and_si512(v, nibble);
+                        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble);
+                        for i in 0..R {
+                            even[i] = _mm512_dpbusd_epi32(even[i], lo, inputs(xq[i], base + 4 * j));
+                            odd[i] =
+                                _mm512_dpbusd_epi32(odd[i], hi, inputs(xq[i], base + 16 + 4 * j));
+                        }
+                    }
+                } else {
+                    for j in (0..8).step_by(2) {
+                        let v0 = _mm512_loadu_si512(p.add(64 * j) as *const _);
+                        let v1 = _mm512_loadu_si512(p.add(64 * (j + 1)) as *const _);
+                        for i in 0..R {
+                            even[i] = _mm512_dpbusd_epi32(even[i], v0, inputs(xq[i], base + 4 * j));
+                            odd[i] =
+                                _mm512_dpbusd_epi32(odd[i], v1, inputs(xq[i], base + 4 * j + 4));
+                        }
+                    }
+                }
+                let d = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(vb) as *const _));
+                let m = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(vb + 32) as *const _));
+                for i in 0..R {
+                    let s = _mm512_cvtepi32_ps(_mm512_add_epi32(even[i], odd[i]));
+                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(*xd[i].add(b)));
+                    acc[i] = _mm512_fmadd_ps(s, scale, acc[i]);
+                    acc[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(*xs[i].add(b)), acc[i]);
+                }
+            }
+            for i in 0..R {
+                _mm512_storeu_ps(sums[i].as_mut_ptr(), acc[i]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn seeded(n: usize, k: usize, seed: f32) -> Vec<f32> {
+        (0..n * k)
+            .map(|i| ((i as f32 + 1.0) * (seed + 0.37) * 12.9898).sin() * (1.0 + (i % 7) as f32))
+            .collect()
+    }
+
+    /// The packed tiles, read back as f32 weights `[n, k]`.
+    fn unpack(p: &Packed) -> Vec<f32> {
+        let (kb, bb, vb) = (p.k / BLOCK, p.bits.block_bytes(), p.bits.value_bytes());
+        let mut w = vec![0f32; p.n * p.k];
+        for r in 0..p.n {
+            let (t, rr) = (r / TILE, r % TILE);
+            for b in 0..kb {
+                let blk = &p.data[(t * kb + b) * bb..][..bb];
+                let h = |o: usize| f16::from_le_bytes([blk[o], blk[o + 1]]).to_f32();
+                let (d, m) = (h(vb + 2 * rr), h(vb + 2 * (TILE + rr)));
+                for c in 0..BLOCK {
+                    let q = match p.bits {
+                        Bits::Eight => blk[64 * (c / 4) + 4 * rr + c % 4],
+                        Bits::Four => {
+                            let byte = blk[64 * ((c % 16) / 4) + 4 * rr + c % 4];
+                            if c < 16 {
+                                byte & 15
+                            } else {
+                                byte >> 4
+                            }
+                        }
+                    };
+                    w[r * p.k + b * BLOCK + c] = d * q as f32 + m;
+                }
+            }
+        }
+        w
+    }
+
+    fn quantized(dtype: GgmlDType, n: usize, k: usize) -> (QTensor, Vec<f32>) {
+        let w = Tensor::from_vec(seeded(n, k, 1.0), (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        let dq = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        (q, dq)
+    }
+
+    /// Repacking keeps every weight of the file: exactly for the block types whose scales are f16
+    /// already, within f16 rounding of the sub-block scales for Q4_K.
+    #[test]
+    fn repacked_tiles_hold_the_files_weights() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI, so nothing is packed");
+            return;
+        }
+        for (dtype, tol) in [
+            (GgmlDType::Q4_0, 0.0),
+            (GgmlDType::Q4_1, 0.0),
+            (GgmlDType::Q5_0, 0.0),
+            (GgmlDType::Q5_1, 0.0),
+            (GgmlDType::Q8_0, 0.0),
+            (GgmlDType::Q4K, 4e-3),
+        ] {
+            // 37 rows: two whole tiles and a partial one.
+            let (q, dq) = quantized(dtype, 37, 512);
+            let p = Packed::new(&q).unwrap().expect("packed");
+            let w = unpack(&p);
+            let worst = w
+                .iter()
+                .zip(&dq)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            let scale = dq.iter().fold(0f32, |a, v| a.max(v.abs()));
+            assert!(worst <= tol * scale, "{dtype:?}: worst {worst} of {scale}");
+        }
+    }
+
+    /// The kernels against f32 products with the file's dequantised weights (candle's dequantiser):
+    /// the only difference is the inputs' 8-bit rounding, at most 1/254 of each block's largest input.
+    #[test]
+    fn packed_products_match_the_dequantised_weights() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI, so nothing is packed");
+            return;
+        }
+        for dtype in [
+            GgmlDType::Q4_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q5_0,
+            GgmlDType::Q4K,
+        ] {
+            let (n, k) = (40, 768);
+            let (q, dq) = quantized(dtype, n, k);
+            let p = Packed::new(&q).unwrap().unwrap();
+            for m in [1, 3, 4, 6, 9] {
+                let x = seeded(m, k, 2.0 + m as f32);
+                let y = p.matmul(&x, m);
+                assert_eq!(y.len(), m * n);
+                for i in 0..m {
+                    let xi = &x[i * k..(i + 1) * k];
+                    for c in 0..n {
+                        let wc = &dq[c * k..(c + 1) * k];
+                        let exact: f32 = xi.iter().zip(wc).map(|(a, b)| a * b).sum();
+                        // Bound: Σ |w| |x - x̂| with |x - x̂| <= dx / 2 per block.
+                        let bound: f32 = xi
+                            .chunks(BLOCK)
+                            .zip(wc.chunks(BLOCK))
+                            .map(|(xs, ws)| {
+                                let dx = xs.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                                ws.iter().map(|w| w.abs()).sum::<f32>() * dx / 2.0
+                            })
+                            .sum();
+                        let got = y[i * n + c];
+                        assert!(
+                            (got - exact).abs() <= bound * 1.01 + 1e-3,
+                            "{dtype:?} m {m} row {i} col {c}: {got} vs {exact} (bound {bound})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unsupported_block_types_are_left_to_candle() {
+        let (q, _) = quantized(GgmlDType::Q6K, 16, 256);
+        assert!(Packed::new(&q).unwrap().is_none());
+    }
+}
