@@ -134,7 +134,66 @@ impl Positions {
 }
 
 /// One layer's keys and values so far; `None` until the layer first runs with a cache.
-type KvSlot = Option<(Tensor, Tensor)>;
+/// One layer's cached keys and values `[B, nkv, capacity, hd]`, of which the first `len` positions are
+/// filled. Decoding writes each new position in place ([`Tensor::slice_set`]) instead of concatenating
+/// the whole cache again every token: that copy grew with the context and was 9% of a batch-16
+/// decoding profile (memmove).
+struct KvSlot {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+impl KvSlot {
+    /// Append `k`, `v` `[b, nkv, T, hd]` to the slot (creating it) and return all `len + T` positions as
+    /// views of the slot. A batch-1 slot continued by a batch of `b` (a shared context) is broadcast
+    /// into a new slot with room for exactly the new positions (scoring continues it no further);
+    /// a slot of the same batch that is full grows to twice what it needs.
+    fn extend(slot: &mut Option<KvSlot>, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let (k, v) = (k.contiguous()?, v.contiguous()?);
+        let (b, t) = (k.dim(0)?, k.dim(2)?);
+        let Some(s) = slot.take() else {
+            *slot = Some(KvSlot {
+                k: k.clone(),
+                v: v.clone(),
+                len: t,
+            });
+            return Ok((k, v));
+        };
+        let need = s.len + t;
+        let s = if s.k.dim(0)? != b {
+            s.grow(b, need)?
+        } else if s.k.dim(2)? < need {
+            s.grow(b, 2 * need)?
+        } else {
+            s
+        };
+        s.k.slice_set(&k, 2, s.len)?;
+        s.v.slice_set(&v, 2, s.len)?;
+        let out = (s.k.narrow(2, 0, need)?, s.v.narrow(2, 0, need)?);
+        *slot = Some(KvSlot { len: need, ..s });
+        Ok(out)
+    }
+
+    /// A new slot of batch `b` and room for `capacity` positions holding this one's (broadcast from
+    /// batch 1 if need be).
+    fn grow(self, b: usize, capacity: usize) -> Result<KvSlot> {
+        let copy = |t: &Tensor| -> Result<Tensor> {
+            let mut dims = t.dims().to_vec();
+            dims[0] = b;
+            dims[2] = capacity;
+            let new = Tensor::zeros(dims, t.dtype(), t.device())?;
+            let filled = broadcast_batch(&t.narrow(2, 0, self.len)?, b)?.contiguous()?;
+            new.slice_set(&filled, 2, 0)?;
+            Ok(new)
+        };
+        Ok(KvSlot {
+            k: copy(&self.k)?,
+            v: copy(&self.v)?,
+            len: self.len,
+        })
+    }
+}
 
 #[derive(Clone)]
 struct Attention {
@@ -166,15 +225,15 @@ impl Attention {
         x: &Tensor,
         lora: Option<&Lora>,
         pos: &Positions,
-        kv: Option<&mut KvSlot>,
+        kv: Option<&mut Option<KvSlot>>,
     ) -> Result<Tensor> {
         let (nh, nkv) = (self.num_heads, self.num_kv_heads);
         let q = pos.rope(&self.heads(self.q.forward(x, lora)?, nh, pos)?)?;
         let k = pos.rope(&self.heads(self.k.forward(x, lora)?, nkv, pos)?)?;
         let v = self.heads(self.v.forward(x, lora)?, nkv, pos)?;
         let (k, v) = match kv {
-            Some(slot) => extend_cache(slot, k, v, pos.batch)?,
-            None => (k, v),
+            Some(slot) => KvSlot::extend(slot, k, v)?,
+            None => (k.contiguous()?, v.contiguous()?),
         };
         let y = self.attend(&q, &k, &v, pos)?;
         self.o.forward(&y, lora)
@@ -187,7 +246,8 @@ impl Attention {
     }
 
     /// Causal scaled dot-product attention of `q [B, nh, T, hd]` over `k`, `v` `[B, nkv, S, hd]`,
-    /// returned as rows `[B*T, nh*hd]`.
+    /// returned as rows `[B*T, nh*hd]`. `k` and `v` must have contiguous `[S, hd]` matrices (a
+    /// cache slot's views do: only their batch strides skip the spare capacity).
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, pos: &Positions) -> Result<Tensor> {
         let (b, t, hd) = (pos.batch, pos.len, self.head_dim);
         let (nh, nkv) = (self.num_heads, self.num_kv_heads);
@@ -195,27 +255,13 @@ impl Attention {
         // Grouped-query attention without copying K/V: the `nh / nkv` query heads that share a KV head
         // are stacked along the sequence axis, so one batched matmul serves them all.
         let q = q.contiguous()?.reshape((b, nkv, nh / nkv * t, hd))?;
-        let scores = q.matmul(&k.contiguous()?.t()?)?;
+        let scores = q.matmul(&k.t()?)?;
         let probs = causal_softmax(&scores, scale, t, pos.offset, &pos.starts)?;
-        let y = probs.matmul(&v.contiguous()?)?;
+        let y = probs.matmul(v)?;
         Ok(y.reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b * t, nh * hd))?)
     }
-}
-
-/// Prepends a layer's cached keys and values to the new ones and stores the result. A cache from a
-/// batch-1 prefix is broadcast to the new batch, so answer options share one context.
-fn extend_cache(slot: &mut KvSlot, k: Tensor, v: Tensor, b: usize) -> Result<(Tensor, Tensor)> {
-    let (k, v) = match slot {
-        Some((ck, cv)) => (
-            Tensor::cat(&[&broadcast_batch(ck, b)?, &k], 2)?,
-            Tensor::cat(&[&broadcast_batch(cv, b)?, &v], 2)?,
-        ),
-        None => (k, v),
-    };
-    *slot = Some((k.clone(), v.clone()));
-    Ok((k, v))
 }
 
 /// The SwiGLU feed-forward network.
@@ -270,7 +316,7 @@ impl Block {
         x: &Tensor,
         lora: Option<&Lora>,
         pos: &Positions,
-        kv: Option<&mut KvSlot>,
+        kv: Option<&mut Option<KvSlot>>,
     ) -> Result<Tensor> {
         let h = self.input_norm.forward(x)?;
         let x = (x + self.attn.forward(&h, lora, pos, kv)?)?;
@@ -318,10 +364,11 @@ pub struct Transformer {
     dtype: DType,
 }
 
-/// Keys and values of the positions seen so far, per layer.
-#[derive(Clone, Default)]
+/// Keys and values of the positions seen so far, per layer. Not `Clone`: its slots are written in
+/// place, so two copies would write into each other.
+#[derive(Default)]
 pub struct KvCache {
-    layers: Vec<KvSlot>,
+    layers: Vec<Option<KvSlot>>,
     len: usize,
 }
 
@@ -339,13 +386,13 @@ impl KvCache {
     /// A cache of batch 1 (a shared prefix) is left as it is.
     pub fn retain_rows(&mut self, rows: &[usize]) -> Result<()> {
         let index: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        for (k, v) in self.layers.iter_mut().flatten() {
-            if k.dim(0)? == 1 {
+        for s in self.layers.iter_mut().flatten() {
+            if s.k.dim(0)? == 1 {
                 continue;
             }
-            let index = Tensor::new(index.as_slice(), k.device())?;
-            *k = k.contiguous()?.index_select(&index, 0)?;
-            *v = v.contiguous()?.index_select(&index, 0)?;
+            let index = Tensor::new(index.as_slice(), s.k.device())?;
+            s.k = s.k.index_select(&index, 0)?;
+            s.v = s.v.index_select(&index, 0)?;
         }
         Ok(())
     }
@@ -404,7 +451,7 @@ impl Transformer {
     /// An empty KV cache for this model.
     pub fn new_cache(&self) -> KvCache {
         KvCache {
-            layers: vec![None; self.cfg.num_layers],
+            layers: (0..self.cfg.num_layers).map(|_| None).collect(),
             len: 0,
         }
     }

@@ -288,22 +288,12 @@ impl Activations {
         let kb = k / BLOCK;
         let mut q = vec![0i8; m * k];
         let (mut d, mut dsum) = (vec![0f32; m * kb], vec![0f32; m * kb]);
-        for (blk, (xs, qs)) in x
-            .chunks_exact(BLOCK)
-            .zip(q.chunks_exact_mut(BLOCK))
-            .enumerate()
-        {
-            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            let mut sum = 0i32;
-            for (o, &v) in qs.iter_mut().zip(xs) {
-                *o = (v * inv).round() as i8;
-                sum += *o as i32;
-            }
-            d[blk] = scale;
-            dsum[blk] = scale * sum as f32;
-        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: only a `Packed` quantises inputs, and one exists only where `available()` holds;
+        // every slice holds whole blocks.
+        unsafe {
+            kernel::quantize(x, &mut q, &mut d, &mut dsum)
+        };
         Self { m, k, q, d, dsum }
     }
 }
@@ -336,6 +326,31 @@ mod kernel {
                 (Bits::Eight, 2) => blocks::<false, 2>(tile, kb, acts, row, sums),
                 (Bits::Eight, 3) => blocks::<false, 3>(tile, kb, acts, row, sums),
                 (Bits::Eight, _) => blocks::<false, 4>(tile, kb, acts, row, sums),
+            }
+        }
+    }
+
+    /// `x` (whole blocks of 32) to 8-bit values `q` (rounded to nearest, ties to even), the scale `d`
+    /// of each block (its largest |x| / 127) and `d Σ q`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn quantize(x: &[f32], q: &mut [i8], d: &mut [f32], dsum: &mut [f32]) {
+        assert!(x.len() == q.len() && x.len() == d.len() * BLOCK && d.len() == dsum.len());
+        for (b, (d, dsum)) in d.iter_mut().zip(dsum.iter_mut()).enumerate() {
+            // SAFETY: block `b` of `x` and `q` is in bounds (checked above).
+            unsafe {
+                let lo = _mm512_loadu_ps(x.as_ptr().add(BLOCK * b));
+                let hi = _mm512_loadu_ps(x.as_ptr().add(BLOCK * b + 16));
+                let amax =
+                    _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+                let scale = amax / 127.0;
+                let inv = _mm512_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+                let qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, inv));
+                let qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, inv));
+                let out = q.as_mut_ptr().add(BLOCK * b) as *mut __m128i;
+                _mm_storeu_si128(out, _mm512_cvtepi32_epi8(qlo));
+                _mm_storeu_si128(out.add(1), _mm512_cvtepi32_epi8(qhi));
+                *d = scale;
+                *dsum = scale * _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi)) as f32;
             }
         }
     }
