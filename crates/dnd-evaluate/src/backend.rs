@@ -1,6 +1,6 @@
 //! The model side of evaluation: text requests in, log-likelihoods or generated text out.
 
-use dnd_llm::score::{encode_pair, generate_greedy, loglikelihood, LogLikelihood};
+use dnd_llm::score::{encode_pair, generate_greedy_batch, loglikelihood, LogLikelihood};
 use dnd_llm::{ChatMessage, Tokenizer, Transformer};
 use dnd_tasks::Context;
 
@@ -22,6 +22,15 @@ pub struct Generation {
     pub tokens: usize,
 }
 
+/// One generation an evaluation asks for: the arguments of [`LanguageModel::generate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenRequest {
+    pub context: Context,
+    pub prefix: String,
+    pub stops: Vec<String>,
+    pub max_new: usize,
+}
+
 /// What evaluation needs from a language model. The real one is [`LlmBackend`]; tests script one.
 pub trait LanguageModel {
     /// `log P(continuation | context)` for each continuation, with lm-eval's tokenisation.
@@ -38,6 +47,14 @@ pub trait LanguageModel {
         stops: &[String],
         max_new: usize,
     ) -> Result<Generation>;
+
+    /// [`Self::generate`] for several requests; a model that can decode them as one batch does.
+    fn generate_batch(&self, requests: &[GenRequest]) -> Result<Vec<Generation>> {
+        requests
+            .iter()
+            .map(|r| self.generate(&r.context, &r.prefix, &r.stops, r.max_new))
+            .collect()
+    }
 }
 
 /// lm-eval's `until` handling: the text before the earliest occurrence of any stop string, and
@@ -123,25 +140,52 @@ impl LanguageModel for LlmBackend<'_> {
         stops: &[String],
         max_new: usize,
     ) -> Result<Generation> {
-        let text = self.render(context)? + prefix;
-        let prompt = self.tokenizer.encode(&text, false)?;
-        if prompt.is_empty() {
-            return Err(EvalError::Input("generation context is empty".into()));
+        let request = GenRequest {
+            context: context.clone(),
+            prefix: prefix.to_string(),
+            stops: stops.to_vec(),
+            max_new,
+        };
+        Ok(self.generate_batch(&[request])?.remove(0))
+    }
+
+    /// One left-padded batch, greedy ([`generate_greedy_batch`]): each request ends at its own stop
+    /// strings or token budget and leaves the batch; the texts are those decoded one at a time (up to
+    /// float rounding of the batched products).
+    fn generate_batch(&self, requests: &[GenRequest]) -> Result<Vec<Generation>> {
+        let mut prompts = Vec::with_capacity(requests.len());
+        for r in requests {
+            let prompt = self
+                .tokenizer
+                .encode(&(self.render(&r.context)? + &r.prefix), false)?;
+            if prompt.is_empty() {
+                return Err(EvalError::Input("generation context is empty".into()));
+            }
+            prompts.push(prompt);
         }
         let decode = |ids: &[u32]| self.tokenizer.decode(ids, true).unwrap_or_default();
-        let stop = |ids: &[u32]| truncate_at_stop(&decode(ids), stops).1;
-        let ids = generate_greedy(
+        let stop = |i: usize, ids: &[u32]| {
+            ids.len() >= requests[i].max_new || truncate_at_stop(&decode(ids), &requests[i].stops).1
+        };
+        let max_new = requests.iter().map(|r| r.max_new).max().unwrap_or(0);
+        let outs = generate_greedy_batch(
             self.model,
             None,
-            &prompt,
+            &prompts,
             max_new,
             self.tokenizer.eos_ids(),
             &stop,
         )?;
-        let text = self.tokenizer.decode(&ids, true)?;
-        Ok(Generation {
-            text: truncate_at_stop(&text, stops).0.to_string(),
-            tokens: prompt.len() + ids.len(),
-        })
+        requests
+            .iter()
+            .zip(prompts.iter().zip(&outs))
+            .map(|(r, (prompt, ids))| {
+                let text = self.tokenizer.decode(ids, true)?;
+                Ok(Generation {
+                    text: truncate_at_stop(&text, &r.stops).0.to_string(),
+                    tokens: prompt.len() + ids.len(),
+                })
+            })
+            .collect()
     }
 }

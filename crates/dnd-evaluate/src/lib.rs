@@ -30,7 +30,7 @@ mod evaluate;
 pub mod report;
 mod scoring;
 
-pub use backend::{truncate_at_stop, Generation, LanguageModel, LlmBackend, Scored};
+pub use backend::{truncate_at_stop, GenRequest, Generation, LanguageModel, LlmBackend, Scored};
 pub use evaluate::{
     evaluate, primary_metric, select_examples, EvalConfig, Evaluation, MetricValue, Protocol,
     Record,

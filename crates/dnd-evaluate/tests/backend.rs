@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value, VersionedMagic};
 use candle_core::{DType, Device, Tensor};
-use dnd_evaluate::{truncate_at_stop, LanguageModel, LlmBackend};
+use dnd_evaluate::{truncate_at_stop, GenRequest, LanguageModel, LlmBackend};
 use dnd_llm::score::{encode_pair, loglikelihood};
 use dnd_llm::{ModelConfig, Target, Tokenizer, Transformer};
 use dnd_tasks::{Context, PromptStyle};
@@ -161,6 +161,41 @@ fn generation_stops_at_the_first_stop_string() {
         .generate(&Context::Text("hello".into()), " world", &[], 24)
         .unwrap();
     assert_eq!(with_prefix.text, free.text);
+}
+
+/// Requests decoded as one batch come back as each decoded alone: their own stop strings, token
+/// budgets and prefixes, whichever finishes first.
+#[test]
+fn batched_generations_equal_each_request_alone() {
+    let (model, tok) = (model(), tokenizer());
+    let lm = LlmBackend::new(&model, &tok);
+    let free = lm
+        .generate(&Context::Text("hello world".into()), "", &[], 24)
+        .unwrap();
+    let stop: String = free.text.chars().skip(3).take(2).collect();
+    let request = |text: &str, prefix: &str, stops: Vec<String>, max_new| GenRequest {
+        context: Context::Text(text.into()),
+        prefix: prefix.into(),
+        stops,
+        max_new,
+    };
+    let requests = [
+        request("hello world", "", vec![stop], 24),
+        request("hello", " world", vec![], 24),
+        request("world hello world", "", vec![], 5),
+        request("hello world", "", vec![], 24),
+    ];
+    let batched = lm.generate_batch(&requests).unwrap();
+    assert_eq!(batched.len(), requests.len());
+    for (r, b) in requests.iter().zip(&batched) {
+        let alone = lm
+            .generate(&r.context, &r.prefix, &r.stops, r.max_new)
+            .unwrap();
+        assert_eq!(b, &alone, "{r:?}");
+    }
+    assert!(batched[0].text.len() < free.text.len());
+    assert_eq!(batched[1].text, free.text);
+    assert_eq!(batched[3].text, free.text);
 }
 
 #[test]
