@@ -3,13 +3,12 @@
 decoding parity fixture).
 
     python scripts/reference/greedy_fixture.py --model M.gguf --name smollm2 \
-        --out crates/dnd-llm/tests/fixtures/greedy_smollm2.json \
-        --adapter-out crates/dnd-llm/tests/fixtures/greedy_adapter_smollm2
+        --out crates/dnd-llm/tests/fixtures/greedy_smollm2.json
 
-The adapter is seeded, not trained: rank 2 on q_proj and v_proj, A and B drawn from a fixed torch
-generator and scaled so that it changes some answers and not others. It is written as a PEFT directory
-(f16 weights, small enough to commit) and loaded back with PEFT, so the generations with the adapter are
-PEFT's reading of the very files dnd reads. Each prompt is generated alone (no padding), transformers
+The adapter is not trained and not stored: rank 2 (alpha 4) on q_proj and v_proj, every A and B from
+tiny_fixture.py's closed formula under its PEFT key, times --scale (a power of two, so exact in f32),
+which dnd's test computes the same way (crates/dnd-llm/tests/common/mod.rs, `formula_lora`). The scale
+is chosen so that the adapter changes some answers and not others. Each prompt is generated alone (no padding), transformers
 `generate` with do_sample=False and a KV cache, stopping at the model's end-of-turn ids or after
 --max-new tokens. dnd's test (crates/dnd-llm/tests/real_models.rs) checks its decoder against these ids
 one prompt at a time and all 20 in one batch.
@@ -19,6 +18,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -51,20 +51,22 @@ RANK = 2
 TARGETS = ["q_proj", "v_proj"]
 
 
-def seeded_adapter(model, scale):
-    """PEFT LoRA on `model` with A, B from a fixed generator (B non-zero, unlike PEFT's init)."""
+def formula_adapter(model, scale):
+    """PEFT LoRA on `model` whose A and B are the tiny fixtures' formula (under the saved PEFT key)
+    times `scale`."""
     from peft import LoraConfig, get_peft_model
+    from tiny_fixture import formula_tensor
 
     cfg = LoraConfig(r=RANK, lora_alpha=2 * RANK, lora_dropout=0.0, target_modules=TARGETS, bias="none",
                      task_type="CAUSAL_LM")
     pm = get_peft_model(model, cfg)
-    g = torch.Generator().manual_seed(18)
     with torch.no_grad():
-        for name, p in sorted(pm.named_parameters()):
+        for name, p in pm.named_parameters():
             if "lora_A" in name or "lora_B" in name:
-                v = torch.randn(p.shape, generator=g) * scale / (p.shape[1] ** 0.5)
-                # f16-representable values, so the committed f16 file holds them exactly.
-                p.copy_(v.half().float())
+                key = name.replace(".default", "")
+                v = formula_tensor(key, tuple(p.shape), norm=False) * np.float32(scale)
+                p.copy_(torch.from_numpy(v))
+    pm.eval()
     return pm
 
 
@@ -83,9 +85,8 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--name", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--adapter-out", required=True)
     ap.add_argument("--max-new", type=int, default=24)
-    ap.add_argument("--scale", type=float, default=0.25, help="size of the seeded adapter's entries")
+    ap.add_argument("--scale", type=float, default=0.5, help="power of two multiplying the formula adapter")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -94,25 +95,7 @@ def main():
     eos = sorted(set((gen_eos if isinstance(gen_eos, list) else [gen_eos]) + [tok.eos_token_id]) - {None})
 
     base = [greedy(model, tok, p, args.max_new, eos) for p in PROMPTS]
-    pm = seeded_adapter(model, args.scale)
-    pm.save_pretrained(args.adapter_out, safe_serialization=True)
-    from peft import PeftModel
-    from safetensors.torch import load_file, save_file
-
-    card = os.path.join(args.adapter_out, "README.md")  # PEFT's model card template
-    if os.path.exists(card):
-        os.remove(card)
-    config_path = os.path.join(args.adapter_out, "adapter_config.json")
-    with open(config_path) as f:
-        config = json.load(f)
-    config["base_model_name_or_path"] = args.name  # not this machine's path
-    with open(config_path, "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-    weights = os.path.join(args.adapter_out, "adapter_model.safetensors")
-    save_file({k: v.half() for k, v in load_file(weights).items()}, weights)
-    base_model, _ = rc.load_gguf(args.model)
-    adapted = PeftModel.from_pretrained(base_model, args.adapter_out)
-    adapted.eval()
+    adapted = formula_adapter(model, args.scale)
     with_adapter = [greedy(adapted, tok, p, args.max_new, eos) for p in PROMPTS]
     changed = sum(b[1] != a[1] for b, a in zip(base, with_adapter))
     print(f"{args.name}: the adapter changes {changed} of {len(PROMPTS)} generations", file=sys.stderr)
@@ -122,8 +105,9 @@ def main():
         "model": args.name,
         "max_new_tokens": args.max_new,
         "eos_ids": eos,
-        "adapter": {"dir": os.path.basename(args.adapter_out), "rank": RANK, "targets": TARGETS,
-                    "scale": args.scale, "seed": 18, "changed": changed},
+        "adapter": {"formula": "tiny_fixture.py FORMULA (plain form) under the PEFT saved key, times scale",
+                    "rank": RANK, "alpha": 2 * RANK, "targets": TARGETS, "scale": args.scale,
+                    "changed": changed},
         "prompts": [{"text": p, "prompt_ids": ids, "base_ids": b, "adapter_ids": a}
                     for p, (ids, b), (_, a) in zip(PROMPTS, base, with_adapter)],
         "versions": rc.versions(),

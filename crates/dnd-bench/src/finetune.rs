@@ -353,14 +353,14 @@ mod tests {
             .map(|r| FinetuneRound::new(r.dnd_tok_s, r.torch))
             .collect();
         let full = TorchMedians::over(&rounds, LossMode::FullLogits).unwrap();
-        assert_eq!(full.tok_s, 165.38, "median of 166.63, 165.38, 153.69");
-        assert_eq!(full.peak_rss_mb, 4708.0, "median of 4644, 4708, 4870");
+        assert_eq!(full.tok_s, 191.02, "median of 190.44, 191.02, 197.94");
+        assert_eq!(full.peak_rss_mb, 4757.0, "median of 4697, 4768, 4757");
         let committed = record.ratio_dnd_over_torch.vs_full_logits.unwrap();
         let again = median_ratio(&rounds, LossMode::FullLogits).unwrap();
         assert!((again - committed).abs() < 1e-12, "{again} vs {committed}");
         assert_eq!(
             rounds[0].ratio_dnd_over_torch[&LossMode::TargetLogits],
-            Some(212.68059855169747 / 248.82)
+            Some(213.37634011706385 / 258.21)
         );
         assert_eq!(rounds[0].ratio_dnd_over_torch.len(), 2);
         let dnd_only = [FinetuneRound::new(100.0, BTreeMap::new())];
@@ -376,14 +376,14 @@ mod tests {
         assert!(
             lines[0].starts_with("| LoRA SFT step, batch 8 x 128, 8 answer tokens, 3 round(s) |")
         );
-        assert_eq!(lines[2], "| dnd | 197.3 | 2884.5 | |");
+        assert_eq!(lines[2], "| dnd | 220.6 | 3299.3 | |");
         assert_eq!(
             lines[3],
-            "| torch+peft (full_logits) | 165.4 | 4708.0 | 1.21x |"
+            "| torch+peft (full_logits) | 191.0 | 4757.0 | 1.12x |"
         );
         assert_eq!(
             lines[4],
-            "| torch+peft (target_logits) | 226.0 | 4209.0 | 0.89x |"
+            "| torch+peft (target_logits) | 272.5 | 4252.0 | 0.83x |"
         );
         record.torch.clear();
         assert_eq!(record.table().lines().count(), 3, "dnd only");

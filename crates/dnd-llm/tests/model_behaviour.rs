@@ -254,52 +254,19 @@ fn seeded_sampling_is_reproducible_alone_and_in_a_batch() {
     }
     assert_eq!(batched[1].len(), 3);
     assert_eq!(batched[0].len(), 12);
+    // The first prompt alone, up to `n` tokens, under one setting.
+    let first = |s: Sampling, n: usize| {
+        generate_batch(&model, None, &prompts[..1], &[s], n, &[], &|_, _| false)
+    };
     let greedy = generate_greedy(&model, None, &prompts[0], 12, &[], &|_| false).unwrap();
-    let top1 = generate_batch(
-        &model,
-        None,
-        &prompts[..1],
-        &[sampled(2.0, 1, 1.0, 5)],
-        12,
-        &[],
-        &|_, _| false,
-    )
-    .unwrap();
-    assert_eq!(top1[0], greedy);
+    assert_eq!(first(sampled(2.0, 1, 1.0, 5), 12).unwrap()[0], greedy);
     // Another seed draws other tokens at temperature 1.3 (the tiny model's next-token distribution
     // is wide: 12 draws agreeing by chance is negligible).
-    let other = generate_batch(
-        &model,
-        None,
-        &prompts[..1],
-        &[sampled(1.3, 0, 1.0, 8)],
-        12,
-        &[],
-        &|_, _| false,
-    )
-    .unwrap();
-    assert_ne!(other[0], batched[0]);
+    assert_ne!(first(sampled(1.3, 0, 1.0, 8), 12).unwrap()[0], batched[0]);
     assert_ne!(batched[0], greedy);
-    let bad = generate_batch(
-        &model,
-        None,
-        &prompts[..1],
-        &[sampled(-1.0, 0, 1.0, 0)],
-        4,
-        &[],
-        &|_, _| false,
-    );
-    assert!(bad.unwrap_err().to_string().contains("temperature -1"));
-    let bad = generate_batch(
-        &model,
-        None,
-        &prompts[..1],
-        &[sampled(1.0, 0, 0.0, 0)],
-        4,
-        &[],
-        &|_, _| false,
-    );
-    assert!(bad.unwrap_err().to_string().contains("top_p 0"));
+    let error = |s: Sampling| first(s, 4).unwrap_err().to_string();
+    assert!(error(sampled(-1.0, 0, 1.0, 0)).contains("temperature -1"));
+    assert!(error(sampled(1.0, 0, 0.0, 0)).contains("top_p 0"));
     let bad = generate_batch(
         &model,
         None,

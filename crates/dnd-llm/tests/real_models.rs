@@ -138,16 +138,27 @@ fn qwen2_coder_matches_transformers() {
 }
 
 /// dnd's greedy decoding against transformers' on the 20 chat prompts of `greedy_<name>.json`
-/// (`scripts/reference/greedy_fixture.py`), without and with its seeded PEFT adapter (read by dnd
-/// from the same files PEFT read), each prompt alone and all 20 in one left-padded batch.
+/// (`scripts/reference/greedy_fixture.py`), without and with its adapter (rank 2 on q and v, the
+/// tiny fixtures' formula times the fixture's scale, built here as PEFT was given it), each prompt
+/// alone and all 20 in one left-padded batch.
 fn check_greedy(file: &str, name: &str) {
     let Some(path) = asset(file) else { return };
     let llm = Llm::load(&path, DType::F32).unwrap();
     let fx = fixture(&format!("greedy_{name}.json"));
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(fx["adapter"]["dir"].as_str().unwrap());
-    let lora = dnd_llm::peft::load(&dir, llm.model.config(), DType::F32).unwrap();
+    let a = &fx["adapter"];
+    let config = dnd_llm::LoraConfig::new(
+        a["rank"].as_u64().unwrap() as usize,
+        a["alpha"].as_f64().unwrap(),
+        &[dnd_llm::Target::Q, dnd_llm::Target::V],
+    );
+    assert_eq!(a["targets"], serde_json::json!(["q_proj", "v_proj"]));
+    let scale = a["scale"].as_f64().unwrap();
+    assert_eq!(
+        scale.log2().fract(),
+        0.0,
+        "a power of two keeps the f32 values exact"
+    );
+    let lora = common::formula_lora_times(llm.model.config(), config, DType::F32, scale);
     let max_new = fx["max_new_tokens"].as_u64().unwrap() as usize;
     let eos = u32s(&fx["eos_ids"]);
     let items = fx["prompts"].as_array().unwrap();

@@ -83,6 +83,11 @@ pub fn tiny_model(
 
 /// The fixture's LoRA: every A/B from the formula under its PEFT key.
 pub fn formula_lora(cfg: &ModelConfig, config: LoraConfig, dtype: DType) -> Lora {
+    formula_lora_times(cfg, config, dtype, 1.0)
+}
+
+/// [`formula_lora`] with every entry (of the f32 formula) multiplied by `scale`.
+pub fn formula_lora_times(cfg: &ModelConfig, config: LoraConfig, dtype: DType, scale: f64) -> Lora {
     let mut parts = Vec::new();
     for l in 0..cfg.num_layers {
         for &t in &config.targets {
@@ -93,12 +98,16 @@ pub fn formula_lora(cfg: &ModelConfig, config: LoraConfig, dtype: DType) -> Lora
                     t.path()
                 )
             };
-            let a = formula_tensor(&key('A'), &[config.rank, i])
-                .to_dtype(dtype)
-                .unwrap();
-            let b = formula_tensor(&key('B'), &[o, config.rank])
-                .to_dtype(dtype)
-                .unwrap();
+            let entries = |w: char, shape: &[usize]| {
+                (formula_tensor(&key(w), shape) * scale)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let (a, b) = (
+                entries('A', &[config.rank, i]),
+                entries('B', &[o, config.rank]),
+            );
             parts.push((l, t, a, b));
         }
     }
