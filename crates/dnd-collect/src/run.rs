@@ -204,6 +204,8 @@ pub fn run(
         });
     }
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    // A run killed mid-write (preempted, requeued) leaves its unfinished temporary files here.
+    dnd_io::remove_temps(dir)?;
     let cfg = &spec.train;
     let init = Lora::init(cfg.lora_config()?, model.config(), cfg.seed, model.dtype())?;
     let mut trainer = Trainer::new(model, &init, cfg)?;

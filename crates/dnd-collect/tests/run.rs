@@ -143,8 +143,9 @@ fn an_interrupted_run_ends_with_the_same_bytes() {
     let ck = resumed.join(CHECKPOINTS_DIR);
     std::fs::create_dir_all(ck.join("step-0006")).unwrap();
     std::fs::write(ck.join("step-0006/adapter_model.safetensors"), b"half").unwrap();
-    std::fs::create_dir_all(ck.join(".step-0007.tmp")).unwrap();
-    std::fs::write(resumed.join(".run-state.safetensors.tmp"), b"half").unwrap();
+    std::fs::create_dir_all(dnd_io::temp_path(&ck.join("step-0007"))).unwrap();
+    let half_state = dnd_io::temp_path(&resumed.join(STATE_FILE));
+    std::fs::write(&half_state, b"half").unwrap();
     // Killed again after one step (step 6 is saved with its state), then a clean finish.
     let o = go(&llm.model, &spec, &resumed, Some(1), &mut seen).unwrap();
     assert!(matches!(o, RunOutcome::Stopped(6)));
@@ -152,6 +153,10 @@ fn an_interrupted_run_ends_with_the_same_bytes() {
     assert_eq!(seen, (1..=8).collect::<Vec<_>>(), "no step done twice");
     assert_eq!(m.sessions.len(), 3);
     assert_eq!(outputs(&straight), outputs(&resumed));
+    assert!(
+        !half_state.exists(),
+        "the killed writer's leftovers are removed"
+    );
 
     // A kill between two state saves loses the steps since the last one; they are redone exactly.
     let lost = tmp.path().join("lost");

@@ -95,6 +95,28 @@ pub fn is_temp(path: &Path) -> bool {
         .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
 }
 
+/// Remove the temporary files and directories ([`is_temp`]) directly in `dir`: what a writer killed
+/// mid-write left behind. Only for a directory no other process writes to at the same time (a run's
+/// own directory, before it resumes). A missing `dir` has nothing to remove.
+pub fn remove_temps(dir: &Path) -> Result<(), PathIoError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries {
+        let p = e.map_err(io_err::<PathIoError>(dir))?.path();
+        if !is_temp(&p) {
+            continue;
+        }
+        let removed = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        removed.map_err(io_err::<PathIoError>(&p))?;
+    }
+    Ok(())
+}
+
 /// Write `bytes` to `path` through a temporary file beside it and a rename, creating missing parent
 /// directories. The error names the directory or temporary file if writing failed, `path` if the
 /// rename did.
@@ -230,6 +252,19 @@ mod tests {
         assert!(is_temp(&a) && !is_temp(p));
         assert_eq!(a.extension().unwrap(), "safetensors");
         assert!(a.file_name().unwrap().to_string_lossy().starts_with('.'));
+    }
+
+    #[test]
+    fn leftovers_of_killed_writers_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = dir.path().join("manifest.json");
+        std::fs::write(&keep, "{}").unwrap();
+        std::fs::write(temp_path(&keep), "").unwrap();
+        std::fs::create_dir(temp_path(&dir.path().join("step-0003"))).unwrap();
+        std::fs::create_dir(dir.path().join("checkpoints")).unwrap();
+        remove_temps(dir.path()).unwrap();
+        assert_eq!(names(dir.path()), ["checkpoints", "manifest.json"]);
+        remove_temps(&dir.path().join("absent")).unwrap();
     }
 
     #[test]

@@ -244,7 +244,8 @@ pub fn collection_contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             if !k.ends_with(".json") {
                 return (k, v);
             }
-            let mut j: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            let mut j: serde_json::Value = serde_json::from_slice(&v)
+                .unwrap_or_else(|e| panic!("{k} in {} is not JSON: {e}", dir.display()));
             strip(&mut j);
             (k, j.to_string().into_bytes())
         })
