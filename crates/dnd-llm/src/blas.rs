@@ -11,7 +11,8 @@
 //! 5x slower; the kernel set is read from `OPENBLAS_CORETYPE` when the library is loaded, so dnd sets it
 //! from the CPU's features first (a value the user set is kept).
 //!
-//! `DND_BLAS=gemm` forces the `gemm` crate; `DND_BLAS=<path>` loads that OpenBLAS build.
+//! `DND_BLAS=gemm` forces the `gemm` crate; `DND_BLAS=<path>` loads that OpenBLAS build. The
+//! `OPENBLAS_CORETYPE` and `OPENBLAS_THREAD_TIMEOUT` a user sets are kept.
 
 use std::ffi::{c_char, c_float, c_int, CStr};
 use std::sync::OnceLock;
@@ -63,6 +64,14 @@ pub fn init() {
     openblas();
 }
 
+/// How long OpenBLAS's idle threads keep polling for work before they sleep, as a power of two of CPU
+/// cycles (its default, 28, is about 0.1 s). Between two products of a training step candle runs its
+/// element-wise ops on its own threads, and OpenBLAS's pollers (`sched_yield` in a loop) took 15% of
+/// the step's samples from them: `dnd bench finetune`, 2 cores, 2 interleaved rounds, 235 tok/s with
+/// the default against 260 with 4, the smallest value OpenBLAS takes (a sleeping thread is woken
+/// per product, a few microseconds against milliseconds of work).
+const THREAD_TIMEOUT: &str = "4";
+
 fn openblas() -> Option<&'static OpenBlas> {
     OPENBLAS.get_or_init(load).as_ref()
 }
@@ -76,6 +85,9 @@ fn load() -> Option<OpenBlas> {
         if let Some(core) = core_type() {
             std::env::set_var("OPENBLAS_CORETYPE", core);
         }
+    }
+    if std::env::var_os("OPENBLAS_THREAD_TIMEOUT").is_none() {
+        std::env::set_var("OPENBLAS_THREAD_TIMEOUT", THREAD_TIMEOUT);
     }
     let names: Vec<&str> = if choice.is_empty() {
         vec!["libopenblas.so.0", "libopenblas.so"]

@@ -12,7 +12,7 @@ use crate::config::{ModelConfig, Target};
 use crate::error::{LlmError, Result};
 use crate::linear::Frozen;
 use crate::lora::Lora;
-use crate::ops::{causal_softmax, rms_norm, rope};
+use crate::ops::{causal_softmax, rms_norm, rope, swiglu};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -282,7 +282,7 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor, lora: Option<&Lora>) -> Result<Tensor> {
-        let gated = (self.gate.forward(x, lora)?.silu()? * self.up.forward(x, lora)?)?;
+        let gated = swiglu(&self.gate.forward(x, lora)?, &self.up.forward(x, lora)?)?;
         self.down.forward(&gated, lora)
     }
 }

@@ -34,6 +34,38 @@ fn cast<T: Float>(x: f64) -> T {
     T::from(x).expect("f64 converts to a float type")
 }
 
+/// Elements below which a kernel runs on the calling thread: waking the pool costs more than the pass
+/// (decoding one token is a few thousand elements per op).
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
+
+/// `P` planes of `rows x width` values, where `f(i, planes)` writes row `i` of every plane. Rows are
+/// spread over candle's thread pool: written one thread at a time, these passes left the second core
+/// idle (with OpenBLAS's threads asleep between products) for the norms, softmax, rotary embedding
+/// and SwiGLU of every layer.
+fn fill_rows<T: WithDType, const P: usize>(
+    rows: usize,
+    width: usize,
+    f: impl Fn(usize, [&mut [T]; P]) + Sync,
+) -> Vec<T> {
+    let plane = rows * width;
+    let mut out = vec![T::zero(); P * plane];
+    let base = out.as_mut_ptr() as usize;
+    let row = |i: usize| {
+        // SAFETY: row `i` of each plane is handed to exactly one call (one worker), the rows lie
+        // inside `out` (P planes of rows x width), and `out` outlives every call.
+        let planes = std::array::from_fn(|p| unsafe {
+            std::slice::from_raw_parts_mut((base as *mut T).add(p * plane + i * width), width)
+        });
+        f(i, planes);
+    };
+    if P * plane < PARALLEL_MIN_ELEMENTS {
+        (0..rows).for_each(row);
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(rows, |range| range.for_each(&row));
+    }
+    out
+}
+
 /// RMS-norm over the last axis with a frozen weight: `y = x / sqrt(mean(x^2) + eps) * w`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op1(RmsNorm {
@@ -49,19 +81,20 @@ struct RmsNorm {
 
 fn rms_fwd<T: WithDType + Float>(x: &[T], w: &[T], eps: f64) -> Result<Vec<T>> {
     let h = w.len();
-    let mut y = Vec::with_capacity(x.len());
-    for row in x.chunks_exact(h) {
+    Ok(fill_rows(x.len() / h, h, |i, [out]| {
+        let row = &x[i * h..(i + 1) * h];
         let ms = row.iter().fold(T::zero(), |a, &v| a + v * v) / cast(h as f64);
         let r = T::one() / (ms + cast(eps)).sqrt();
-        y.extend(row.iter().zip(w).map(|(&v, &g)| v * r * g));
-    }
-    Ok(y)
+        for ((o, &v), &g) in out.iter_mut().zip(row).zip(w) {
+            *o = v * r * g;
+        }
+    }))
 }
 
 fn rms_bwd<T: WithDType + Float>(x: &[T], dy: &[T], w: &[T], eps: f64) -> Result<Vec<T>> {
     let h = w.len();
-    let mut dx = Vec::with_capacity(x.len());
-    for (row, drow) in x.chunks_exact(h).zip(dy.chunks_exact(h)) {
+    Ok(fill_rows(x.len() / h, h, |i, [dx]| {
+        let (row, drow) = (&x[i * h..(i + 1) * h], &dy[i * h..(i + 1) * h]);
         let ms = row.iter().fold(T::zero(), |a, &v| a + v * v) / cast(h as f64);
         let r = T::one() / (ms + cast(eps)).sqrt();
         // g = dy * w;  dx = r g - x r^3 mean(g x)
@@ -72,14 +105,10 @@ fn rms_bwd<T: WithDType + Float>(x: &[T], dy: &[T], w: &[T], eps: f64) -> Result
             .fold(T::zero(), |a, ((&v, &d), &g)| a + d * g * v)
             / cast(h as f64);
         let k = r * r * r * gx;
-        dx.extend(
-            row.iter()
-                .zip(drow)
-                .zip(w)
-                .map(|((&v, &d), &g)| r * d * g - v * k),
-        );
-    }
-    Ok(dx)
+        for (((o, &v), &d), &g) in dx.iter_mut().zip(row).zip(drow).zip(w) {
+            *o = r * d * g - v * k;
+        }
+    }))
 }
 
 impl CustomOp1 for RmsNorm {
@@ -182,18 +211,17 @@ fn softmax_fwd<T: WithDType + Float + num_traits::NumAssign>(
     s: usize,
     op: &CausalSoftmax,
 ) -> Result<Vec<T>> {
-    let mut y = vec![T::zero(); x.len()];
     let scale: T = cast(op.scale);
     let rows = x.len() / s.max(1);
     let per_batch = rows / op.starts.len().max(1);
-    for (i, (row, out)) in x.chunks_exact(s).zip(y.chunks_exact_mut(s)).enumerate() {
+    Ok(fill_rows(rows, s, |i, [out]| {
         let visible = (op.offset + i % op.t + 1).min(s);
         // A padding query (before its row's start) sees its own position only: finite, and unused.
         let start = op
             .starts
             .get(i / per_batch.max(1))
             .map_or(0, |&st| st.min(visible - 1));
-        let (row, out) = (&row[start..visible], &mut out[start..visible]);
+        let (row, out) = (&x[i * s + start..i * s + visible], &mut out[start..visible]);
         let m = row
             .iter()
             .fold(T::neg_infinity(), |a, &v| Float::max(a, v * scale));
@@ -202,18 +230,18 @@ fn softmax_fwd<T: WithDType + Float + num_traits::NumAssign>(
         }
         let inv = T::one() / out.iter().fold(T::zero(), |a, &e| a + e);
         out.iter_mut().for_each(|o| *o *= inv);
-    }
-    Ok(y)
+    }))
 }
 
 fn softmax_bwd<T: WithDType + Float>(y: &[T], dy: &[T], s: usize, scale: f64) -> Result<Vec<T>> {
     let scale: T = cast(scale);
-    let mut dx = Vec::with_capacity(y.len());
-    for (yr, dr) in y.chunks_exact(s).zip(dy.chunks_exact(s)) {
+    Ok(fill_rows(y.len() / s.max(1), s, |i, [dx]| {
+        let (yr, dr) = (&y[i * s..(i + 1) * s], &dy[i * s..(i + 1) * s]);
         let dot = yr.iter().zip(dr).fold(T::zero(), |a, (&p, &d)| a + p * d);
-        dx.extend(yr.iter().zip(dr).map(|(&p, &d)| scale * p * (d - dot)));
-    }
-    Ok(dx)
+        for ((o, &p), &d) in dx.iter_mut().zip(yr).zip(dr) {
+            *o = scale * p * (d - dot);
+        }
+    }))
 }
 
 impl CustomOp1 for CausalSoftmax {
@@ -291,8 +319,8 @@ fn rope_kernel<T: WithDType + Float>(
     let half = hd / 2;
     let blocks = cos.len() / half / t;
     let rows_per_block = x.len() / hd / blocks;
-    let mut y = vec![T::zero(); x.len()];
-    for (r, (row, out)) in x.chunks_exact(hd).zip(y.chunks_exact_mut(hd)).enumerate() {
+    Ok(fill_rows(x.len() / hd, hd, |r, [out]| {
+        let row = &x[r * hd..(r + 1) * hd];
         let p = ((r / rows_per_block) * t + r % t) * half;
         for i in 0..half {
             let (c, s) = (cos[p + i], if inverse { -sin[p + i] } else { sin[p + i] });
@@ -300,8 +328,7 @@ fn rope_kernel<T: WithDType + Float>(
             out[i] = a * c - b * s;
             out[i + half] = b * c + a * s;
         }
-    }
-    Ok(y)
+    }))
 }
 
 impl Rope {
@@ -352,5 +379,177 @@ impl CustomOp1 for Rope {
             inverse: !self.inverse,
         };
         Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&back)?))
+    }
+}
+
+/// SwiGLU's gating, `silu(gate) * up`, for tensors of one shape. As candle ops it is a unary and a
+/// binary pass forward and about ten passes of the same size backward (silu's gradient is built from
+/// `exp`, `recip`, affine and product ops, each gradient summed into a zeroed buffer); fused it is one
+/// pass each way, both gradients written together.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.shape() != up.shape() {
+        bail!("swiglu: gate {:?} against up {:?}", gate.dims(), up.dims())
+    }
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+}
+
+struct SwiGlu;
+
+fn sigmoid<T: Float>(g: T) -> T {
+    T::one() / (T::one() + (-g).exp())
+}
+
+/// Rows of the last axis of `x`'s layout, and that axis's width.
+fn rows_of(l: &Layout) -> (usize, usize) {
+    let w = l.shape().dims().last().copied().unwrap_or(1).max(1);
+    (l.shape().elem_count() / w, w)
+}
+
+fn swiglu_fwd<T: WithDType + Float>(g: &[T], u: &[T], (rows, w): (usize, usize)) -> Result<Vec<T>> {
+    Ok(fill_rows(rows, w, |i, [h]| {
+        let (g, u) = (&g[i * w..(i + 1) * w], &u[i * w..(i + 1) * w]);
+        for ((h, &g), &u) in h.iter_mut().zip(g).zip(u) {
+            *h = g * sigmoid(g) * u;
+        }
+    }))
+}
+
+/// `[2, ..]`: the gradients of `gate` and of `up`, from `dh`.
+fn swiglu_bwd<T: WithDType + Float>(
+    g: &[T],
+    u: &[T],
+    dh: &[T],
+    (rows, w): (usize, usize),
+) -> Result<Vec<T>> {
+    Ok(fill_rows(rows, w, |i, [dg, du]| {
+        let r = i * w..(i + 1) * w;
+        let (g, u, dh) = (&g[r.clone()], &u[r.clone()], &dh[r]);
+        for i in 0..w {
+            let sg = sigmoid(g[i]);
+            let silu = g[i] * sg;
+            // d silu / dg = sigmoid(g) (1 + g (1 - sigmoid(g)))
+            dg[i] = dh[i] * u[i] * sg * (T::one() + g[i] * (T::one() - sg));
+            du[i] = dh[i] * silu;
+        }
+    }))
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = float_dispatch!(s1, swiglu_fwd(slice(s1, l1)?, slice(s2, l2)?, rows_of(l1)));
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _h: &Tensor,
+        dh: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let both = g.apply_op3_no_bwd(u, &dh.contiguous()?, &SwiGluGrad)?;
+        Ok((Some(both.get(0)?), Some(both.get(1)?)))
+    }
+}
+
+struct SwiGluGrad;
+
+impl candle_core::CustomOp3 for SwiGluGrad {
+    fn name(&self) -> &'static str {
+        "swiglu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = float_dispatch!(
+            s1,
+            swiglu_bwd(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, rows_of(l1))
+        );
+        let mut dims = vec![2];
+        dims.extend(l1.shape().dims());
+        Ok((out, Shape::from(dims)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn seeded(dims: &[usize], seed: f64) -> Tensor {
+        let n: usize = dims.iter().product();
+        let v: Vec<f64> = (0..n)
+            .map(|i| 3.0 * ((i as f64 + 1.0) * (seed + 0.37) * 12.9898).sin())
+            .collect();
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    }
+
+    /// The fused SwiGLU against candle's autograd of `silu(gate) * up`: output and both gradients, on
+    /// one thread (a small tensor) and on the pool (over `PARALLEL_MIN_ELEMENTS`).
+    fn swiglu_matches_candle(dtype: DType, tol: f64) {
+        for dims in [[3, 5], [40, 1000]] {
+            let g = Var::from_tensor(&seeded(&dims, 1.0).to_dtype(dtype).unwrap()).unwrap();
+            let u = Var::from_tensor(&seeded(&dims, 2.0).to_dtype(dtype).unwrap()).unwrap();
+            let probe = seeded(&dims, 3.0).to_dtype(dtype).unwrap();
+            let run = |h: Tensor| {
+                let grads = (&h * &probe)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let grad = |v: &Var| grads.get(v.as_tensor()).unwrap().clone();
+                [h, grad(&g), grad(&u)]
+            };
+            let fused = run(swiglu(&g, &u).unwrap());
+            let plain = run((g.silu().unwrap() * u.as_tensor()).unwrap());
+            for (name, (f, p)) in ["h", "dgate", "dup"].iter().zip(fused.iter().zip(&plain)) {
+                assert_eq!(f.dims(), p.dims(), "{name}");
+                let diff = (f - p).unwrap().abs().unwrap().max_all().unwrap();
+                let diff = diff
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap();
+                assert!(diff < tol, "{name} {dims:?}: max difference {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn swiglu_and_its_gradients_match_candles_autograd_in_f64() {
+        swiglu_matches_candle(DType::F64, 1e-12);
+    }
+
+    #[test]
+    fn swiglu_and_its_gradients_match_candles_autograd_in_f32() {
+        swiglu_matches_candle(DType::F32, 1e-5);
+    }
+
+    #[test]
+    fn swiglu_refuses_mismatched_shapes() {
+        let e = swiglu(&seeded(&[2, 3], 1.0), &seeded(&[3, 2], 2.0)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("swiglu: gate [2, 3] against up [3, 2]"),
+            "{e}"
+        );
     }
 }
