@@ -101,6 +101,20 @@ enum Command {
     Compare(experiment::CompareArgs),
 }
 
+/// Candle's pool threads poll for 1,000 rounds after a job before they park, not 25,000 (its
+/// default), unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` says otherwise. A training step alternates pool
+/// passes (norms, softmax, SwiGLU) with OpenBLAS products, whose own thread then shares a core with a
+/// poller: `dnd bench finetune`, 3 interleaved rounds, median 259 tok/s at 25,000 against 272 at 1,000
+/// (results/finetune/README.md). Decoding, which calls the pool back to back, measured within noise
+/// of the default (one sequence on the quantised blocks 137-139 against 142-150 tok/s, 16 sequences
+/// 461-465 against 424-463).
+fn short_pool_spin() {
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // Before any tensor op: candle reads it once, when it starts its pool.
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     keep_freed_memory();
     tracing_subscriber::fmt()
@@ -116,6 +130,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         // Before any thread starts (it sets OPENBLAS_CORETYPE): the LLM's products run on OpenBLAS
         // where the machine has it.
+        short_pool_spin();
         dnd_llm::blas::init();
         tracing::debug!("f32 products on {}", dnd_llm::blas::backend());
     }
