@@ -3,6 +3,7 @@
 //! generation.
 
 pub mod adapter_config;
+mod attention;
 pub mod blas;
 pub mod config;
 pub mod error;

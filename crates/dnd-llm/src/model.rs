@@ -8,11 +8,12 @@
 //! LoRA adapter is an argument of every `forward` rather than part of the model: a server applies a
 //! different adapter per request to one shared set of base weights.
 
+use crate::attention::{causal_attention, Mask};
 use crate::config::{ModelConfig, Target};
 use crate::error::{LlmError, Result};
 use crate::linear::Frozen;
 use crate::lora::Lora;
-use crate::ops::{causal_softmax, rms_norm, rope, swiglu};
+use crate::ops::{rms_norm, rope, swiglu};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -251,16 +252,15 @@ impl Attention {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, pos: &Positions) -> Result<Tensor> {
         let (b, t, hd) = (pos.batch, pos.len, self.head_dim);
         let (nh, nkv) = (self.num_heads, self.num_kv_heads);
-        let scale = 1.0 / (hd as f64).sqrt();
         // Grouped-query attention without copying K/V: the `nh / nkv` query heads that share a KV head
-        // are stacked along the sequence axis, so one batched matmul serves them all.
+        // are stacked along the sequence axis.
         let q = q.contiguous()?.reshape((b, nkv, nh / nkv * t, hd))?;
-        let scores = q.matmul(&k.t()?)?;
-        let probs = causal_softmax(&scores, scale, t, pos.offset, &pos.starts)?;
-        let y = probs.matmul(v)?;
-        Ok(y.reshape((b, nh, t, hd))?
-            .transpose(1, 2)?
-            .reshape((b * t, nh * hd))?)
+        let mask = Mask {
+            t,
+            offset: pos.offset,
+            starts: pos.starts.clone(),
+        };
+        Ok(causal_attention(&q, k, v, 1.0 / (hd as f64).sqrt(), mask)?)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Fused CPU kernels with hand-written backward passes for the decoder's non-matmul steps.
 //!
-//! Written as chains of candle primitives, RMS-norm, rotary embedding and masked softmax each cost five to
+//! Written as chains of candle primitives, RMS-norm, rotary embedding and SwiGLU each cost five to
 //! ten tensor passes forward and more backward (broadcast reductions, zero padding for `narrow`). One
 //! pass per direction is what these ops need. Each backward is checked against finite differences through
 //! the whole model (`tests/model_behaviour.rs`).
@@ -12,7 +12,7 @@ use candle_core::{
 use num_traits::Float;
 
 /// The contiguous data of a CPU tensor argument as a slice of `T`.
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+pub(crate) fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     let Some((a, b)) = l.contiguous_offsets() else {
         bail!("fused op: argument is not contiguous")
     };
@@ -30,7 +30,7 @@ macro_rules! float_dispatch {
     };
 }
 
-fn cast<T: Float>(x: f64) -> T {
+pub(crate) fn cast<T: Float>(x: f64) -> T {
     T::from(x).expect("f64 converts to a float type")
 }
 
@@ -174,114 +174,6 @@ impl CustomOp2 for RmsNormGrad {
             )?),
             dt => bail!("rms-norm: unsupported dtype {dt:?}"),
         };
-        Ok((out, l1.shape().clone()))
-    }
-}
-
-/// Softmax over the last axis of `scale * x` for attention scores `[.., rows, S]`, with the causal mask
-/// applied on the fly: row `i` holds query position `offset + (i mod t)` and sees keys `0..=` that.
-/// Rows are stacked groups of `t` queries (grouped-query heads share keys along the row axis). For a
-/// left-padded batch, the rows of batch element `b` (the rows split into `starts.len()` equal parts)
-/// see only keys from `starts[b]` on; empty `starts`: no padding. Padded batches have no backward pass
-/// (inference only).
-pub fn causal_softmax(
-    x: &Tensor,
-    scale: f64,
-    t: usize,
-    offset: usize,
-    starts: &[usize],
-) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(CausalSoftmax {
-        scale,
-        t,
-        offset,
-        starts: starts.to_vec(),
-    })
-}
-
-struct CausalSoftmax {
-    scale: f64,
-    t: usize,
-    offset: usize,
-    starts: Vec<usize>,
-}
-
-fn softmax_fwd<T: WithDType + Float + num_traits::NumAssign>(
-    x: &[T],
-    s: usize,
-    op: &CausalSoftmax,
-) -> Result<Vec<T>> {
-    let scale: T = cast(op.scale);
-    let rows = x.len() / s.max(1);
-    let per_batch = rows / op.starts.len().max(1);
-    Ok(fill_rows(rows, s, |i, [out]| {
-        let visible = (op.offset + i % op.t + 1).min(s);
-        // A padding query (before its row's start) sees its own position only: finite, and unused.
-        let start = op
-            .starts
-            .get(i / per_batch.max(1))
-            .map_or(0, |&st| st.min(visible - 1));
-        let (row, out) = (&x[i * s + start..i * s + visible], &mut out[start..visible]);
-        let m = row
-            .iter()
-            .fold(T::neg_infinity(), |a, &v| Float::max(a, v * scale));
-        for (o, &v) in out.iter_mut().zip(row) {
-            *o = (v * scale - m).exp();
-        }
-        let inv = T::one() / out.iter().fold(T::zero(), |a, &e| a + e);
-        out.iter_mut().for_each(|o| *o *= inv);
-    }))
-}
-
-fn softmax_bwd<T: WithDType + Float>(y: &[T], dy: &[T], s: usize, scale: f64) -> Result<Vec<T>> {
-    let scale: T = cast(scale);
-    Ok(fill_rows(y.len() / s.max(1), s, |i, [dx]| {
-        let (yr, dr) = (&y[i * s..(i + 1) * s], &dy[i * s..(i + 1) * s]);
-        let dot = yr.iter().zip(dr).fold(T::zero(), |a, (&p, &d)| a + p * d);
-        for ((o, &p), &d) in dx.iter_mut().zip(yr).zip(dr) {
-            *o = scale * p * (d - dot);
-        }
-    }))
-}
-
-impl CustomOp1 for CausalSoftmax {
-    fn name(&self) -> &'static str {
-        "causal-softmax"
-    }
-
-    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let s = l.shape().dims().last().copied().unwrap_or(1);
-        let out = float_dispatch!(st, softmax_fwd(slice(st, l)?, s, self));
-        Ok((out, l.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        if !self.starts.is_empty() {
-            bail!("causal-softmax: no backward pass for padded batches")
-        }
-        Ok(Some(y.apply_op2_no_bwd(
-            &dy.contiguous()?,
-            &SoftmaxGrad(self.scale),
-        )?))
-    }
-}
-
-struct SoftmaxGrad(f64);
-
-impl CustomOp2 for SoftmaxGrad {
-    fn name(&self) -> &'static str {
-        "causal-softmax-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let s = l1.shape().dims().last().copied().unwrap_or(1);
-        let out = float_dispatch!(s1, softmax_bwd(slice(s1, l1)?, slice(s2, l2)?, s, self.0));
         Ok((out, l1.shape().clone()))
     }
 }
