@@ -353,14 +353,14 @@ mod tests {
             .map(|r| FinetuneRound::new(r.dnd_tok_s, r.torch))
             .collect();
         let full = TorchMedians::over(&rounds, LossMode::FullLogits).unwrap();
-        assert_eq!(full.tok_s, 191.02, "median of 190.44, 191.02, 197.94");
-        assert_eq!(full.peak_rss_mb, 4757.0, "median of 4697, 4768, 4757");
+        assert_eq!(full.tok_s, 180.23, "median of 182.03, 180.23, 175.54");
+        assert_eq!(full.peak_rss_mb, 4776.0, "median of 4754, 4776, 4835");
         let committed = record.ratio_dnd_over_torch.vs_full_logits.unwrap();
         let again = median_ratio(&rounds, LossMode::FullLogits).unwrap();
         assert!((again - committed).abs() < 1e-12, "{again} vs {committed}");
         assert_eq!(
             rounds[0].ratio_dnd_over_torch[&LossMode::TargetLogits],
-            Some(213.37634011706385 / 258.21)
+            Some(309.7025988941893 / 246.81)
         );
         assert_eq!(rounds[0].ratio_dnd_over_torch.len(), 2);
         let dnd_only = [FinetuneRound::new(100.0, BTreeMap::new())];
@@ -376,14 +376,14 @@ mod tests {
         assert!(
             lines[0].starts_with("| LoRA SFT step, batch 8 x 128, 8 answer tokens, 3 round(s) |")
         );
-        assert_eq!(lines[2], "| dnd | 220.6 | 3299.3 | |");
+        assert_eq!(lines[2], "| dnd | 305.8 | 2911.1 | |");
         assert_eq!(
             lines[3],
-            "| torch+peft (full_logits) | 191.0 | 4757.0 | 1.12x |"
+            "| torch+peft (full_logits) | 180.2 | 4776.0 | 1.70x |"
         );
         assert_eq!(
             lines[4],
-            "| torch+peft (target_logits) | 272.5 | 4252.0 | 0.83x |"
+            "| torch+peft (target_logits) | 246.8 | 4214.0 | 1.25x |"
         );
         record.torch.clear();
         assert_eq!(record.table().lines().count(), 3, "dnd only");
