@@ -446,15 +446,8 @@ impl CustomOp3 for Attention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var, D};
-
-    fn seeded(dims: &[usize], seed: f64) -> Tensor {
-        let n: usize = dims.iter().product();
-        let v: Vec<f64> = (0..n)
-            .map(|i| ((i as f64 + 1.0) * (seed + 0.37) * 12.9898).sin())
-            .collect();
-        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
-    }
+    use crate::test_util::{max_diff, seeded};
+    use candle_core::{Var, D};
 
     /// The same attention from candle primitives: scores, an additive mask, softmax, then the
     /// heads put back in rows.
@@ -489,12 +482,6 @@ mod tests {
             .unwrap()
             .reshape((b * m.t, nh * hd))
             .unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        assert_eq!(a.dims(), b.dims());
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        d.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
     }
 
     /// Grouped queries (4 heads on 2 KV heads), 2 sequences of 5 positions: the output and the

@@ -16,6 +16,8 @@ mod ops;
 pub mod peft;
 mod qmatmul;
 pub mod score;
+#[cfg(test)]
+mod test_util;
 pub mod tokenizer;
 pub mod train;
 

@@ -319,15 +319,8 @@ impl CustomOp3 for LoraMatmul {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
-
-    fn seeded(dims: &[usize], seed: u64) -> Tensor {
-        let n: usize = dims.iter().product();
-        let v: Vec<f64> = (0..n)
-            .map(|i| ((i as f64 + 1.0) * (seed as f64 + 0.37) * 12.9898).sin())
-            .collect();
-        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
-    }
+    use crate::test_util::{max_diff, seeded};
+    use candle_core::Var;
 
     /// The fused projection against candle's autograd of the plain formula `x W^T + s x A^T B^T`:
     /// the same output and the same gradients for `x`, `A` and `B`. In f64 (the `gemm` crate) only
@@ -335,11 +328,11 @@ mod tests {
     /// forward and input-gradient products).
     fn lora_matmul_matches_the_unfused_formula(dtype: DType, tol: f64) {
         let (n, k, m, r, s) = (5, 7, 6, 3, 1.7);
-        let w = Frozen::new(seeded(&[m, k], 1).to_dtype(dtype).unwrap()).unwrap();
-        let x = Var::from_tensor(&seeded(&[n, k], 2).to_dtype(dtype).unwrap()).unwrap();
-        let a = Var::from_tensor(&seeded(&[r, k], 3).to_dtype(dtype).unwrap()).unwrap();
-        let b = Var::from_tensor(&seeded(&[m, r], 4).to_dtype(dtype).unwrap()).unwrap();
-        let probe = seeded(&[n, m], 5).to_dtype(dtype).unwrap();
+        let w = Frozen::new(seeded(&[m, k], 1.0).to_dtype(dtype).unwrap()).unwrap();
+        let x = Var::from_tensor(&seeded(&[n, k], 2.0).to_dtype(dtype).unwrap()).unwrap();
+        let a = Var::from_tensor(&seeded(&[r, k], 3.0).to_dtype(dtype).unwrap()).unwrap();
+        let b = Var::from_tensor(&seeded(&[m, r], 4.0).to_dtype(dtype).unwrap()).unwrap();
+        let probe = seeded(&[n, m], 5.0).to_dtype(dtype).unwrap();
         let run = |y: Tensor| {
             let grads = (y.clone() * &probe)
                 .unwrap()
@@ -361,13 +354,7 @@ mod tests {
         .unwrap();
         let plain = run(plain_y);
         for (name, (f, p)) in ["y", "dx", "dA", "dB"].iter().zip(fused.iter().zip(&plain)) {
-            assert_eq!(f.dims(), p.dims(), "{name}");
-            let diff = (f - p).unwrap().abs().unwrap().max_all().unwrap();
-            let diff = diff
-                .to_dtype(DType::F64)
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let diff = max_diff(f, p);
             assert!(diff < tol, "{name}: max difference {diff}");
         }
     }

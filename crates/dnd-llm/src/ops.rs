@@ -383,22 +383,17 @@ impl candle_core::CustomOp3 for SwiGluGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
-
-    fn seeded(dims: &[usize], seed: f64) -> Tensor {
-        let n: usize = dims.iter().product();
-        let v: Vec<f64> = (0..n)
-            .map(|i| 3.0 * ((i as f64 + 1.0) * (seed + 0.37) * 12.9898).sin())
-            .collect();
-        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
-    }
+    use crate::test_util::{max_diff, seeded};
+    use candle_core::Var;
 
     /// The fused SwiGLU against candle's autograd of `silu(gate) * up`: output and both gradients, on
     /// one thread (a small tensor) and on the pool (over `PARALLEL_MIN_ELEMENTS`).
     fn swiglu_matches_candle(dtype: DType, tol: f64) {
         for dims in [[3, 5], [40, 1000]] {
-            let g = Var::from_tensor(&seeded(&dims, 1.0).to_dtype(dtype).unwrap()).unwrap();
-            let u = Var::from_tensor(&seeded(&dims, 2.0).to_dtype(dtype).unwrap()).unwrap();
+            let g = Var::from_tensor(&(seeded(&dims, 1.0) * 3.0).unwrap().to_dtype(dtype).unwrap())
+                .unwrap();
+            let u = Var::from_tensor(&(seeded(&dims, 2.0) * 3.0).unwrap().to_dtype(dtype).unwrap())
+                .unwrap();
             let probe = seeded(&dims, 3.0).to_dtype(dtype).unwrap();
             let run = |h: Tensor| {
                 let grads = (&h * &probe)
@@ -413,13 +408,7 @@ mod tests {
             let fused = run(swiglu(&g, &u).unwrap());
             let plain = run((g.silu().unwrap() * u.as_tensor()).unwrap());
             for (name, (f, p)) in ["h", "dgate", "dup"].iter().zip(fused.iter().zip(&plain)) {
-                assert_eq!(f.dims(), p.dims(), "{name}");
-                let diff = (f - p).unwrap().abs().unwrap().max_all().unwrap();
-                let diff = diff
-                    .to_dtype(DType::F64)
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap();
+                let diff = max_diff(f, p);
                 assert!(diff < tol, "{name} {dims:?}: max difference {diff}");
             }
         }
