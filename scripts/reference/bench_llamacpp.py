@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
 """llama.cpp (llama-cpp-python) reference for `dnd bench llm` on the same GGUF, 2 threads.
 
-    OMP_WAIT_POLICY=PASSIVE python scripts/reference/bench_llamacpp.py --model M.gguf --batch 8 --seq 128 \
+    python scripts/reference/bench_llamacpp.py --model M.gguf --batch 8 --seq 128 \
         --steps 3 --decode-prompt 32 --decode-new 128
+
+OpenMP's wait policy is left to the caller: on a quiet 2-core machine llama.cpp's spinning threads are
+fastest (decode_1 113 tok/s against 40 with OMP_WAIT_POLICY=PASSIVE, session 15); on a loaded one
+PASSIVE was (25 against 7.8 tok/s, session 11). The variable must be set before the process starts:
+refcommon imports torch, which loads the OpenMP runtime.
 
 `forward`: `batch` sequences of `seq` fixed pseudo-random tokens (dnd's ids), a cleared context each,
 logits for the last position only (llama.cpp's prompt processing); median of --steps after a warm-up.
@@ -36,8 +41,6 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated measures to run (default: all)")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
-    # Before llama.cpp loads its OpenMP runtime: spinning threads starve each other on 2 cores.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from llama_cpp import Llama, __version__
 
     n_ctx = max(args.seq, args.decode_prompt + args.decode_new)
