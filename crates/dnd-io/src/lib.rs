@@ -88,11 +88,13 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".tmp-{}-{serial}-{name}", std::process::id()))
 }
 
-/// Whether `path` is a temporary name of [`temp_path`]: a writer's unfinished file, or one left by a
-/// killed run, which a reader listing a directory must pass over.
+/// Whether `path` is a temporary name: one of [`temp_path`]'s, or the `tempfile` crate's default
+/// (`.tmp` and six random characters), which libraries we call use for their own atomic writes
+/// (safetensors 0.8 saves through one beside the path it is given). A writer's unfinished file, or one
+/// left by a killed run, which a reader listing a directory must pass over.
 pub fn is_temp(path: &Path) -> bool {
     path.file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
+        .is_some_and(|n| n.to_string_lossy().starts_with(".tmp"))
 }
 
 /// Remove the temporary files and directories ([`is_temp`]) directly in `dir`: what a writer killed
@@ -260,6 +262,8 @@ mod tests {
         let keep = dir.path().join("manifest.json");
         std::fs::write(&keep, "{}").unwrap();
         std::fs::write(temp_path(&keep), "").unwrap();
+        // safetensors' own temporary file, left by a kill during a save.
+        std::fs::write(dir.path().join(".tmpXFwIuP"), "").unwrap();
         std::fs::create_dir(temp_path(&dir.path().join("step-0003"))).unwrap();
         std::fs::create_dir(dir.path().join("checkpoints")).unwrap();
         remove_temps(dir.path()).unwrap();
