@@ -8,7 +8,7 @@
 //! are read from and written to their columns in place, and the probabilities of the forward pass are
 //! kept for the backward one.
 
-use crate::ops::{cast, slice};
+use crate::ops::{cast, slice, Out};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use num_traits::{Float, NumAssign};
@@ -184,21 +184,6 @@ unsafe fn mm<T: WithDType>(
             false,
             gemm::Parallelism::None,
         )
-    }
-}
-
-/// A pointer the items of one pool call write through, each to its own elements.
-#[derive(Clone, Copy)]
-struct Out<T>(*mut T);
-// SAFETY: shared only by the workers of one pool call, which write disjoint elements (see callers).
-unsafe impl<T> Sync for Out<T> {}
-unsafe impl<T> Send for Out<T> {}
-
-impl<T> Out<T> {
-    /// The element `i` places on. A method, so that closures capture the whole `Out` (a `Sync`
-    /// value), not its raw pointer field.
-    fn at(self, i: usize) -> *mut T {
-        self.0.wrapping_add(i)
     }
 }
 

@@ -34,14 +34,29 @@ pub(crate) fn cast<T: Float>(x: f64) -> T {
     T::from(x).expect("f64 converts to a float type")
 }
 
+/// A pointer the items of one pool call write through, each to its own elements.
+#[derive(Clone, Copy)]
+pub(crate) struct Out<T>(pub(crate) *mut T);
+// SAFETY: shared only by the workers of one pool call, which write disjoint elements (see callers).
+unsafe impl<T> Sync for Out<T> {}
+unsafe impl<T> Send for Out<T> {}
+
+impl<T> Out<T> {
+    /// The element `i` places on. A method, so that closures capture the whole `Out` (a `Sync`
+    /// value), not its raw pointer field.
+    pub(crate) fn at(self, i: usize) -> *mut T {
+        self.0.wrapping_add(i)
+    }
+}
+
 /// Elements below which a kernel runs on the calling thread: waking the pool costs more than the pass
 /// (decoding one token is a few thousand elements per op).
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
 
 /// `P` planes of `rows x width` values, where `f(i, planes)` writes row `i` of every plane. Rows are
 /// spread over candle's thread pool: written one thread at a time, these passes left the second core
-/// idle (with OpenBLAS's threads asleep between products) for the norms, softmax, rotary embedding
-/// and SwiGLU of every layer.
+/// idle (with OpenBLAS's threads asleep between products) for the norms, rotary embedding and SwiGLU
+/// of every layer.
 fn fill_rows<T: WithDType, const P: usize>(
     rows: usize,
     width: usize,
@@ -49,12 +64,12 @@ fn fill_rows<T: WithDType, const P: usize>(
 ) -> Vec<T> {
     let plane = rows * width;
     let mut out = vec![T::zero(); P * plane];
-    let base = out.as_mut_ptr() as usize;
+    let base = Out(out.as_mut_ptr());
     let row = |i: usize| {
         // SAFETY: row `i` of each plane is handed to exactly one call (one worker), the rows lie
         // inside `out` (P planes of rows x width), and `out` outlives every call.
         let planes = std::array::from_fn(|p| unsafe {
-            std::slice::from_raw_parts_mut((base as *mut T).add(p * plane + i * width), width)
+            std::slice::from_raw_parts_mut(base.at(p * plane + i * width), width)
         });
         f(i, planes);
     };

@@ -137,12 +137,12 @@ impl Packed {
         let acts = Activations::quantize(x, m, self.k);
         let mut out = vec![0f32; m * self.n];
         let tiles = self.n.div_ceil(TILE);
-        let out_ptr = out.as_mut_ptr() as usize;
+        let out_ptr = crate::ops::Out(out.as_mut_ptr());
         candle_core::utils::barrier_pool().execute_chunked(tiles, |range| {
             for t in range {
                 // SAFETY: tile `t` writes only columns t*16..t*16+16 of each output row, so the
                 // workers' writes are disjoint, and `out` outlives the pool call.
-                unsafe { self.tile(t, &acts, out_ptr as *mut f32) }
+                unsafe { self.tile(t, &acts, out_ptr.at(0)) }
             }
         });
         out
