@@ -14,6 +14,9 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Ten
 use num_traits::{Float, NumAssign};
 use std::sync::Mutex;
 
+mod small;
+use small::{Small, SMALL};
+
 /// Which keys each query sees.
 #[derive(Clone, Debug)]
 pub struct Mask {
@@ -194,7 +197,7 @@ fn for_items(n: usize, f: impl Fn(usize) + Sync) {
 
 impl Attention {
     /// Probabilities of item `item` into `p [rows, S]` (zero outside the mask).
-    fn probs_of<T: WithDType + Float + NumAssign>(
+    fn probs_of<T: WithDType + Small + NumAssign>(
         &self,
         d: &Dims,
         q: &[T],
@@ -203,10 +206,14 @@ impl Attention {
         p: &mut [T],
     ) {
         let (rows, s, hd) = (d.rows, d.s, d.hd);
-        let qv = View::rows(q[item * rows * hd..].as_ptr(), hd);
-        let kv = View::rows(k[d.kv(d.k_at, item)..].as_ptr(), hd);
-        // SAFETY: q holds rows x hd at this item, k S x hd, p rows x S; p is this item's own.
-        unsafe { mm((rows, s, hd), p.as_mut_ptr(), s, qv, kv.t(), false) };
+        let (qi, ki) = (&q[item * rows * hd..], &k[d.kv(d.k_at, item)..]);
+        if rows * s * hd <= SMALL {
+            T::dots((rows, s, hd), qi, hd, ki, hd, p);
+        } else {
+            let (qv, kv) = (View::rows(qi.as_ptr(), hd), View::rows(ki.as_ptr(), hd));
+            // SAFETY: q holds rows x hd at this item, k S x hd, p rows x S; p is this item's own.
+            unsafe { mm((rows, s, hd), p.as_mut_ptr(), s, qv, kv.t(), false) };
+        }
         let scale: T = cast(self.scale);
         for (i, row) in p.chunks_exact_mut(s).enumerate() {
             let vis = self.mask.visible(item / d.nkv, i, s);
@@ -227,7 +234,7 @@ impl Attention {
         }
     }
 
-    fn fwd<T: WithDType + Float + NumAssign>(
+    fn fwd<T: WithDType + Small + NumAssign>(
         &self,
         d: &Dims,
         q: &[T],
@@ -250,12 +257,19 @@ impl Attention {
             };
             self.probs_of(d, q, k, item, p);
             let (b, h) = (item / d.nkv, item % d.nkv);
-            let vv = View::rows(v[d.kv(d.v_at, item)..].as_ptr(), hd);
+            let vi = &v[d.kv(d.v_at, item)..];
             for gi in 0..g {
                 let dst = (b * t) * w + (h * g + gi) * hd;
-                let pv = View::rows(p[gi * t * s..].as_ptr(), s);
+                let pi = &p[gi * t * s..];
                 // SAFETY: head h*g+gi's columns of batch element b's t rows belong to this item.
-                unsafe { mm((t, hd, s), yo.at(dst), w, pv, vv, false) };
+                unsafe {
+                    if t * hd * s <= SMALL {
+                        T::axpys((t, s, hd), pi, vi, hd, yo.at(dst), w);
+                    } else {
+                        let (pv, vv) = (View::rows(pi.as_ptr(), s), View::rows(vi.as_ptr(), hd));
+                        mm((t, hd, s), yo.at(dst), w, pv, vv, false);
+                    }
+                }
             }
         });
         (y, probs)
@@ -469,10 +483,9 @@ mod tests {
             .unwrap()
     }
 
-    /// Grouped queries (4 heads on 2 KV heads), 2 sequences of 5 positions: the output and the
-    /// gradients of q, k and v against candle's autograd of the plain formula.
-    fn matches_the_plain_formula(dtype: DType, tol: f64) {
-        let (b, nkv, g, t, hd) = (2, 2, 2, 5, 4);
+    /// Grouped queries, `g` heads per KV head: the output and the gradients of q, k and v against
+    /// candle's autograd of the plain formula.
+    fn matches_the_plain_formula(dtype: DType, tol: f64, (b, nkv, g, t, hd): Sizes) {
         let var = |dims: &[usize], seed| {
             Var::from_tensor(&seeded(dims, seed).to_dtype(dtype).unwrap()).unwrap()
         };
@@ -505,14 +518,27 @@ mod tests {
         }
     }
 
+    /// Batch, KV heads, query heads per KV head, positions, head size.
+    type Sizes = (usize, usize, usize, usize, usize);
+
+    /// 4 heads on 2 KV heads, 2 sequences of 5 positions: products under [`SMALL`] (the loops).
+    const TINY: Sizes = (2, 2, 2, 5, 4);
+    /// SmolLM2's head size and grouping, 48 positions: products above [`SMALL`] (the `gemm` crate).
+    const LARGE: Sizes = (1, 1, 3, 48, 64);
+
     #[test]
     fn attention_and_its_gradients_match_candles_autograd_in_f64() {
-        matches_the_plain_formula(DType::F64, 1e-12);
+        for sizes in [TINY, LARGE] {
+            assert_eq!(sizes == LARGE, sizes.2 * sizes.3.pow(2) * sizes.4 > SMALL);
+            matches_the_plain_formula(DType::F64, 1e-12, sizes);
+        }
     }
 
     #[test]
     fn attention_and_its_gradients_match_candles_autograd_in_f32() {
-        matches_the_plain_formula(DType::F32, 1e-5);
+        for sizes in [TINY, LARGE] {
+            matches_the_plain_formula(DType::F32, 1e-5, sizes);
+        }
     }
 
     /// Inference shapes: 2 new positions after 3 cached ones, keys read through a cache slot's view

@@ -316,6 +316,7 @@ pub fn generate_batch(
         .collect();
     let dev = model.device().clone();
     let mut cache = model.new_cache();
+    cache.reserve(width + max_new);
     let mut input = Tensor::from_vec(ids, (b, width), &dev)?;
     // The prompt index of each row of the batch.
     let mut live: Vec<usize> = (0..b).collect();

@@ -9,25 +9,30 @@ use dnd_llm::score::{generate_greedy, loglikelihood};
 use dnd_llm::{LoraConfig, Target};
 use dnd_testkit::max_abs_diff;
 
+/// Without room reserved (the slots grow), with room for fewer positions than the first call brings,
+/// and with room to spare.
 #[test]
 fn kv_cache_continuation_equals_full_forward() {
     let (model, _fx, _dir) = tiny_model("tiny_qwen2.json", DType::F32);
     let seq: Vec<u32> = vec![3, 9, 27, 81 % 64, 11, 5, 60];
     let full = model.hidden(&ids(&seq), None, None).unwrap();
-    let mut cache = model.new_cache();
-    let a = model
-        .hidden(&ids(&seq[..4]), None, Some(&mut cache))
-        .unwrap();
-    let b = model
-        .hidden(&ids(&seq[4..6]), None, Some(&mut cache))
-        .unwrap();
-    let c = model
-        .hidden(&ids(&seq[6..]), None, Some(&mut cache))
-        .unwrap();
-    assert_eq!(cache.len(), 7);
-    let inc = Tensor::cat(&[a, b, c], 0).unwrap();
-    let d = max_abs_diff(&full, &inc);
-    assert!(d < 1e-5, "cached vs full: {d}");
+    for reserve in [0, 2, 16] {
+        let mut cache = model.new_cache();
+        cache.reserve(reserve);
+        let a = model
+            .hidden(&ids(&seq[..4]), None, Some(&mut cache))
+            .unwrap();
+        let b = model
+            .hidden(&ids(&seq[4..6]), None, Some(&mut cache))
+            .unwrap();
+        let c = model
+            .hidden(&ids(&seq[6..]), None, Some(&mut cache))
+            .unwrap();
+        assert_eq!(cache.len(), 7);
+        let inc = Tensor::cat(&[a, b, c], 0).unwrap();
+        let d = max_abs_diff(&full, &inc);
+        assert!(d < 1e-5, "room for {reserve}: cached vs full: {d}");
+    }
 }
 
 /// Sum of log-softmax over the continuation, computed from one plain forward of context + continuation.
