@@ -16,8 +16,10 @@
 //! `Σ w x ≈ d dx Σ q qx + m (dx Σ qx)`.
 //!
 //! Exact repacking (the same weights as the file's): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0. Q4_K's sub-block
-//! scales `d·sc` and offsets `dmin·mn` are rounded to f16 (a relative 2^-11 of each scale, far below
-//! its 4-bit steps). Other types (Q6_K, Q2_K, ...) are left to candle.
+//! scales `d·sc` and offsets `dmin·mn`, and Q6_K's sub-block scales `d·sc`, are rounded to f16 (a
+//! relative 2^-11 of each scale, far below their 4- and 6-bit steps). Q6_K has a scale per 16 inputs:
+//! its blocks keep one per half (`w = s_h (q - 32)`). Other types (Q2_K, Q3_K, Q5_K, ...) are left to
+//! candle.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
@@ -29,19 +31,24 @@ const BLOCK: usize = 32;
 /// Input rows multiplied per pass over a tile (accumulators kept in registers).
 const ROWS: usize = 4;
 
-/// How many bits each packed value has.
+/// How many bits each packed value has, and what the two f16 numbers per row and block are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Bits {
+    /// 4-bit values, a scale and an offset: `w = s0 q + s1`.
     Four,
+    /// 8-bit values, a scale and an offset: `w = s0 q + s1`.
     Eight,
+    /// 8-bit values (6 used), a scale per half of the block: `w = s_h (q - 32)` for the inputs of
+    /// half `h` (Q6_K's sub-blocks of 16).
+    Halves,
 }
 
 impl Bits {
-    /// Bytes of values of one tile and block; the 16 f16 scales and 16 f16 offsets follow them.
+    /// Bytes of values of one tile and block; the 16 rows' f16 `s0` and then their `s1` follow them.
     fn value_bytes(self) -> usize {
         match self {
             Bits::Four => TILE * BLOCK / 2,
-            Bits::Eight => TILE * BLOCK,
+            Bits::Eight | Bits::Halves => TILE * BLOCK,
         }
     }
 
@@ -50,10 +57,9 @@ impl Bits {
     }
 }
 
-/// One row's block as unsigned values with `w = d q + m`.
+/// One row's block: unsigned values and the two numbers that make them weights ([`Bits`]).
 struct Block {
-    d: f32,
-    m: f32,
+    s: [f32; 2],
     q: [u8; BLOCK],
 }
 
@@ -85,6 +91,7 @@ impl Packed {
         let bits = match q.dtype() {
             GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q4K => Bits::Four,
             GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_0 => Bits::Eight,
+            GgmlDType::Q6K => Bits::Halves,
             _ => return Ok(None),
         };
         if !available() || k % q.dtype().block_size() != 0 || k == 0 {
@@ -117,10 +124,10 @@ impl Packed {
                 for r in 0..TILE.min(n - t * TILE) {
                     let blk = block(t * TILE + r, b);
                     place(bits, out, r, &blk.q);
-                    let scales = bits.value_bytes();
-                    out[scales + 2 * r..][..2].copy_from_slice(&f16::from_f32(blk.d).to_le_bytes());
-                    out[scales + 2 * (TILE + r)..][..2]
-                        .copy_from_slice(&f16::from_f32(blk.m).to_le_bytes());
+                    for (i, &x) in blk.s.iter().enumerate() {
+                        let at = bits.value_bytes() + 2 * (i * TILE + r);
+                        out[at..][..2].copy_from_slice(&f16::from_f32(x).to_le_bytes());
+                    }
                 }
             }
         }
@@ -179,7 +186,7 @@ impl Packed {
 /// `4 j + i` (8-bit: `j` < 8; 4-bit: the low nibble, with input `16 + 4 j + i` in the high one, `j` < 4).
 fn place(bits: Bits, out: &mut [u8], r: usize, q: &[u8; BLOCK]) {
     match bits {
-        Bits::Eight => {
+        Bits::Eight | Bits::Halves => {
             for (c, &v) in q.iter().enumerate() {
                 out[64 * (c / 4) + 4 * r + c % 4] = v;
             }
@@ -203,16 +210,14 @@ fn decode(dtype: GgmlDType, row: &[u8], b: usize) -> Block {
             let p = &row[b * 18..];
             let d = h(p);
             Block {
-                d,
-                m: -8.0 * d,
+                s: [d, -8.0 * d],
                 q: nibbles(&p[2..18]),
             }
         }
         GgmlDType::Q4_1 => {
             let p = &row[b * 20..];
             Block {
-                d: h(p),
-                m: h(&p[2..]),
+                s: [h(p), h(&p[2..])],
                 q: nibbles(&p[4..20]),
             }
         }
@@ -221,8 +226,7 @@ fn decode(dtype: GgmlDType, row: &[u8], b: usize) -> Block {
             let d = h(p);
             let q = std::array::from_fn(|i| (p[2 + i] as i8 as i16 + 128) as u8);
             Block {
-                d,
-                m: -128.0 * d,
+                s: [d, -128.0 * d],
                 q,
             }
         }
@@ -242,7 +246,7 @@ fn decode(dtype: GgmlDType, row: &[u8], b: usize) -> Block {
             let qh = u32::from_le_bytes([p[off], p[off + 1], p[off + 2], p[off + 3]]);
             let low = nibbles(&p[off + 4..off + 20]);
             let q = std::array::from_fn(|i| low[i] | ((((qh >> i) & 1) as u8) << 4));
-            Block { d, m, q }
+            Block { s: [d, m], q }
         }
         GgmlDType::Q4K => {
             // 256 inputs per super-block: 8 sub-blocks of 32, each a 6-bit scale and minimum.
@@ -252,8 +256,27 @@ fn decode(dtype: GgmlDType, row: &[u8], b: usize) -> Block {
             let qs = &p[16 + 32 * (j / 2)..][..32];
             let q = std::array::from_fn(|i| if j % 2 == 0 { qs[i] & 15 } else { qs[i] >> 4 });
             Block {
-                d: d * sc as f32,
-                m: -dmin * mn as f32,
+                s: [d * sc as f32, -dmin * mn as f32],
+                q,
+            }
+        }
+        GgmlDType::Q6K => {
+            // 256 inputs per super-block: low nibbles (128 bytes), high 2-bit pairs (64), 16 signed
+            // scales, f16 d. Each half of 128 holds 4 blocks of 32 (`g`), whose input `l` takes its low
+            // nibble from byte `l` (g 0, 2) or `32 + l` (g 1, 3), low (g < 2) or high, and its high
+            // bits from bits 2g of byte `l` of its half's 32 `qh` bytes; sub-block scale `l / 16 + 2 g`.
+            let p = &row[(b / 8) * 210..];
+            let (half, g) = ((b % 8) / 4, b % 4);
+            let (ql, qh) = (&p[64 * half..], &p[128 + 32 * half..]);
+            let sc = |i: usize| p[192 + 8 * half + i + 2 * g] as i8 as f32;
+            let d = h(&p[208..]);
+            let q = std::array::from_fn(|l| {
+                let byte = ql[l + 32 * (g % 2)];
+                let low = if g < 2 { byte & 15 } else { byte >> 4 };
+                low | (((qh[l] >> (2 * g)) & 3) << 4)
+            });
+            Block {
+                s: [d * sc(0), d * sc(1)],
                 q,
             }
         }
@@ -274,13 +297,14 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
 }
 
 /// Input rows quantised to signed 8 bits per block of 32: `x ≈ d q`, with `d Σ q` per block for the
-/// weights' offsets.
+/// weights' offsets, and per half block for [`Bits::Halves`].
 struct Activations {
     m: usize,
     k: usize,
     q: Vec<i8>,
     d: Vec<f32>,
     dsum: Vec<f32>,
+    halves: Vec<f32>,
 }
 
 impl Activations {
@@ -288,13 +312,21 @@ impl Activations {
         let kb = k / BLOCK;
         let mut q = vec![0i8; m * k];
         let (mut d, mut dsum) = (vec![0f32; m * kb], vec![0f32; m * kb]);
+        let mut halves = vec![0f32; 2 * m * kb];
         #[cfg(target_arch = "x86_64")]
         // SAFETY: only a `Packed` quantises inputs, and one exists only where `available()` holds;
         // every slice holds whole blocks.
         unsafe {
-            kernel::quantize(x, &mut q, &mut d, &mut dsum)
+            kernel::quantize(x, &mut q, &mut d, &mut dsum, &mut halves)
         };
-        Self { m, k, q, d, dsum }
+        Self {
+            m,
+            k,
+            q,
+            d,
+            dsum,
+            halves,
+        }
     }
 }
 
@@ -314,27 +346,39 @@ mod kernel {
         sums: &mut [[f32; TILE]; ROWS],
     ) {
         assert!(tile.len() >= kb * bits.block_bytes() && row + r <= acts.m && acts.k == kb * BLOCK);
+        /// The kernel for `bits` and `r` rows.
+        macro_rules! rows {
+            ($four:literal, $halves:literal) => {
+                match r {
+                    1 => blocks::<$four, $halves, 1>,
+                    2 => blocks::<$four, $halves, 2>,
+                    3 => blocks::<$four, $halves, 3>,
+                    _ => blocks::<$four, $halves, 4>,
+                }
+            };
+        }
+        let kernel = match bits {
+            Bits::Four => rows!(true, false),
+            Bits::Eight => rows!(false, false),
+            Bits::Halves => rows!(false, true),
+        };
         // SAFETY: `Packed::new` builds tiles only where `available()` holds; the bounds are checked
         // above, and the kernels read only `kb` blocks of the tile and of rows `row..row + r`.
-        unsafe {
-            match (bits, r) {
-                (Bits::Four, 1) => blocks::<true, 1>(tile, kb, acts, row, sums),
-                (Bits::Four, 2) => blocks::<true, 2>(tile, kb, acts, row, sums),
-                (Bits::Four, 3) => blocks::<true, 3>(tile, kb, acts, row, sums),
-                (Bits::Four, _) => blocks::<true, 4>(tile, kb, acts, row, sums),
-                (Bits::Eight, 1) => blocks::<false, 1>(tile, kb, acts, row, sums),
-                (Bits::Eight, 2) => blocks::<false, 2>(tile, kb, acts, row, sums),
-                (Bits::Eight, 3) => blocks::<false, 3>(tile, kb, acts, row, sums),
-                (Bits::Eight, _) => blocks::<false, 4>(tile, kb, acts, row, sums),
-            }
-        }
+        unsafe { kernel(tile, kb, acts, row, sums) }
     }
 
     /// `x` (whole blocks of 32) to 8-bit values `q` (rounded to nearest, ties to even), the scale `d`
-    /// of each block (its largest |x| / 127) and `d Σ q`.
+    /// of each block (its largest |x| / 127), `d Σ q`, and `d Σ q` of each half block.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn quantize(x: &[f32], q: &mut [i8], d: &mut [f32], dsum: &mut [f32]) {
+    pub(super) unsafe fn quantize(
+        x: &[f32],
+        q: &mut [i8],
+        d: &mut [f32],
+        dsum: &mut [f32],
+        halves: &mut [f32],
+    ) {
         assert!(x.len() == q.len() && x.len() == d.len() * BLOCK && d.len() == dsum.len());
+        assert!(halves.len() == 2 * d.len());
         for (b, (d, dsum)) in d.iter_mut().zip(dsum.iter_mut()).enumerate() {
             // SAFETY: block `b` of `x` and `q` is in bounds (checked above).
             unsafe {
@@ -350,7 +394,10 @@ mod kernel {
                 _mm_storeu_si128(out, _mm512_cvtepi32_epi8(qlo));
                 _mm_storeu_si128(out.add(1), _mm512_cvtepi32_epi8(qhi));
                 *d = scale;
-                *dsum = scale * _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi)) as f32;
+                let (slo, shi) = (_mm512_reduce_add_epi32(qlo), _mm512_reduce_add_epi32(qhi));
+                *dsum = scale * (slo + shi) as f32;
+                halves[2 * b] = scale * slo as f32;
+                halves[2 * b + 1] = scale * shi as f32;
             }
         }
     }
@@ -363,8 +410,11 @@ mod kernel {
         _mm512_set1_epi32(unsafe { std::ptr::read_unaligned(q.add(i) as *const i32) })
     }
 
+    /// Each of `R` input rows against a tile: per block, two independent `vpdpbusd` chains per row
+    /// (inputs 0-15 and 16-31; one chain would be bound by the instruction's latency), then the
+    /// block's scales ([`Bits`]).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn blocks<const FOUR: bool, const R: usize>(
+    unsafe fn blocks<const FOUR: bool, const HALVES: bool, const R: usize>(
         tile: &[u8],
         kb: usize,
         acts: &Activations,
@@ -373,50 +423,60 @@ mod kernel {
     ) {
         // SAFETY: `run` checked that the tile holds `kb` blocks and the rows exist.
         unsafe {
-            let bits = if FOUR { Bits::Four } else { Bits::Eight };
+            let bits = match (FOUR, HALVES) {
+                (true, _) => Bits::Four,
+                (false, false) => Bits::Eight,
+                (false, true) => Bits::Halves,
+            };
             let (bb, vb) = (bits.block_bytes(), bits.value_bytes());
             let nibble = _mm512_set1_epi8(15);
             let xq: [*const i8; R] =
                 std::array::from_fn(|i| acts.q.as_ptr().add((row + i) * acts.k));
             let xd: [*const f32; R] = std::array::from_fn(|i| acts.d.as_ptr().add((row + i) * kb));
-            let xs: [*const f32; R] =
-                std::array::from_fn(|i| acts.dsum.as_ptr().add((row + i) * kb));
+            let xs: [*const f32; R] = std::array::from_fn(|i| {
+                if HALVES {
+                    acts.halves.as_ptr().add(2 * (row + i) * kb)
+                } else {
+                    acts.dsum.as_ptr().add((row + i) * kb)
+                }
+            });
             let mut acc = [_mm512_setzero_ps(); R];
             for b in 0..kb {
                 let p = tile.as_ptr().add(b * bb);
-                // Two independent chains per row: vpdpbusd's latency would otherwise bound one row.
-                let mut even = [_mm512_setzero_si512(); R];
-                let mut odd = [_mm512_setzero_si512(); R];
+                let mut lo = [_mm512_setzero_si512(); R];
+                let mut hi = [_mm512_setzero_si512(); R];
                 let base = b * BLOCK;
-                if FOUR {
-                    for j in 0..4 {
+                for j in 0..4 {
+                    let (vlo, vhi) = if FOUR {
                         let v = _mm512_loadu_si512(p.add(64 * j) as *const _);
-                        let lo = _mm512_and_si512(v, nibble);
-                        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble);
-                        for i in 0..R {
-                            even[i] = _mm512_dpbusd_epi32(even[i], lo, inputs(xq[i], base + 4 * j));
-                            odd[i] =
-                                _mm512_dpbusd_epi32(odd[i], hi, inputs(xq[i], base + 16 + 4 * j));
-                        }
-                    }
-                } else {
-                    for j in (0..8).step_by(2) {
+                        let high = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble);
+                        (_mm512_and_si512(v, nibble), high)
+                    } else {
                         let v0 = _mm512_loadu_si512(p.add(64 * j) as *const _);
-                        let v1 = _mm512_loadu_si512(p.add(64 * (j + 1)) as *const _);
-                        for i in 0..R {
-                            even[i] = _mm512_dpbusd_epi32(even[i], v0, inputs(xq[i], base + 4 * j));
-                            odd[i] =
-                                _mm512_dpbusd_epi32(odd[i], v1, inputs(xq[i], base + 4 * j + 4));
-                        }
+                        (v0, _mm512_loadu_si512(p.add(64 * (j + 4)) as *const _))
+                    };
+                    for i in 0..R {
+                        lo[i] = _mm512_dpbusd_epi32(lo[i], vlo, inputs(xq[i], base + 4 * j));
+                        hi[i] = _mm512_dpbusd_epi32(hi[i], vhi, inputs(xq[i], base + 16 + 4 * j));
                     }
                 }
-                let d = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(vb) as *const _));
-                let m = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(vb + 32) as *const _));
+                let s0 = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(vb) as *const _));
+                let s1 = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(vb + 32) as *const _));
                 for i in 0..R {
-                    let s = _mm512_cvtepi32_ps(_mm512_add_epi32(even[i], odd[i]));
-                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(*xd[i].add(b)));
-                    acc[i] = _mm512_fmadd_ps(s, scale, acc[i]);
-                    acc[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(*xs[i].add(b)), acc[i]);
+                    let dx = _mm512_set1_ps(*xd[i].add(b));
+                    if HALVES {
+                        // s_h (dx Σ q qx - 32 dx Σ qx) over each half.
+                        let (h0, h1) = (*xs[i].add(2 * b), *xs[i].add(2 * b + 1));
+                        let (slo, shi) = (_mm512_cvtepi32_ps(lo[i]), _mm512_cvtepi32_ps(hi[i]));
+                        let t0 = _mm512_fmsub_ps(slo, dx, _mm512_set1_ps(32.0 * h0));
+                        let t1 = _mm512_fmsub_ps(shi, dx, _mm512_set1_ps(32.0 * h1));
+                        acc[i] = _mm512_fmadd_ps(s0, t0, acc[i]);
+                        acc[i] = _mm512_fmadd_ps(s1, t1, acc[i]);
+                    } else {
+                        let s = _mm512_cvtepi32_ps(_mm512_add_epi32(lo[i], hi[i]));
+                        acc[i] = _mm512_fmadd_ps(s, _mm512_mul_ps(s0, dx), acc[i]);
+                        acc[i] = _mm512_fmadd_ps(s1, _mm512_set1_ps(*xs[i].add(b)), acc[i]);
+                    }
                 }
             }
             for i in 0..R {
@@ -446,10 +506,10 @@ mod tests {
             for b in 0..kb {
                 let blk = &p.data[(t * kb + b) * bb..][..bb];
                 let h = |o: usize| f16::from_le_bytes([blk[o], blk[o + 1]]).to_f32();
-                let (d, m) = (h(vb + 2 * rr), h(vb + 2 * (TILE + rr)));
+                let (s0, s1) = (h(vb + 2 * rr), h(vb + 2 * (TILE + rr)));
                 for c in 0..BLOCK {
                     let q = match p.bits {
-                        Bits::Eight => blk[64 * (c / 4) + 4 * rr + c % 4],
+                        Bits::Eight | Bits::Halves => blk[64 * (c / 4) + 4 * rr + c % 4],
                         Bits::Four => {
                             let byte = blk[64 * ((c % 16) / 4) + 4 * rr + c % 4];
                             if c < 16 {
@@ -459,7 +519,11 @@ mod tests {
                             }
                         }
                     };
-                    w[r * p.k + b * BLOCK + c] = d * q as f32 + m;
+                    w[r * p.k + b * BLOCK + c] = match (p.bits, c < 16) {
+                        (Bits::Halves, true) => s0 * (q as f32 - 32.0),
+                        (Bits::Halves, false) => s1 * (q as f32 - 32.0),
+                        _ => s0 * q as f32 + s1,
+                    };
                 }
             }
         }
@@ -480,7 +544,7 @@ mod tests {
     }
 
     /// Repacking keeps every weight of the file: exactly for the block types whose scales are f16
-    /// already, within f16 rounding of the sub-block scales for Q4_K.
+    /// already, within f16 rounding of the sub-block scales for Q4_K and Q6_K.
     #[test]
     fn repacked_tiles_hold_the_files_weights() {
         if !available() {
@@ -494,6 +558,7 @@ mod tests {
             (GgmlDType::Q5_1, 0.0),
             (GgmlDType::Q8_0, 0.0),
             (GgmlDType::Q4K, 4e-3),
+            (GgmlDType::Q6K, 1e-3),
         ] {
             // 37 rows: two whole tiles and a partial one.
             let (q, dq) = quantized(dtype, 37, 512);
@@ -522,6 +587,7 @@ mod tests {
             GgmlDType::Q8_0,
             GgmlDType::Q5_0,
             GgmlDType::Q4K,
+            GgmlDType::Q6K,
         ] {
             let (n, k) = (40, 768);
             let (q, dq) = quantized(dtype, n, k);
@@ -557,7 +623,7 @@ mod tests {
 
     #[test]
     fn unsupported_block_types_are_left_to_candle() {
-        let (q, _) = quantized(GgmlDType::Q6K, 16, 256);
+        let (q, _) = quantized(GgmlDType::Q3K, 16, 256);
         assert!(Packed::new(&q).unwrap().is_none());
     }
 }
