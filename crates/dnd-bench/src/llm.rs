@@ -29,8 +29,8 @@ use std::time::Instant;
 const TORCH_SCRIPT: &str = "bench_torch.py";
 const LLAMA_CPP_SCRIPT: &str = "bench_llamacpp.py";
 
-/// The measures, in table order. `_quantized`: decoding with the GGUF's quantised blocks kept for
-/// the short products ([`dnd_llm::Llm::quantized_model`]), compared with the references' plain
+/// The measures, in table order. `_quantized`: decoding (prompt included) with the GGUF's quantised
+/// blocks kept for the untracked products ([`dnd_llm::Llm::quantized_model`]), compared with the references' plain
 /// decoding (llama.cpp always decodes on its quantised blocks).
 pub const MEASURES: [&str; 6] = [
     "forward",

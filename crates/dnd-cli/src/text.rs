@@ -22,9 +22,9 @@ pub struct GenerateArgs {
     adapter: Option<PathBuf>,
     #[arg(long, default_value_t = 48)]
     max_new_tokens: usize,
-    /// Decode on the GGUF's quantised blocks (4-8x fewer bytes read per token; the prompt and any
-    /// adapter stay f32). Logits then differ from the f32 path's by llama.cpp-like rounding
-    /// (results/bench/README.md), so outputs may too.
+    /// Read the prompt and decode on the GGUF's quantised blocks (4-8x fewer bytes read per token;
+    /// any adapter stays f32, its own low-rank product). Logits then differ from the f32 path's by
+    /// llama.cpp-like rounding (results/bench/README.md), so outputs may too.
     #[arg(long)]
     quantized: bool,
     /// Sample at this temperature instead of decoding greedily (0).
