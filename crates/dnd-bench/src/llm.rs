@@ -29,9 +29,9 @@ use std::time::Instant;
 const TORCH_SCRIPT: &str = "bench_torch.py";
 const LLAMA_CPP_SCRIPT: &str = "bench_llamacpp.py";
 
-/// The measures, in table order. `_quantized`: decoding (prompt included) with the GGUF's quantised
-/// blocks kept for the untracked products ([`dnd_llm::Llm::quantized_model`]), compared with the references' plain
-/// decoding (llama.cpp always decodes on its quantised blocks).
+/// The measures, in table order. `_quantized`: decoding (prompt included) with the GGUF's
+/// quantised blocks kept for the untracked products ([`dnd_llm::Llm::quantized_model`]), compared
+/// with the references' plain decoding (llama.cpp always decodes on its quantised blocks).
 pub const MEASURES: [&str; 6] = [
     "forward",
     "lora_train",

@@ -50,8 +50,8 @@ pub struct ServeArgs {
     /// Completions decoded together as one batch.
     #[arg(long, default_value_t = 64)]
     max_batch: usize,
-    /// Decode on the GGUF's quantised blocks (as `dnd generate-text --quantized`): faster steps of
-    /// small batches, logits rounded like llama.cpp's.
+    /// Read prompts and decode on the GGUF's quantised blocks (as `dnd generate-text --quantized`):
+    /// faster prompts and steps, logits rounded like llama.cpp's.
     #[arg(long)]
     quantized: bool,
 }

@@ -15,7 +15,7 @@ use num_traits::{Float, NumAssign};
 use std::sync::Mutex;
 
 mod small;
-use small::{Small, SMALL};
+use small::Small;
 
 /// Which keys each query sees.
 #[derive(Clone, Debug)]
@@ -207,7 +207,7 @@ impl Attention {
     ) {
         let (rows, s, hd) = (d.rows, d.s, d.hd);
         let (qi, ki) = (&q[item * rows * hd..], &k[d.kv(d.k_at, item)..]);
-        if rows * s * hd <= SMALL {
+        if T::takes(rows * s * hd) {
             T::dots((rows, s, hd), qi, hd, ki, hd, p);
         } else {
             let (qv, kv) = (View::rows(qi.as_ptr(), hd), View::rows(ki.as_ptr(), hd));
@@ -263,7 +263,7 @@ impl Attention {
                 let pi = &p[gi * t * s..];
                 // SAFETY: head h*g+gi's columns of batch element b's t rows belong to this item.
                 unsafe {
-                    if t * hd * s <= SMALL {
+                    if T::takes(t * hd * s) {
                         T::axpys((t, s, hd), pi, vi, hd, yo.at(dst), w);
                     } else {
                         let (pv, vv) = (View::rows(pi.as_ptr(), s), View::rows(vi.as_ptr(), hd));
@@ -444,6 +444,7 @@ impl CustomOp3 for Attention {
 
 #[cfg(test)]
 mod tests {
+    use super::small::SMALL;
     use super::*;
     use crate::test_util::{max_diff, seeded};
     use candle_core::{Var, D};
@@ -521,14 +522,17 @@ mod tests {
     /// Batch, KV heads, query heads per KV head, positions, head size.
     type Sizes = (usize, usize, usize, usize, usize);
 
-    /// 4 heads on 2 KV heads, 2 sequences of 5 positions: products under [`SMALL`] (the loops).
+    /// 4 heads on 2 KV heads, 2 sequences of 5 positions: products under [`SMALL`] (the loops, in
+    /// their scalar tails).
     const TINY: Sizes = (2, 2, 2, 5, 4);
+    /// SmolLM2's head size and grouping, 4 positions: under [`SMALL`], the loops' 16-wide steps.
+    const HEAD64: Sizes = (2, 2, 3, 4, 64);
     /// SmolLM2's head size and grouping, 48 positions: products above [`SMALL`] (the `gemm` crate).
     const LARGE: Sizes = (1, 1, 3, 48, 64);
 
     #[test]
     fn attention_and_its_gradients_match_candles_autograd_in_f64() {
-        for sizes in [TINY, LARGE] {
+        for sizes in [TINY, HEAD64, LARGE] {
             assert_eq!(sizes == LARGE, sizes.2 * sizes.3.pow(2) * sizes.4 > SMALL);
             matches_the_plain_formula(DType::F64, 1e-12, sizes);
         }
@@ -536,32 +540,35 @@ mod tests {
 
     #[test]
     fn attention_and_its_gradients_match_candles_autograd_in_f32() {
-        for sizes in [TINY, LARGE] {
+        for sizes in [TINY, HEAD64, LARGE] {
             matches_the_plain_formula(DType::F32, 1e-5, sizes);
         }
     }
 
     /// Inference shapes: 2 new positions after 3 cached ones, keys read through a cache slot's view
     /// (spare capacity between batch elements), a left-padded batch.
+    /// In f64 with head size 4, and in f32 with 64 (the AVX-512 loops where the CPU has them).
     #[test]
     fn cached_and_padded_batches_match_the_plain_formula() {
-        let (b, nkv, g, t, hd, s) = (2, 1, 3, 2, 4, 5);
-        let q = seeded(&[b, nkv, g * t, hd], 1.0);
-        let slot_k = seeded(&[b, nkv, 8, hd], 2.0);
-        let slot_v = seeded(&[b, nkv, 8, hd], 3.0);
-        let (k, v) = (
-            slot_k.narrow(2, 0, s).unwrap(),
-            slot_v.narrow(2, 0, s).unwrap(),
-        );
-        for starts in [vec![], vec![0, 2]] {
-            let mask = Mask {
-                t,
-                offset: 3,
-                starts,
-            };
-            let fused = causal_attention(&q, &k, &v, 0.5, mask.clone()).unwrap();
-            let d = max_diff(&fused, &plain(&q, &k, &v, 0.5, &mask));
-            assert!(d < 1e-12, "{mask:?}: max difference {d}");
+        for (dtype, hd, tol) in [(DType::F64, 4, 1e-12), (DType::F32, 64, 1e-5)] {
+            let (b, nkv, g, t, s) = (2, 1, 3, 2, 5);
+            let x = |dims: &[usize], seed| seeded(dims, seed).to_dtype(dtype).unwrap();
+            let q = x(&[b, nkv, g * t, hd], 1.0);
+            let (slot_k, slot_v) = (x(&[b, nkv, 8, hd], 2.0), x(&[b, nkv, 8, hd], 3.0));
+            let (k, v) = (
+                slot_k.narrow(2, 0, s).unwrap(),
+                slot_v.narrow(2, 0, s).unwrap(),
+            );
+            for starts in [vec![], vec![0, 2]] {
+                let mask = Mask {
+                    t,
+                    offset: 3,
+                    starts,
+                };
+                let fused = causal_attention(&q, &k, &v, 0.5, mask.clone()).unwrap();
+                let d = max_diff(&fused, &plain(&q, &k, &v, 0.5, &mask));
+                assert!(d < tol, "{dtype:?} {mask:?}: max difference {d}");
+            }
         }
     }
 

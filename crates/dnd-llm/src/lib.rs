@@ -64,7 +64,7 @@ impl Llm {
         })
     }
 
-    /// Keep the GGUF's quantised blocks next to the f32 weights for decoding
+    /// Keep the GGUF's quantised blocks next to the f32 weights for inference, prompts and decoding
     /// ([`Transformer::set_quantized`]): `dnd generate-text --quantized`, `dnd serve --quantized`. A
     /// Hugging Face directory has no blocks and is left as it is. Returns how many weights got them.
     pub fn quantize_for_inference(&mut self) -> Result<usize> {

@@ -28,8 +28,9 @@ enum Quantized {
 impl Quantized {
     /// Rows up to which an untracked product runs on these blocks. The packed kernels take any
     /// number: at a prompt's 1024 rows (16 x 64) they ran twice as fast as f32 OpenBLAS on SmolLM2
-    /// (`dnd bench llm --only decode_batch_quantized --decode-new 2 --decode-prompt 64`, 25 against 50
-    /// tok/s, session 16), so a prompt is read on the blocks too, as llama.cpp does.
+    /// (`dnd bench llm --only decode_batch_quantized --decode-new 2 --decode-prompt 64`: 50 tok/s on
+    /// the blocks against 25 on f32, 2 cores, session 16), so a prompt is read on the blocks too, as
+    /// llama.cpp does.
     fn max_rows(&self) -> usize {
         match self {
             Quantized::Packed(_) => usize::MAX,
@@ -77,7 +78,7 @@ impl Frozen {
     }
 
     /// Keep `q` (the same weight, quantised, in the same `[out, in]` row order) for untracked
-    /// products (short ones only on candle's blocks): repacked ([`Packed`]) when it can be, else candle's blocks in a type it has SIMD
+    /// products (only short ones on candle's blocks): repacked ([`Packed`]) when it can be, else candle's blocks in a type it has SIMD
     /// kernels for ([`fast_blocks`]).
     pub fn set_quantized(&mut self, q: QTensor) -> Result<()> {
         if q.shape().dims() != self.w.dims() {
@@ -95,8 +96,8 @@ impl Frozen {
         Ok(())
     }
 
-    /// `x [N, in] -> [N, out]`. Untracked, on the quantised blocks when set (candle's: short only); otherwise on
-    /// the CPU the product is [`InputGradMatmul`]: OpenBLAS when the machine has it (crate::blas),
+    /// `x [N, in] -> [N, out]`. Untracked, on the quantised blocks when set (candle's: short inputs
+    /// only); otherwise on the CPU the product is [`InputGradMatmul`]: OpenBLAS when the machine has it (crate::blas),
     /// and a backward that skips the frozen weight's gradient.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(q) = &self.q {

@@ -146,11 +146,11 @@ struct KvSlot {
 }
 
 impl KvSlot {
-    /// Append `k`, `v` `[b, nkv, T, hd]` to the slot (creating it, with room for `reserve` positions
-    /// if that is more than `T`) and return all `len + T` positions as views of the slot. A batch-1
-    /// slot continued by a batch of `b` (a shared context) is broadcast into a new slot with room for
-    /// exactly the new positions (scoring continues it no further); a slot of the same batch that is
-    /// full grows to twice what it needs.
+    /// Append `k`, `v` `[b, nkv, T, hd]` to the slot (creating it) and return all `len + T` positions
+    /// as views of the slot. A batch-1 slot continued by a batch of `b` (a shared context) is broadcast
+    /// into a new slot with room for exactly the new positions (scoring continues it no further); a
+    /// slot of the same batch that is full grows to twice what it needs. A slot made or grown has room
+    /// for at least `reserve` positions.
     fn extend(
         slot: &mut Option<KvSlot>,
         k: Tensor,
@@ -176,9 +176,9 @@ impl KvSlot {
         };
         let need = s.len + t;
         let s = if s.k.dim(0)? != b {
-            s.grow(b, need)?
+            s.grow(b, need.max(reserve))?
         } else if s.k.dim(2)? < need {
-            s.grow(b, 2 * need)?
+            s.grow(b, (2 * need).max(reserve))?
         } else {
             s
         };

@@ -16,13 +16,16 @@
 //! `Σ w x ≈ d dx Σ q qx + m (dx Σ qx)`.
 //!
 //! Exact repacking (the same weights as the file's): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0. Q4_K's sub-block
-//! scales `d·sc` and offsets `dmin·mn`, and Q6_K's sub-block scales `d·sc`, are rounded to f16 (a
-//! relative 2^-11 of each scale, far below their 4- and 6-bit steps). Q6_K has a scale per 16 inputs:
+//! scales `d·sc` and offsets `dmin·mn`, and Q6_K's sub-block scales `d·sc`, are rounded to f16: a
+//! relative 2^-11 of each scale, far below their 4- and 6-bit steps, where the scale is a normal f16
+//! (>= 6.1e-5, sub-blocks whose largest weight is above ~2e-3); below, an absolute 2^-25 of the
+//! scale, under 1e-6 of a weight. Q6_K has a scale per 16 inputs:
 //! its blocks keep one per half (`w = s_h (q - 32)`). Other types (Q2_K, Q3_K, Q5_K, ...) are left to
 //! candle.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
+use std::ops::Range;
 
 /// Output rows per tile: one 512-bit register of 32-bit sums.
 pub(crate) const TILE: usize = 16;
@@ -30,6 +33,9 @@ pub(crate) const TILE: usize = 16;
 const BLOCK: usize = 32;
 /// Input rows multiplied per pass over a tile (accumulators kept in registers).
 const ROWS: usize = 4;
+/// Input rows per work item: a prompt's rows are split too, not only the tiles (a K or V projection
+/// has 8-12 tiles, fewer than a large machine's cores).
+const ROW_CHUNK: usize = 64;
 
 /// How many bits each packed value has, and what the two f16 numbers per row and block are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,30 +149,38 @@ impl Packed {
     pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         let acts = Activations::quantize(x, m, self.k);
         let mut out = vec![0f32; m * self.n];
-        let tiles = self.n.div_ceil(TILE);
+        let chunks = m.div_ceil(ROW_CHUNK);
         let out_ptr = crate::ops::Out(out.as_mut_ptr());
-        candle_core::utils::barrier_pool().execute_chunked(tiles, |range| {
-            for t in range {
-                // SAFETY: tile `t` writes only columns t*16..t*16+16 of each output row, so the
-                // workers' writes are disjoint, and `out` outlives the pool call.
-                unsafe { self.tile(t, &acts, out_ptr.at(0)) }
-            }
-        });
+        // Item `t * chunks + c`: tile `t` against rows `c * ROW_CHUNK..`; a worker's consecutive
+        // items share a tile.
+        candle_core::utils::barrier_pool().execute_chunked(
+            self.n.div_ceil(TILE) * chunks,
+            |items| {
+                for i in items {
+                    let (t, c) = (i / chunks, i % chunks);
+                    let rows = c * ROW_CHUNK..m.min((c + 1) * ROW_CHUNK);
+                    // SAFETY: item (t, c) writes only columns t*16..t*16+16 of rows in its chunk, so
+                    // the workers' writes are disjoint, and `out` outlives the pool call.
+                    unsafe { self.tile(t, &acts, rows, out_ptr.at(0)) }
+                }
+            },
+        );
         out
     }
 
-    /// All input rows against tile `t`, written to their columns of `out` (`[m, n]`).
+    /// Input rows `rows` against tile `t`, written to their columns of `out` (`[m, n]`).
     ///
     /// # Safety
-    /// `out` must hold `acts.m * self.n` floats, and no other thread may write tile `t`'s columns.
-    unsafe fn tile(&self, t: usize, acts: &Activations, out: *mut f32) {
+    /// `out` must hold `acts.m * self.n` floats, `rows` must lie within `acts.m`, and no other
+    /// thread may write these rows' columns of tile `t`.
+    unsafe fn tile(&self, t: usize, acts: &Activations, rows: Range<usize>, out: *mut f32) {
         let kb = self.k / BLOCK;
         let bb = self.bits.block_bytes();
         let tile = &self.data[t * kb * bb..(t + 1) * kb * bb];
         let cols = TILE.min(self.n - t * TILE);
-        let mut row = 0;
-        while row < acts.m {
-            let r = ROWS.min(acts.m - row);
+        let mut row = rows.start;
+        while row < rows.end {
+            let r = ROWS.min(rows.end - row);
             let mut sums = [[0f32; TILE]; ROWS];
             #[cfg(target_arch = "x86_64")]
             kernel::run(self.bits, tile, kb, acts, row, r, &mut sums);
@@ -296,14 +310,13 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
-/// Input rows quantised to signed 8 bits per block of 32: `x ≈ d q`, with `d Σ q` per block for the
-/// weights' offsets, and per half block for [`Bits::Halves`].
+/// Input rows quantised to signed 8 bits per block of 32: `x ≈ d q`, with `d Σ q` of each half
+/// block (the weights' offsets need their block's sum, [`Bits::Halves`] each half's).
 struct Activations {
     m: usize,
     k: usize,
     q: Vec<i8>,
     d: Vec<f32>,
-    dsum: Vec<f32>,
     halves: Vec<f32>,
 }
 
@@ -311,22 +324,14 @@ impl Activations {
     fn quantize(x: &[f32], m: usize, k: usize) -> Self {
         let kb = k / BLOCK;
         let mut q = vec![0i8; m * k];
-        let (mut d, mut dsum) = (vec![0f32; m * kb], vec![0f32; m * kb]);
-        let mut halves = vec![0f32; 2 * m * kb];
+        let (mut d, mut halves) = (vec![0f32; m * kb], vec![0f32; 2 * m * kb]);
         #[cfg(target_arch = "x86_64")]
         // SAFETY: only a `Packed` quantises inputs, and one exists only where `available()` holds;
         // every slice holds whole blocks.
         unsafe {
-            kernel::quantize(x, &mut q, &mut d, &mut dsum, &mut halves)
+            kernel::quantize(x, &mut q, &mut d, &mut halves)
         };
-        Self {
-            m,
-            k,
-            q,
-            d,
-            dsum,
-            halves,
-        }
+        Self { m, k, q, d, halves }
     }
 }
 
@@ -368,18 +373,11 @@ mod kernel {
     }
 
     /// `x` (whole blocks of 32) to 8-bit values `q` (rounded to nearest, ties to even), the scale `d`
-    /// of each block (its largest |x| / 127), `d Σ q`, and `d Σ q` of each half block.
+    /// of each block (its largest |x| / 127) and `d Σ q` of each half block.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn quantize(
-        x: &[f32],
-        q: &mut [i8],
-        d: &mut [f32],
-        dsum: &mut [f32],
-        halves: &mut [f32],
-    ) {
-        assert!(x.len() == q.len() && x.len() == d.len() * BLOCK && d.len() == dsum.len());
-        assert!(halves.len() == 2 * d.len());
-        for (b, (d, dsum)) in d.iter_mut().zip(dsum.iter_mut()).enumerate() {
+    pub(super) unsafe fn quantize(x: &[f32], q: &mut [i8], d: &mut [f32], halves: &mut [f32]) {
+        assert!(x.len() == q.len() && x.len() == d.len() * BLOCK && halves.len() == 2 * d.len());
+        for (b, d) in d.iter_mut().enumerate() {
             // SAFETY: block `b` of `x` and `q` is in bounds (checked above).
             unsafe {
                 let lo = _mm512_loadu_ps(x.as_ptr().add(BLOCK * b));
@@ -395,7 +393,6 @@ mod kernel {
                 _mm_storeu_si128(out.add(1), _mm512_cvtepi32_epi8(qhi));
                 *d = scale;
                 let (slo, shi) = (_mm512_reduce_add_epi32(qlo), _mm512_reduce_add_epi32(qhi));
-                *dsum = scale * (slo + shi) as f32;
                 halves[2 * b] = scale * slo as f32;
                 halves[2 * b + 1] = scale * shi as f32;
             }
@@ -433,13 +430,8 @@ mod kernel {
             let xq: [*const i8; R] =
                 std::array::from_fn(|i| acts.q.as_ptr().add((row + i) * acts.k));
             let xd: [*const f32; R] = std::array::from_fn(|i| acts.d.as_ptr().add((row + i) * kb));
-            let xs: [*const f32; R] = std::array::from_fn(|i| {
-                if HALVES {
-                    acts.halves.as_ptr().add(2 * (row + i) * kb)
-                } else {
-                    acts.dsum.as_ptr().add((row + i) * kb)
-                }
-            });
+            let xs: [*const f32; R] =
+                std::array::from_fn(|i| acts.halves.as_ptr().add(2 * (row + i) * kb));
             let mut acc = [_mm512_setzero_ps(); R];
             for b in 0..kb {
                 let p = tile.as_ptr().add(b * bb);
@@ -464,9 +456,9 @@ mod kernel {
                 let s1 = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(vb + 32) as *const _));
                 for i in 0..R {
                     let dx = _mm512_set1_ps(*xd[i].add(b));
+                    let (h0, h1) = (*xs[i].add(2 * b), *xs[i].add(2 * b + 1));
                     if HALVES {
                         // s_h (dx Σ q qx - 32 dx Σ qx) over each half.
-                        let (h0, h1) = (*xs[i].add(2 * b), *xs[i].add(2 * b + 1));
                         let (slo, shi) = (_mm512_cvtepi32_ps(lo[i]), _mm512_cvtepi32_ps(hi[i]));
                         let t0 = _mm512_fmsub_ps(slo, dx, _mm512_set1_ps(32.0 * h0));
                         let t1 = _mm512_fmsub_ps(shi, dx, _mm512_set1_ps(32.0 * h1));
@@ -475,7 +467,7 @@ mod kernel {
                     } else {
                         let s = _mm512_cvtepi32_ps(_mm512_add_epi32(lo[i], hi[i]));
                         acc[i] = _mm512_fmadd_ps(s, _mm512_mul_ps(s0, dx), acc[i]);
-                        acc[i] = _mm512_fmadd_ps(s1, _mm512_set1_ps(*xs[i].add(b)), acc[i]);
+                        acc[i] = _mm512_fmadd_ps(s1, _mm512_set1_ps(h0 + h1), acc[i]);
                     }
                 }
             }
@@ -592,7 +584,8 @@ mod tests {
             let (n, k) = (40, 768);
             let (q, dq) = quantized(dtype, n, k);
             let p = Packed::new(&q).unwrap().unwrap();
-            for m in [1, 3, 4, 6, 9] {
+            // 70 rows: two row chunks of a tile, the second partial.
+            for m in [1, 3, 4, 6, 9, 70] {
                 let x = seeded(m, k, 2.0 + m as f32);
                 let y = p.matmul(&x, m);
                 assert_eq!(y.len(), m * n);

@@ -35,6 +35,39 @@ fn kv_cache_continuation_equals_full_forward() {
     }
 }
 
+/// A batch-1 prefix in a cache with room reserved, continued by a batch of 2 (the slots broadcast)
+/// twice: each row's hidden states equal its sequence's full forward.
+#[test]
+fn reserved_cache_broadcast_to_a_batch_equals_full_forwards() {
+    let (model, _fx, _dir) = tiny_model("tiny_qwen2.json", DType::F32);
+    let prefix: Vec<u32> = vec![3, 9, 27, 17];
+    let conts: [Vec<u32>; 2] = [vec![11, 5, 60], vec![2, 44, 8]];
+    let mut cache = model.new_cache();
+    cache.reserve(12);
+    model.hidden(&ids(&prefix), None, Some(&mut cache)).unwrap();
+    let step = |range: std::ops::Range<usize>, cache: &mut dnd_llm::KvCache| {
+        let rows: Vec<u32> = conts
+            .iter()
+            .flat_map(|c| c[range.clone()].to_vec())
+            .collect();
+        let t = Tensor::from_vec(rows, (2, range.len()), &Device::Cpu).unwrap();
+        model.hidden(&t, None, Some(cache)).unwrap()
+    };
+    let (a, b) = (step(0..2, &mut cache), step(2..3, &mut cache));
+    assert_eq!(cache.len(), 7);
+    for (r, cont) in conts.iter().enumerate() {
+        let all: Vec<u32> = prefix.iter().chain(cont).copied().collect();
+        let full = model.hidden(&ids(&all), None, None).unwrap();
+        let inc = Tensor::cat(
+            &[a.narrow(0, 2 * r, 2).unwrap(), b.narrow(0, r, 1).unwrap()],
+            0,
+        )
+        .unwrap();
+        let d = max_abs_diff(&full.narrow(0, 4, 3).unwrap(), &inc);
+        assert!(d < 1e-5, "row {r}: cached vs full: {d}");
+    }
+}
+
 /// Sum of log-softmax over the continuation, computed from one plain forward of context + continuation.
 fn reference_loglik(model: &dnd_llm::Transformer, ctx: &[u32], cont: &[u32]) -> (f64, bool) {
     let all: Vec<u32> = ctx.iter().chain(cont).copied().collect();

@@ -1,15 +1,20 @@
 //! Attention's small products: decoding multiplies ~3 query rows by ~100 keys of 64 per (sequence, KV
 //! head), where the `gemm` crate's dispatch and packing cost more than the arithmetic (a fifth of
-//! batched decoding's time, `perf`, session 16). Plain loops instead, written with AVX-512 for f32:
-//! the crate is compiled for baseline x86-64, where the compiler vectorises them to 128 bits at best.
+//! batched decoding's time, `perf`, session 16). Loops written with AVX-512 for f32 instead. Plain
+//! loops were no faster than the crate: the workspace is compiled for baseline x86-64, where the
+//! compiler vectorises them to 128 bits, while the crate picks AVX2 or AVX-512 kernels at run time;
+//! so f32 products on CPUs without AVX-512 stay on the crate.
 
 use num_traits::Float;
 
-/// Multiply-adds below which a product runs here instead of on the `gemm` crate.
+/// Multiply-adds up to which a product may run here instead of on the `gemm` crate.
 pub(super) const SMALL: usize = 32 * 1024;
 
 /// The two products of one work item, per float type.
 pub(super) trait Small: Float {
+    /// Whether a product of `macs` multiply-adds runs here ([`Self::dots`], [`Self::axpys`]).
+    fn takes(macs: usize) -> bool;
+
     /// `dst[i, j] = a_i · b_j` for `m` rows of `a` (row stride `ars`) and `n` rows of `b` (stride
     /// `brs`), each of `k` elements; `dst` is `[m, n]`, row-major.
     fn dots(
@@ -37,7 +42,12 @@ pub(super) trait Small: Float {
     );
 }
 
+/// f64 is the gradient checks' type: the plain loops, where speed does not matter, tested there.
 impl Small for f64 {
+    fn takes(macs: usize) -> bool {
+        macs <= SMALL
+    }
+
     fn dots(
         mnk: (usize, usize, usize),
         a: &[f64],
@@ -63,6 +73,13 @@ impl Small for f64 {
 }
 
 impl Small for f32 {
+    fn takes(macs: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return macs <= SMALL && avx512();
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
     fn dots(
         mnk: (usize, usize, usize),
         a: &[f32],
@@ -144,6 +161,9 @@ mod plain {
         brs: usize,
         dst: &mut [T],
     ) {
+        if n == 0 {
+            return;
+        }
         for (i, row) in dst.chunks_exact_mut(n).take(m).enumerate() {
             let ai = &a[i * ars..][..k];
             for (j, x) in row.iter_mut().enumerate() {
@@ -162,10 +182,11 @@ mod plain {
         dst: *mut T,
         drs: usize,
     ) {
-        for (i, pi) in p.chunks_exact(s).take(m).enumerate() {
+        for i in 0..m {
             // SAFETY: the caller's contract.
             let out = unsafe { std::slice::from_raw_parts_mut(dst.add(i * drs), k) };
             out.fill(T::zero());
+            let pi = &p[i * s..][..s];
             for (j, &w) in pi.iter().enumerate().filter(|(_, w)| !w.is_zero()) {
                 for (o, &x) in out.iter_mut().zip(&v[j * vrs..][..k]) {
                     *o = *o + w * x;
@@ -261,7 +282,7 @@ mod avx512 {
                 }
                 for c in c..k {
                     let mut sum = 0.0;
-                    for j in 0..s {
+                    for j in (0..s).filter(|&j| *pi.add(j) != 0.0) {
                         sum += *pi.add(j) * *v.add(j * vrs + c);
                     }
                     *out.add(c) = sum;
@@ -281,16 +302,21 @@ mod tests {
             .collect()
     }
 
-    /// f32 (the AVX-512 kernels where the CPU has them) against f64 sums, at head sizes with and
-    /// without a tail, strided rows, and masked (zero) probabilities.
+    /// f32 (the AVX-512 kernels where the CPU has them) against f64 sums, at head sizes that use each
+    /// of their steps (64 = 4 x 16; 88 = 64 + 16 + 8; 7: the tail alone), strided rows, and a masked
+    /// key (zero probability) whose values are NaN; nothing is written between `out`'s rows.
     #[test]
     fn f32_products_match_f64_sums() {
-        for k in [64, 72, 7] {
+        for k in [64, 88, 7] {
             let (m, n, stride) = (3, 11, k + 5);
             let a = values(m * stride, 1.0);
-            let b = values(n * stride, 2.0);
+            let mut b = values(n * stride, 2.0);
             let mut p = values(m * n, 3.0);
-            p[4] = 0.0;
+            // Every row masks key 4, whose values are NaN: a masked key must not reach the output.
+            for i in 0..m {
+                p[i * n + 4] = 0.0;
+            }
+            b[4 * stride..][..k].fill(f64::NAN);
             let f = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
             let mut got = vec![0f32; m * n];
             f32::dots((m, n, k), &f(&a), stride, &f(&b), stride, &mut got);
@@ -298,15 +324,23 @@ mod tests {
             // SAFETY: `out` holds m rows of k at stride `stride`.
             unsafe { f32::axpys((m, n, k), &f(&p), &f(&b), stride, out.as_mut_ptr(), stride) };
             for i in 0..m {
-                for j in 0..n {
+                for j in (0..n).filter(|&j| j != 4) {
                     let want: f64 = (0..k).map(|c| a[i * stride + c] * b[j * stride + c]).sum();
                     let d = (got[i * n + j] as f64 - want).abs();
                     assert!(d < 1e-5, "k {k}: score ({i}, {j}) off by {d}");
                 }
                 for c in 0..k {
-                    let want: f64 = (0..n).map(|j| p[i * n + j] * b[j * stride + c]).sum();
+                    let want: f64 = (0..n)
+                        .filter(|&j| j != 4)
+                        .map(|j| p[i * n + j] * b[j * stride + c])
+                        .sum();
                     let d = (out[i * stride + c] as f64 - want).abs();
                     assert!(d < 1e-5, "k {k}: output ({i}, {c}) off by {d}");
+                }
+                if i + 1 < m {
+                    assert!(out[i * stride + k..(i + 1) * stride]
+                        .iter()
+                        .all(|v| v.is_nan()));
                 }
             }
         }
