@@ -547,14 +547,21 @@ mod tests {
 
     /// Inference shapes: 2 new positions after 3 cached ones, keys read through a cache slot's view
     /// (spare capacity between batch elements), a left-padded batch.
-    /// In f64 with head size 4, and in f32 with 64 (the AVX-512 loops where the CPU has them).
+    /// In f64 with head size 4, in f32 with 64 (the AVX-512 loops where the CPU has them), and 40
+    /// new positions after 3 in f64 (the `gemm` crate).
     #[test]
     fn cached_and_padded_batches_match_the_plain_formula() {
-        for (dtype, hd, tol) in [(DType::F64, 4, 1e-12), (DType::F32, 64, 1e-5)] {
-            let (b, nkv, g, t, s) = (2, 1, 3, 2, 5);
+        for (dtype, hd, t, tol) in [
+            (DType::F64, 4, 2, 1e-12),
+            (DType::F32, 64, 2, 1e-5),
+            (DType::F64, 64, 40, 1e-12),
+        ] {
+            let (b, nkv, g, s) = (2, 1, 3, t + 3);
+            assert_eq!(t == 40, g * t * s * hd > SMALL);
             let x = |dims: &[usize], seed| seeded(dims, seed).to_dtype(dtype).unwrap();
             let q = x(&[b, nkv, g * t, hd], 1.0);
-            let (slot_k, slot_v) = (x(&[b, nkv, 8, hd], 2.0), x(&[b, nkv, 8, hd], 3.0));
+            let slot = s + 3;
+            let (slot_k, slot_v) = (x(&[b, nkv, slot, hd], 2.0), x(&[b, nkv, slot, hd], 3.0));
             let (k, v) = (
                 slot_k.narrow(2, 0, s).unwrap(),
                 slot_v.narrow(2, 0, s).unwrap(),
