@@ -139,6 +139,12 @@ impl Positions {
 /// filled. Decoding writes each new position in place ([`Tensor::slice_set`]) instead of concatenating
 /// the whole cache again every token: that copy grew with the context and was 9% of a batch-16
 /// decoding profile (memmove).
+/// Room reserved ahead of need per slot (one layer's keys and values), whatever
+/// [`KvCache::reserve`] asks: a server's `max_tokens` of thousands for a batch of 64 would otherwise
+/// claim gigabytes that sequences ending early never use. Past it a slot doubles as it fills. 16 MiB
+/// holds SmolLM2's 16 sequences x 680 positions.
+const RESERVE_MAX_BYTES: usize = 16 << 20;
+
 struct KvSlot {
     k: Tensor,
     v: Tensor,
@@ -159,6 +165,7 @@ impl KvSlot {
     ) -> Result<(Tensor, Tensor)> {
         let (k, v) = (k.contiguous()?, v.contiguous()?);
         let (b, t) = (k.dim(0)?, k.dim(2)?);
+        let reserve = reserve.min(Self::reservable(&k)?);
         let Some(s) = slot.take() else {
             let s = KvSlot {
                 k: k.clone(),
@@ -187,6 +194,14 @@ impl KvSlot {
         let out = (s.k.narrow(2, 0, need)?, s.v.narrow(2, 0, need)?);
         *slot = Some(KvSlot { len: need, ..s });
         Ok(out)
+    }
+
+    /// Positions a slot for `k`'s batch and heads may be made with room for ahead of need: at most
+    /// [`RESERVE_MAX_BYTES`] of keys and values.
+    fn reservable(k: &Tensor) -> Result<usize> {
+        let (b, nkv, _, hd) = k.dims4()?;
+        let per_position = 2 * b * nkv * hd * k.dtype().size_in_bytes();
+        Ok(RESERVE_MAX_BYTES / per_position.max(1))
     }
 
     /// A new slot of batch `b` and room for `capacity` positions holding this one's (broadcast from
@@ -397,9 +412,10 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Make room for `positions` in all (before the first forward pass): decoding that knows its
-    /// length then writes into one slot per layer instead of growing it (a zeroed copy at each
-    /// doubling was a tenth of batched decoding's time, `perf`, session 16).
+    /// Make room for `positions` in all (before the first forward pass), up to 16 MiB of keys and
+    /// values per layer: decoding that knows its length then writes into one slot per
+    /// layer instead of growing it (a zeroed copy at each doubling was a tenth of batched decoding's
+    /// time, `perf`, session 16).
     pub fn reserve(&mut self, positions: usize) {
         self.reserve = positions;
     }

@@ -10,13 +10,13 @@ use dnd_llm::{LoraConfig, Target};
 use dnd_testkit::max_abs_diff;
 
 /// Without room reserved (the slots grow), with room for fewer positions than the first call brings,
-/// and with room to spare.
+/// with room to spare, and asked for more room than there is memory (capped, not allocated).
 #[test]
 fn kv_cache_continuation_equals_full_forward() {
     let (model, _fx, _dir) = tiny_model("tiny_qwen2.json", DType::F32);
     let seq: Vec<u32> = vec![3, 9, 27, 81 % 64, 11, 5, 60];
     let full = model.hidden(&ids(&seq), None, None).unwrap();
-    for reserve in [0, 2, 16] {
+    for reserve in [0, 2, 16, usize::MAX] {
         let mut cache = model.new_cache();
         cache.reserve(reserve);
         let a = model
