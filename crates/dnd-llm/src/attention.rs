@@ -446,8 +446,9 @@ impl CustomOp3 for Attention {
 mod tests {
     use super::small::SMALL;
     use super::*;
-    use crate::test_util::{max_diff, seeded};
+    use crate::test_util::seeded;
     use candle_core::{Var, D};
+    use dnd_testkit::max_abs_diff;
 
     /// The same attention from candle primitives: scores, an additive mask, softmax, then the
     /// heads put back in rows.
@@ -514,7 +515,7 @@ mod tests {
         let fused = run(causal_attention(&q, &k, &v, 0.5, mask.clone()).unwrap());
         let plain = run(plain(&q, &k, &v, 0.5, &mask));
         for (name, (f, p)) in ["y", "dq", "dk", "dv"].iter().zip(fused.iter().zip(&plain)) {
-            let d = max_diff(f, p);
+            let d = max_abs_diff(f, p);
             assert!(d < tol, "{name}: max difference {d}");
         }
     }
@@ -573,7 +574,7 @@ mod tests {
                     starts,
                 };
                 let fused = causal_attention(&q, &k, &v, 0.5, mask.clone()).unwrap();
-                let d = max_diff(&fused, &plain(&q, &k, &v, 0.5, &mask));
+                let d = max_abs_diff(&fused, &plain(&q, &k, &v, 0.5, &mask));
                 assert!(d < tol, "{dtype:?} {mask:?}: max difference {d}");
             }
         }

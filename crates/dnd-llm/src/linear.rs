@@ -78,8 +78,8 @@ impl Frozen {
     }
 
     /// Keep `q` (the same weight, quantised, in the same `[out, in]` row order) for untracked
-    /// products (only short ones on candle's blocks): repacked ([`Packed`]) when it can be, else candle's blocks in a type it has SIMD
-    /// kernels for ([`fast_blocks`]).
+    /// products (only short ones on candle's blocks): repacked ([`Packed`]) when it can be, else
+    /// candle's blocks in a type it has SIMD kernels for ([`fast_blocks`]).
     pub fn set_quantized(&mut self, q: QTensor) -> Result<()> {
         if q.shape().dims() != self.w.dims() {
             bail!(
@@ -97,8 +97,8 @@ impl Frozen {
     }
 
     /// `x [N, in] -> [N, out]`. Untracked, on the quantised blocks when set (candle's: short inputs
-    /// only); otherwise on the CPU the product is [`InputGradMatmul`]: OpenBLAS when the machine has it (crate::blas),
-    /// and a backward that skips the frozen weight's gradient.
+    /// only); otherwise on the CPU the product is [`InputGradMatmul`]: OpenBLAS when the machine has
+    /// it (crate::blas), and a backward that skips the frozen weight's gradient.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(q) = &self.q {
             if !x.track_op() && x.rank() == 2 && x.dim(0)? <= q.max_rows() {
@@ -320,8 +320,9 @@ impl CustomOp3 for LoraMatmul {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{max_diff, seeded};
+    use crate::test_util::seeded;
     use candle_core::Var;
+    use dnd_testkit::max_abs_diff;
 
     /// The fused projection against candle's autograd of the plain formula `x W^T + s x A^T B^T`:
     /// the same output and the same gradients for `x`, `A` and `B`. In f64 (the `gemm` crate) only
@@ -355,7 +356,7 @@ mod tests {
         .unwrap();
         let plain = run(plain_y);
         for (name, (f, p)) in ["y", "dx", "dA", "dB"].iter().zip(fused.iter().zip(&plain)) {
-            let diff = max_diff(f, p);
+            let diff = max_abs_diff(f, p);
             assert!(diff < tol, "{name}: max difference {diff}");
         }
     }

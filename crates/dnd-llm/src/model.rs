@@ -134,17 +134,25 @@ impl Positions {
     }
 }
 
-/// One layer's keys and values so far; `None` until the layer first runs with a cache.
-/// One layer's cached keys and values `[B, nkv, capacity, hd]`, of which the first `len` positions are
-/// filled. Decoding writes each new position in place ([`Tensor::slice_set`]) instead of concatenating
-/// the whole cache again every token: that copy grew with the context and was 9% of a batch-16
-/// decoding profile (memmove).
 /// Room reserved ahead of need per slot (one layer's keys and values), whatever
 /// [`KvCache::reserve`] asks: a server's `max_tokens` of thousands for a batch of 64 would otherwise
 /// claim gigabytes that sequences ending early never use. Past it a slot doubles as it fills. 16 MiB
 /// holds SmolLM2's 16 sequences x 680 positions.
 const RESERVE_MAX_BYTES: usize = 16 << 20;
 
+/// Zeros shaped like slot tensor `t` (`[B, nkv, S, hd]`) with batch `b` and room for `capacity`
+/// positions.
+fn room(t: &Tensor, b: usize, capacity: usize) -> Result<Tensor> {
+    let mut dims = t.dims().to_vec();
+    dims[0] = b;
+    dims[2] = capacity;
+    Ok(Tensor::zeros(dims, t.dtype(), t.device())?)
+}
+
+/// One layer's cached keys and values `[B, nkv, capacity, hd]`, of which the first `len` positions are
+/// filled (`None` until the layer first runs with a cache). Decoding writes each new position in
+/// place ([`Tensor::slice_set`]) instead of concatenating the whole cache again every token: that
+/// copy grew with the context and was 9% of a batch-16 decoding profile (memmove).
 struct KvSlot {
     k: Tensor,
     v: Tensor,
@@ -166,20 +174,22 @@ impl KvSlot {
         let (k, v) = (k.contiguous()?, v.contiguous()?);
         let (b, t) = (k.dim(0)?, k.dim(2)?);
         let reserve = reserve.min(Self::reservable(&k)?);
-        let Some(s) = slot.take() else {
-            let s = KvSlot {
-                k: k.clone(),
-                v: v.clone(),
-                len: t,
-            };
-            if reserve <= t {
-                *slot = Some(s);
+        let s = match slot.take() {
+            Some(s) => s,
+            None if reserve <= t => {
+                *slot = Some(KvSlot {
+                    k: k.clone(),
+                    v: v.clone(),
+                    len: t,
+                });
                 return Ok((k, v));
             }
-            let s = s.grow(b, reserve)?;
-            let out = (s.k.narrow(2, 0, t)?, s.v.narrow(2, 0, t)?);
-            *slot = Some(s);
-            return Ok(out);
+            // An empty slot with the room reserved: the positions are written below.
+            None => KvSlot {
+                k: room(&k, b, reserve)?,
+                v: room(&v, b, reserve)?,
+                len: 0,
+            },
         };
         let need = s.len + t;
         let s = if s.k.dim(0)? != b {
@@ -208,10 +218,7 @@ impl KvSlot {
     /// batch 1 if need be).
     fn grow(self, b: usize, capacity: usize) -> Result<KvSlot> {
         let copy = |t: &Tensor| -> Result<Tensor> {
-            let mut dims = t.dims().to_vec();
-            dims[0] = b;
-            dims[2] = capacity;
-            let new = Tensor::zeros(dims, t.dtype(), t.device())?;
+            let new = room(t, b, capacity)?;
             let filled = broadcast_batch(&t.narrow(2, 0, self.len)?, b)?.contiguous()?;
             new.slice_set(&filled, 2, 0)?;
             Ok(new)

@@ -398,8 +398,9 @@ impl candle_core::CustomOp3 for SwiGluGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{max_diff, seeded};
+    use crate::test_util::seeded;
     use candle_core::Var;
+    use dnd_testkit::max_abs_diff;
 
     /// The fused SwiGLU against candle's autograd of `silu(gate) * up`: output and both gradients, on
     /// one thread (a small tensor) and on the pool (over `PARALLEL_MIN_ELEMENTS`).
@@ -423,7 +424,7 @@ mod tests {
             let fused = run(swiglu(&g, &u).unwrap());
             let plain = run((g.silu().unwrap() * u.as_tensor()).unwrap());
             for (name, (f, p)) in ["h", "dgate", "dup"].iter().zip(fused.iter().zip(&plain)) {
-                let diff = max_diff(f, p);
+                let diff = max_abs_diff(f, p);
                 assert!(diff < tol, "{name} {dims:?}: max difference {diff}");
             }
         }

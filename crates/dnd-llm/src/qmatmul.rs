@@ -19,9 +19,8 @@
 //! scales `d·sc` and offsets `dmin·mn`, and Q6_K's sub-block scales `d·sc`, are rounded to f16: a
 //! relative 2^-11 of each scale, far below their 4- and 6-bit steps, where the scale is a normal f16
 //! (>= 6.1e-5, sub-blocks whose largest weight is above ~2e-3); below, an absolute 2^-25 of the
-//! scale, under 1e-6 of a weight. Q6_K has a scale per 16 inputs:
-//! its blocks keep one per half (`w = s_h (q - 32)`). Other types (Q2_K, Q3_K, Q5_K, ...) are left to
-//! candle.
+//! scale, under 1e-6 of a weight. Q6_K has a scale per 16 inputs: its blocks keep one per half
+//! (`w = s_h (q - 32)`). Other types (Q2_K, Q3_K, Q5_K, ...) are left to candle.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;

@@ -1,6 +1,6 @@
 //! Helpers of the unit tests that check the fused kernels against candle's autograd.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 /// Deterministic values in [-1, 1] of shape `dims` (f64): a sine of the index, varied by `seed`.
 pub(crate) fn seeded(dims: &[usize], seed: f64) -> Tensor {
@@ -9,11 +9,4 @@ pub(crate) fn seeded(dims: &[usize], seed: f64) -> Tensor {
         .map(|i| ((i as f64 + 1.0) * (seed + 0.37) * 12.9898).sin())
         .collect();
     Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
-}
-
-/// The largest absolute difference of two tensors of one shape, as f64.
-pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-    d.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
 }

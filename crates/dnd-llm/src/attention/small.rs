@@ -16,7 +16,8 @@ pub(super) trait Small: Float {
     fn takes(macs: usize) -> bool;
 
     /// `dst[i, j] = a_i · b_j` for `m` rows of `a` (row stride `ars`) and `n` rows of `b` (stride
-    /// `brs`), each of `k` elements; `dst` is `[m, n]`, row-major.
+    /// `brs`), each of `k` elements; `dst` is `[m, n]`, row-major. Plain loops unless a type has
+    /// its own.
     fn dots(
         mnk: (usize, usize, usize),
         a: &[Self],
@@ -24,10 +25,13 @@ pub(super) trait Small: Float {
         b: &[Self],
         brs: usize,
         dst: &mut [Self],
-    );
+    ) {
+        plain::dots(mnk, a, ars, b, brs, dst)
+    }
 
     /// `dst_i = Σ_j p[i, j] v_j` for `m` rows of `p` (`[m, s]`) and `s` rows of `v` (stride `vrs`) of
-    /// `k` elements; row `i` of `dst` starts at `i * drs`. Zero probabilities (masked keys) are skipped.
+    /// `k` elements; row `i` of `dst` starts at `i * drs`. Zero probabilities (masked keys) are
+    /// skipped. Plain loops unless a type has its own.
     ///
     /// # Safety
     /// `dst` must address `m` rows of `k` writable elements at stride `drs` that no other thread
@@ -39,36 +43,16 @@ pub(super) trait Small: Float {
         vrs: usize,
         dst: *mut Self,
         drs: usize,
-    );
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe { plain::axpys(msk, p, v, vrs, dst, drs) }
+    }
 }
 
 /// f64 is the gradient checks' type: the plain loops, where speed does not matter, tested there.
 impl Small for f64 {
     fn takes(macs: usize) -> bool {
         macs <= SMALL
-    }
-
-    fn dots(
-        mnk: (usize, usize, usize),
-        a: &[f64],
-        ars: usize,
-        b: &[f64],
-        brs: usize,
-        dst: &mut [f64],
-    ) {
-        plain::dots(mnk, a, ars, b, brs, dst)
-    }
-
-    unsafe fn axpys(
-        msk: (usize, usize, usize),
-        p: &[f64],
-        v: &[f64],
-        vrs: usize,
-        dst: *mut f64,
-        drs: usize,
-    ) {
-        // SAFETY: the caller's contract.
-        unsafe { plain::axpys(msk, p, v, vrs, dst, drs) }
     }
 }
 
